@@ -1,0 +1,77 @@
+"""Plain PyTorch attention with ALiBi: the reference every other implementation is tested against.
+
+One definition of the attention the model computes, shared by the model's CPU path, the Triton kernel's
+tests and the benchmarks:
+
+    out[b, h, i] = softmax_j( scale * q_i . k_j  - slope_h * |i + (Sk - Sq) - j|  + mask )  @ v
+
+Conventions (see ../shared/spec/mpt.md sections 5-6 and 14):
+- Tensors are (B, H, S, D). Queries are the *last* Sq positions of the Sk keys, so causal masking is
+  bottom-right aligned: query i may see key j iff j <= i + (Sk - Sq). With Sq == Sk this is ordinary
+  causal masking; with Sq < Sk it is decoding against a KV cache.
+- ALiBi is the "distance" form -slope * |i + Sk - Sq - j| (FlashAttention-2's convention). On every
+  causal row it differs from MPT's cached "vector" form slope * (j - (Sk - 1)) by a per-row constant,
+  so softmax outputs are identical to MPT's; for non-causal attention it is MPT's full |i - j| form.
+- key_padding_mask is (B, Sk) bool, True for a real key. A query row with no visible key (a pad query
+  of a left-padded batch) outputs zeros, as FlashAttention-2 does, instead of NaN.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def alibi_bias(slopes, seq_q, seq_k, device=None):
+    """(H,) slopes -> (H, Sq, Sk) fp32 bias -slope * |i + Sk - Sq - j|."""
+    device = device if device is not None else slopes.device
+    q_pos = torch.arange(seq_k - seq_q, seq_k, device=device, dtype=torch.float32)  # absolute positions
+    k_pos = torch.arange(seq_k, device=device, dtype=torch.float32)
+    distance = (q_pos[:, None] - k_pos[None, :]).abs()  # (Sq, Sk)
+    return -slopes.to(device=device, dtype=torch.float32)[:, None, None] * distance
+
+
+def attention_mask(seq_q, seq_k, causal, key_padding_mask=None, device=None):
+    """Boolean "may attend" mask, broadcastable to (B, 1, Sq, Sk); None when everything is visible."""
+    allowed = None
+    if causal and seq_q > 1:
+        q_pos = torch.arange(seq_k - seq_q, seq_k, device=device)
+        allowed = (torch.arange(seq_k, device=device)[None, :] <= q_pos[:, None])[None, None]  # (1,1,Sq,Sk)
+    if key_padding_mask is not None:
+        keys = key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B,1,1,Sk)
+        allowed = keys if allowed is None else allowed & keys
+    return allowed
+
+
+def attention_reference(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None,
+                        softmax_scale=None, sdpa=False):
+    """q (B, H, Sq, D), k/v (B, H, Sk, D), alibi_slopes (H,) or None -> (B, H, Sq, D) in q's dtype.
+
+    Scores, bias and softmax are computed in fp32 (as MPT and transformers do); the probabilities are
+    cast to v's dtype for the product with v. With sdpa=True the same fp32 bias+mask is handed to
+    torch's scaled_dot_product_attention instead of being applied by hand (faster, same result).
+    """
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    allowed = attention_mask(Sq, Sk, causal, key_padding_mask, device=q.device)
+    bias = alibi_bias(alibi_slopes, Sq, Sk, device=q.device)[None] if alibi_slopes is not None else None
+    if sdpa:
+        mask = bias
+        if allowed is not None:
+            floor = torch.finfo(torch.float32).min
+            mask = torch.where(allowed, 0.0 if mask is None else mask, floor)
+        if mask is not None:
+            mask = mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, H, Sq, Sk)
+        if bias is not None:
+            scores = scores + bias
+        if allowed is not None:
+            # finfo.min rather than -inf keeps fully masked rows finite (and their gradients zero below)
+            scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        out = torch.matmul(probs, v)
+    if allowed is not None:
+        out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # rows that see no key -> 0
+    return out
