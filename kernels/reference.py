@@ -43,11 +43,12 @@ def attention_mask(seq_q, seq_k, causal, key_padding_mask=None, device=None):
 
 
 def attention_reference(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None,
-                        softmax_scale=None, sdpa=False):
+                        softmax_scale=None, sdpa=False, dropout_p=0.0):
     """q (B, H, Sq, D), k/v (B, H, Sk, D), alibi_slopes (H,) or None -> (B, H, Sq, D) in q's dtype.
 
     Scores, bias and softmax are computed in fp32 (as MPT and transformers do); the probabilities are
-    cast to v's dtype for the product with v. With sdpa=True the same fp32 bias+mask is handed to
+    cast to v's dtype for the product with v. dropout_p drops attention probabilities (training only;
+    the Triton kernel has no dropout). With sdpa=True the same fp32 bias+mask is handed to
     torch's scaled_dot_product_attention instead of being applied by hand (faster, same result).
     """
     B, H, Sq, D = q.shape
@@ -62,7 +63,7 @@ def attention_reference(q, k, v, alibi_slopes=None, *, causal=True, key_padding_
             mask = torch.where(allowed, 0.0 if mask is None else mask, floor)
         if mask is not None:
             mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout_p)
     else:
         scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, H, Sq, Sk)
         if bias is not None:
@@ -71,6 +72,8 @@ def attention_reference(q, k, v, alibi_slopes=None, *, causal=True, key_padding_
             # finfo.min rather than -inf keeps fully masked rows finite (and their gradients zero below)
             scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        if dropout_p > 0:
+            probs = F.dropout(probs, p=dropout_p)
         out = torch.matmul(probs, v)
     if allowed is not None:
         out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # rows that see no key -> 0

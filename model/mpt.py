@@ -1,0 +1,271 @@
+"""The MPT decoder (MPT-7B, RecGPT-7B) in one file.
+
+Numerically the same model as llm-foundry's MPT and transformers' MptForCausalLM (facts and sources in
+../shared/spec/mpt.md):
+- token embedding `wte` tied to the output head (logits = LN_f(x) @ wte.T, times logit_scale if set);
+- pre-LayerNorm blocks x += attn(LN1(x)); x += ffn(LN2(x)), no biases anywhere when `no_bias`;
+- fused Wqkv whose rows are [Q | K | V], each "(head, head_dim)", optional clip_qkv and qk_ln;
+- ALiBi with MPT's slopes (non-power-of-two head counts included), no positional embedding;
+- causal + key-padding masks, so left-padded batches work in generation and right-padded ones in training;
+- FFN up_proj -> exact (erf) GELU -> down_proj;
+- a preallocated KV cache for incremental decoding (beam search reorders it with `KVCache.reorder`);
+- llm-foundry's initialisation for training from scratch (`init_weights`).
+
+Attention is chosen by `config.attn_impl`: "torch" runs kernels/reference.py (PyTorch; SDPA in fp32,
+explicit fp32 softmax otherwise) and "triton" runs our flash kernel (kernels/flash_alibi.py) on CUDA.
+
+Build without allocating, then materialise once:
+    with torch.device("meta"):
+        model = MPT(cfg)
+    model.to_empty(device="cuda"); model.init_weights()      # from scratch, or model.load.load_model(...)
+"""
+import logging
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels.reference import attention_reference
+from model.config import MPTConfig
+
+log = logging.getLogger(__name__)
+
+
+def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0) -> torch.Tensor:
+    """MPT's ALiBi slopes (H,) in fp32: 2^(-k * bias_max / Hp) for k = 1..Hp, Hp = next power of two.
+
+    For a head count that is not a power of two, MPT keeps the odd-indexed slopes then the even-indexed
+    ones and takes the first n_heads (llm-foundry gen_slopes; e.g. 6 heads -> 2^-2, 2^-4, 2^-6, 2^-8, 2^-1, 2^-3).
+    """
+    n_pow2 = 2 ** math.ceil(math.log2(n_heads))
+    exponents = torch.arange(1, n_pow2 + 1, dtype=torch.float32) * (alibi_bias_max / n_pow2)
+    slopes = 1.0 / torch.pow(2.0, exponents)
+    if n_pow2 != n_heads:
+        slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
+    return slopes
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated to `max_len` positions: (B, H, max_len, D) each.
+
+    `length` positions are filled. The model writes a step's new keys for every layer, then advances
+    `length` once. The attention mask handed to the model covers all `length + new` key positions, so
+    left-padded prompts keep their pad keys masked for the whole generation.
+    """
+
+    def __init__(self, config: MPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        if max_len > config.max_seq_len:
+            raise ValueError(f"KV cache of {max_len} positions exceeds the model config key "
+                             f"max_seq_len={config.max_seq_len}")
+        shape = (config.n_layers, batch_size, config.n_heads, max_len, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, H, S_new, D) after the filled positions; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def reorder(self, index: torch.Tensor):
+        """Beam search: row b of the batch becomes old row index[b]."""
+        self.keys = self.keys.index_select(1, index)
+        self.values = self.values.index_select(1, index)
+
+
+def attention(q, k, v, slopes, key_padding_mask, config: MPTConfig, dropout_p: float = 0.0):
+    """The attention switch: (B, H, Sq, D) queries against (B, H, Sk, D) keys/values, causal, ALiBi."""
+    if config.attn_impl == "triton" and _triton_usable(q):
+        from kernels.flash_alibi import flash_attn_alibi
+
+        return flash_attn_alibi(q, k, v, slopes, causal=True, key_padding_mask=key_padding_mask,
+                                softmax_scale=config.scale)
+    # fp32 goes through SDPA (fast); in bf16/fp16 the explicit path keeps the bias and softmax in fp32 as MPT does
+    return attention_reference(q, k, v, slopes, causal=True, key_padding_mask=key_padding_mask,
+                               softmax_scale=config.scale, sdpa=q.dtype == torch.float32, dropout_p=dropout_p)
+
+
+_warned_no_triton = False
+
+
+def _triton_usable(q: torch.Tensor) -> bool:
+    """The Triton kernel runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)."""
+    import os
+
+    global _warned_no_triton
+    if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    if not _warned_no_triton:
+        log.warning("attn_impl 'triton' needs CUDA; tensors are on %s, so attention runs on the PyTorch "
+                    "path (same function, kernels/reference.py)", q.device)
+        _warned_no_triton = True
+    return False
+
+
+class Attention(nn.Module):
+    def __init__(self, config: MPTConfig):
+        super().__init__()
+        self.config = config
+        d, bias = config.d_model, not config.no_bias
+        self.Wqkv = nn.Linear(d, 3 * d, bias=bias)
+        self.out_proj = nn.Linear(d, d, bias=bias)
+        if config.qk_ln:
+            self.q_ln = nn.LayerNorm(d, eps=config.norm_eps, bias=bias)
+            self.k_ln = nn.LayerNorm(d, eps=config.norm_eps, bias=bias)
+
+    def forward(self, x, slopes, key_padding_mask=None, kv_cache=None, layer=0):
+        cfg = self.config
+        B, S, _ = x.shape
+        qkv = self.Wqkv(x)  # (B, S, 3 * d_model)
+        if cfg.clip_qkv is not None:
+            qkv = qkv.clamp(min=-cfg.clip_qkv, max=cfg.clip_qkv)
+        q, k, v = qkv.chunk(3, dim=-1)  # each (B, S, d_model)
+        if cfg.qk_ln:
+            q, k = self.q_ln(q).to(v.dtype), self.k_ln(k).to(v.dtype)
+        q, k, v = (t.view(B, S, cfg.n_heads, cfg.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, S, D)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, H, past + S, D)
+        dropout_p = cfg.attn_pdrop if self.training else 0.0
+        y = attention(q, k, v, slopes, key_padding_mask, cfg, dropout_p)  # (B, H, S, D)
+        y = y.transpose(1, 2).reshape(B, S, cfg.d_model)
+        return self.out_proj(y)
+
+
+class FFN(nn.Module):
+    def __init__(self, config: MPTConfig):
+        super().__init__()
+        hidden, bias = config.expansion_ratio * config.d_model, not config.no_bias
+        self.up_proj = nn.Linear(config.d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, config.d_model, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="none"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: MPTConfig):
+        super().__init__()
+        bias = not config.no_bias
+        self.norm_1 = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=bias)
+        self.attn = Attention(config)
+        self.norm_2 = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=bias)
+        self.ffn = FFN(config)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, slopes, key_padding_mask=None, kv_cache=None, layer=0):
+        x = x + self.resid_dropout(self.attn(self.norm_1(x), slopes, key_padding_mask, kv_cache, layer))
+        return x + self.resid_dropout(self.ffn(self.norm_2(x)))
+
+
+class MPT(nn.Module):
+    """MPT causal LM. Parameter names equal the HF checkpoint's minus the `transformer.` prefix."""
+
+    def __init__(self, config: MPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.emb_dropout = nn.Dropout(config.emb_pdrop)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=not config.no_bias)
+        # ALiBi slopes stay fp32 whatever the model's dtype, so they are not a buffer that .to(bf16) would round
+        self._slopes_by_device = {}
+
+    def slopes(self, device) -> torch.Tensor:
+        if device not in self._slopes_by_device:
+            self._slopes_by_device[device] = alibi_slopes(self.config.n_heads, self.config.alibi_bias_max).to(device)
+        return self._slopes_by_device[device]
+
+    def forward(self, input_ids, attention_mask=None, kv_cache: KVCache = None, last_token_only=False):
+        """input_ids (B, S) -> logits (B, S, vocab) fp32 (or (B, 1, vocab) with last_token_only).
+
+        attention_mask: (B, past + S) bool/int, 1 for real tokens, covering the cached positions too;
+        None means no padding. With kv_cache, input_ids are the S new tokens after `kv_cache.length`.
+        """
+        B, S = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + S > self.config.max_seq_len:
+            raise ValueError(f"{past + S} positions (cached {past} + new {S}) exceed the model config key "
+                             f"max_seq_len={self.config.max_seq_len}")
+        if kv_cache is not None and past + S > kv_cache.max_len:
+            raise ValueError(f"KV cache holds {kv_cache.max_len} positions; {past + S} needed")
+        key_padding_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (B, past + S):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                                 f"(batch, cached + new) = {(B, past + S)}")
+            key_padding_mask = attention_mask.bool()
+            if bool(key_padding_mask.all()):
+                key_padding_mask = None  # nothing padded: take the faster unmasked path
+
+        x = self.emb_dropout(self.wte(input_ids))  # (B, S, d_model)
+        slopes = self.slopes(x.device)  # (H,) fp32
+        for i, block in enumerate(self.blocks):
+            x = block(x, slopes, key_padding_mask, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.length = past + S
+        if last_token_only:
+            x = x[:, -1:]
+        x = self.norm_f(x)
+        logits = F.linear(x, self.wte.weight)  # tied head: (B, S, vocab)
+        if self.config.logit_scale is not None:
+            logits = logits * self.config.logit_scale
+        return logits.float()
+
+    def new_kv_cache(self, batch_size: int, max_len: int = None) -> KVCache:
+        p = self.wte.weight
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype)
+
+    # initialisation (llm-foundry param_init_fns.generic_param_init_fn_) --------------------------
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator = None):
+        """MPT's init for training from scratch; call after `to_empty` when built on meta."""
+        cfg = self.config
+
+        def init_(w):
+            if cfg.init_name == "normal_":
+                return nn.init.normal_(w, 0.0, cfg.init_std, generator=generator)
+            init = nn.init.kaiming_normal_ if cfg.init_name == "kaiming_normal_" else nn.init.kaiming_uniform_
+            return init(w, a=cfg.init_gain, mode=cfg.fan_mode, nonlinearity=cfg.init_nonlinearity,
+                        generator=generator)
+
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                if name.endswith("Wqkv"):  # llm-foundry inits the fused matrix one head slice at a time
+                    for rows in module.weight.split(cfg.head_dim, dim=0):
+                        init_(rows)
+                else:
+                    init_(module.weight)
+                if name.endswith(("out_proj", "down_proj")) and cfg.init_div_is_residual:
+                    module.weight.div_(math.sqrt(2 * cfg.n_layers))  # residual branches start small
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                if cfg.emb_init_std is not None:
+                    nn.init.normal_(module.weight, 0.0, cfg.emb_init_std, generator=generator)
+                elif cfg.emb_init_uniform_lim is not None:
+                    lim = cfg.emb_init_uniform_lim
+                    nn.init.uniform_(module.weight, -lim, lim, generator=generator)
+                else:
+                    init_(module.weight)
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                if module.bias is not None:
+                    module.bias.zero_()
+
+
+def build_model(config: MPTConfig, device="cpu", dtype=torch.float32, init=True, seed=None) -> MPT:
+    """Build on meta, then allocate once on `device` in `dtype`; initialise with MPT's init if asked."""
+    with torch.device("meta"):
+        model = MPT(config).to(dtype)  # free on meta
+    model.to_empty(device=device)
+    if init:
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        model.init_weights(generator)
+    return model
