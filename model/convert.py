@@ -12,7 +12,7 @@ The key mapping is a rename (spec/mpt.md sections 3, 4, 13): MPT's fused Wqkv is
 layouts, so no tensor is permuted. Each of our names `n` is HF's `transformer.n`; llm-foundry Composer
 checkpoints add a leading `model.`; transformers may add `lm_head.weight`, which must equal the tied
 `transformer.wte.weight` and is dropped. Every tensor must map exactly once: a missing, unexpected,
-duplicated or mis-shaped tensor, or an unreadable file, is an error naming it.
+duplicated, mis-placed or mis-shaped tensor, or an unreadable file, is an error naming it.
 """
 import argparse
 import hashlib
@@ -112,8 +112,9 @@ def convert_from_hf(hf_dir, out_dir, dtype=None):
                 if name is None:
                     continue
             check_tensor(name, t.shape, expected, shard)
-            if name in seen:
-                raise CheckpointError(f"{shard}: tensor '{hf_name}' appears twice (also in {seen[name]})")
+            if name in seen:  # e.g. both `model.transformer.x` and `transformer.x`
+                raise CheckpointError(f"{shard}: tensor '{hf_name}' maps to '{name}', which {seen[name]} "
+                                      f"already provided")
             seen[name] = shard
             out[name] = t.to(dtype) if dtype is not None else t
         writer.write(out)
