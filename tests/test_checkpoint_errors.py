@@ -161,7 +161,7 @@ def test_tensor_in_two_shards_named(tmp_path):
 
 def test_tensor_mapped_twice_named(tmp_path):
     state = write_hf_dir(tmp_path / "hf")
-    state["model.transformer.norm_f.weight"] = state["transformer.norm_f.weight"]
+    state["model.transformer.norm_f.weight"] = state["transformer.norm_f.weight"].clone()
     write_hf_dir(tmp_path / "hf", state=state)
     with pytest.raises(CheckpointError, match=r"maps to 'norm_f\.weight', which .* already provided"):
         convert_from_hf(tmp_path / "hf", tmp_path / "ours")
