@@ -1,0 +1,478 @@
+"""Build the RecGPT corpus: raw datasets -> packed pre-training shards, instruction data, benchmark
+evaluation files, a leakage manifest and a Table-4 statistics report.
+
+    python -m data.prepare --config configs/data/movielens-100k.yaml
+    python -m data.prepare --config configs/data/amazon-beauty.yaml --max_seq_len=1024 --skip-bad
+    # cluster: N independent jobs, then one merge
+    python -m data.prepare --config configs/data/paper.yaml --shard 3/64
+    python -m data.prepare --config configs/data/paper.yaml --merge
+
+Each part i/N reads every source (splits and leakage removal need the whole dataset) but renders,
+tokenizes and writes only every N-th user of the seeded user order; part 0 also writes the
+evaluation files. Without --shard the run is part 0/1 and merges at once. Output layout and formats:
+data/README.md. Same inputs + config -> byte-identical outputs (timings go to timings.json only).
+"""
+import argparse
+import collections
+import gzip
+import json
+import pathlib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from data import config as config_lib
+from data import recipe, templates
+from data import tokenizer as tokenizer_lib
+from data.chunking import Chunker
+from data.instructions import InstructionWriter
+from data.packed import FORMAT, FORMAT_VERSION, PackWriter
+from data.records import BadLines, Item, replace_item
+from data.sources import get_reader
+
+
+@dataclass
+class SourcePlan:
+    """One source after reading and the recipe; the same in every part."""
+    cfg: dict
+    domain: templates.Domain
+    bad: BadLines
+    ledger: recipe.Ledger
+    table4: dict  # users, items, interactions (after cleaning; the whole dataset for a benchmark)
+    pretrain: list  # histories in seeded user order
+    finetune: list  # (user, history) in seeded user order
+    heldout: list = field(default_factory=list)
+    catalog: Optional[dict] = None
+    users: frozenset = frozenset()
+
+
+def build_plan(cfg: dict, s: dict, users_of: dict[str, frozenset]) -> SourcePlan:
+    reader = get_reader(s["reader"])
+    bad = BadLines(cfg["skip_bad"])
+    ledger = recipe.Ledger()
+    interactions = list(reader.read(bad=bad, **s["options"]))
+    ledger.read = len(interactions)
+    histories = recipe.group_histories(interactions)
+    del interactions
+    domain = templates.get_domain(s["domain"])
+    seed, name = cfg["seed"], s["name"]
+    exclude = frozenset().union(*[users_of[o] for o in s["exclude_users_of"]]) if s["exclude_users_of"] else frozenset()
+    for o in s["exclude_users_of"]:
+        if o not in users_of:
+            raise config_lib.ConfigError(f"source {name}: exclude_users_of {o!r} must name an earlier source")
+    if s["benchmark"]:
+        # P5 splits are defined on the full sequences, untitled items included (evaluation.md §1-2)
+        table4 = {"users": len(histories), "items": len({x.item.id for h in histories.values() for x in h}),
+                  "interactions": ledger.read}
+        train, heldout, heldout_keys = recipe.benchmark_split(histories, seed, name, s["rating_split"])
+        ledger.kept["heldout_validation_test"] = len(heldout_keys)
+        train = {u: recipe.drop_untitled(h, ledger, "train_item_without_title") for u, h in train.items()}
+        ledger.users_dropped["no_training_interaction_left"] = sum(1 for h in train.values() if not h)
+        order = recipe.user_order([u for u, h in train.items() if h], seed, name)
+        pretrain = [train[u] for u in order]
+        ledger.kept["pretrain"] = sum(len(h) for h in pretrain)
+        catalog = reader.catalog(bad=bad, **s["options"]) if hasattr(reader, "catalog") else \
+            {x.item.id: x.item for h in histories.values() for x in h}
+        plan = SourcePlan(s, domain, bad, ledger, table4, pretrain, [], heldout, catalog, frozenset(histories))
+    else:
+        cleaned = recipe.clean(histories, ledger, cfg["min_interactions"], exclude)
+        pre_users, ft_users = recipe.split_users(cleaned, seed, name, cfg["finetune_fraction"])
+        table4 = {"users": len(cleaned), "items": len({x.item.id for h in cleaned.values() for x in h}),
+                  "interactions": sum(len(h) for h in cleaned.values())}
+        ledger.kept["pretrain"] = sum(len(cleaned[u]) for u in pre_users)
+        ledger.kept["finetune"] = sum(len(cleaned[u]) for u in ft_users)
+        plan = SourcePlan(s, domain, bad, ledger, table4, [cleaned[u] for u in pre_users],
+                          [(u, cleaned[u]) for u in ft_users], users=frozenset(histories))
+    ledger.check()
+    return plan
+
+
+def iter_plans(cfg: dict):
+    users_of: dict[str, frozenset] = {}
+    for s in cfg["sources"]:
+        plan = build_plan(cfg, s, users_of)
+        users_of[s["name"]] = plan.users
+        yield plan
+
+
+# -- tokenizer ------------------------------------------------------------------------------------
+
+def get_tokenizer(cfg: dict):
+    tok_cfg = cfg["tokenizer"]
+    if tok_cfg.get("path"):
+        return tok_cfg["path"], tokenizer_lib.load(tok_cfg["path"])
+    out = pathlib.Path(cfg["out_dir"]) / "tokenizer.json"
+    spec_path = out.with_suffix(".spec.json")
+    train = {"vocab_size": 4096, "max_documents": 20000, **tok_cfg["train"]}
+    spec = json.dumps({"train": train, "seed": cfg["seed"], "sources": cfg["sources"],
+                       "min_interactions": cfg["min_interactions"],
+                       "finetune_fraction": cfg["finetune_fraction"]}, sort_keys=True)
+    if out.is_file() and spec_path.is_file() and spec_path.read_text() == spec:
+        return str(out), tokenizer_lib.load(out)  # cheap rerun: same corpus spec, same tokenizer
+    texts = []
+    for plan in iter_plans(cfg):  # the first max_documents pre-training documents, in build order
+        for h in plan.pretrain:
+            if len(texts) >= train["max_documents"]:
+                break
+            texts.append(templates.pretrain_document(plan.domain, h))
+    tmp = out.with_suffix(".tmp.json")
+    tokenizer_lib.train_bpe(texts, train["vocab_size"], tmp)
+    tmp.replace(out)
+    spec_path.write_text(spec)
+    return str(out), tokenizer_lib.load(out)
+
+
+class Encoder:
+    """Batch encoding on all cores (tokenizers' Rayon pool); no special tokens are added."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.eos_id = tok.token_to_id(tokenizer_lib.EOS)
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)] if texts else []
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        return [len(i) for i in self.ids(texts)]
+
+
+class gzip_writer(gzip.GzipFile):
+    """mtime=0 and no file name in the header, so the bytes depend on the content only."""
+
+    def __init__(self, path):
+        self._raw = open(path, "wb")
+        super().__init__(filename="", mode="wb", fileobj=self._raw, mtime=0)
+
+    def close(self):
+        super().close()
+        self._raw.close()
+
+
+def batched(seq, n):
+    for i in range(0, len(seq), n):
+        yield seq[i: i + n]
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+def line_token_counts(doc: str, offsets, body_start: int) -> list[int]:
+    """Tokens per item line of a rendered document, from the encoding's character offsets."""
+    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
+    line_starts = [body_start]
+    for i in range(body_start, len(doc)):
+        if doc[i] == "\n":
+            line_starts.append(i + 1)
+    bounds = np.searchsorted(starts, np.asarray(line_starts + [len(doc) + 1]))
+    return [max(1, int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def write_pretrain(plan: SourcePlan, histories, enc: Encoder, limit: int, writer: PackWriter, manifest,
+                   batch: int, counts: collections.Counter) -> None:
+    d, name = plan.domain, plan.cfg["name"]
+    chunker = Chunker(enc.lengths, limit)
+    overhead = enc.lengths([d.header + "\n\n"])[0]
+
+    def render(groups):
+        return [templates.pretrain_document(d, g) for g in groups]
+
+    def emit(history, ids):
+        writer.add(ids)
+        counts["documents"] += 1
+        counts["tokens"] += len(ids) + 1  # + EOS
+        counts["interactions_in_documents"] += len(history)
+        if manifest:
+            manifest.write("".join(f"{name}\t{x.key}\n" for x in history).encode())
+
+    for users in tqdm(list(batched(histories, batch)), desc=f"pretrain {name}", unit="batch", leave=False):
+        docs = render(users)
+        for h, doc, e in zip(users, docs, enc.tok.encode_batch(docs, add_special_tokens=False)):
+            if len(e.ids) < limit:
+                emit(h, e.ids)
+                continue
+            # long history: per-line token counts from the document's own offsets (no re-encoding),
+            # and each verified chunk's ids are kept, so the chunks are encoded once
+            cache: dict[str, list[int]] = {}
+
+            def measure(groups):
+                texts = render(groups)
+                todo = [t for t in texts if t not in cache]
+                cache.update(zip(todo, enc.ids(todo)))
+                return [len(cache[t]) for t in texts]
+            groups = chunker.split(h, lambda x: templates.pretrain_line(d, x), overhead, measure,
+                                   line_tokens=line_token_counts(doc, e.offsets, len(d.header) + 2))
+            for g, text in zip(groups, render(groups)):
+                emit(g, cache[text] if text in cache else enc.ids([text])[0])
+    counts.update(chunker.counts)
+    counts["pretrain_users"] += len(histories)
+
+
+def make_pairs(d: templates.Domain, group, counts: collections.Counter) -> list[tuple[str, str, str, dict]]:
+    """(task, prompt, response, target info) of one history chunk (recgpt.md §5)."""
+    if len(group) < 2:
+        counts["chunks_too_short_for_pairs"] += 1
+        return []
+    pairs = []
+    if d.rating is not None:
+        if group[-2].rating is not None:
+            prompt, response = templates.rating_pair(d, group[:-1])
+            pairs.append(("rating", prompt, response, {"target_item_id": group[-2].item.id,
+                                                       "target_rating": group[-2].rating}))
+        else:
+            counts["rating_pairs_skipped_no_rating"] += 1
+    prompt, response = templates.next_item_pair(d, group[:-1], group[-1].item)
+    pairs.append(("next_item", prompt, response, {"target_item_id": group[-1].item.id}))
+    return pairs
+
+
+def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: InstructionWriter, manifest,
+                   counts: collections.Counter) -> None:
+    d, name = plan.domain, plan.cfg["name"]
+    chunker = Chunker(enc.lengths, limit)
+    line = (lambda x: templates.rating_line(d, x)) if d.rating else (lambda x: templates.next_item_line(d, d.history, x))
+    overhead = max(enc.lengths([templates.wrap_prompt(t, d, []) for t in
+                                (templates.RATING_TASK, templates.NEXT_ITEM_TASK)])) + 8
+
+    def measure(groups):
+        out = []
+        for g in groups:
+            pairs = make_pairs(d, g, collections.Counter())
+            lens = enc.lengths([p[1] for p in pairs] + [p[2] for p in pairs])
+            out.append(max((lens[i] + lens[i + len(pairs)] for i in range(len(pairs))), default=0))
+        return out
+
+    for user, history in tqdm(users, desc=f"finetune {name}", unit="user", leave=False):
+        groups = [history] if measure([history])[0] < limit else chunker.split(history, line, overhead, measure)
+        for j, g in enumerate(groups):
+            pairs = make_pairs(d, g, counts)
+            texts = enc.ids([p[1] for p in pairs] + [p[2] for p in pairs])
+            for i, (task, prompt, response, target) in enumerate(pairs):
+                record = {"task": task, "source": name, "domain": d.name, "user": user, "chunk": j,
+                          "n_history": len(g) - 1, "prompt": prompt, "response": response, **target}
+                writer.add(record, texts[i], texts[i + len(pairs)])
+                counts[f"pairs_{task}"] += 1
+            if manifest:
+                manifest.write("".join(f"{name}\t{x.key}\n" for x in g).encode())
+    counts.update(chunker.counts)
+    counts["finetune_users"] += len(users)
+
+
+def fit_prompt(enc: Encoder, build, history, budget: int) -> tuple[str, str, int]:
+    """Drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4)."""
+    prompt, response = build(history)
+    n = enc.lengths([prompt])[0]
+    dropped = 0
+    while n > budget and dropped < len(history):
+        step = max(1, (n - budget) * len(history) // max(n, 1) // 2)  # jump by an estimate, then refine
+        dropped = min(len(history), dropped + step)
+        prompt, response = build(history[dropped:])
+        n = enc.lengths([prompt])[0]
+    return prompt, response, dropped
+
+
+def catalog_item(item: Item, cfg: dict) -> Item:
+    return item if item.title else replace_item(item, title=cfg["eval"]["missing_title"])
+
+
+def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path, heldout_manifest,
+               counts: collections.Counter) -> dict:
+    """Benchmark validation/test prompts with their targets, and the item catalog (part 0 only)."""
+    d, name = plan.domain, plan.cfg["name"]
+    eval_dir = out_dir / "eval" / name
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    budget = cfg["max_seq_len"] - cfg["eval"]["max_new_tokens"]
+    files, handles = {}, {}
+    for h in tqdm(plan.heldout, desc=f"eval {name}", unit="example", leave=False):
+        if heldout_manifest:
+            heldout_manifest.write(f"{name}\t{h.task}\t{h.split}\t{h.key}\n".encode())
+        history = [x for x in h.history if x.item.title]
+        counts["eval_history_items_without_title_dropped"] += len(h.history) - len(history)
+        target_item = catalog_item(h.target.item, cfg)
+        if not h.target.item.title:
+            counts[f"eval_{h.task}_targets_without_title"] += 1
+        if h.task == "next_item":
+            def build(hist):
+                return templates.next_item_pair(d, hist, target_item)
+            extra = {"target_item_id": target_item.id, "target_text": templates.item_text(d, target_item)}
+        else:
+            if d.rating is None or h.target.rating is None:
+                counts["eval_rating_examples_without_rating"] += 1
+                continue
+            target = h.target if h.target.item.title else replace_item(h.target, item=target_item)
+
+            def build(hist):
+                return templates.rating_pair(d, list(hist) + [target])
+            extra = {"target_item_id": target_item.id, "target_rating": h.target.rating}
+        prompt, response, dropped = fit_prompt(enc, build, history, budget)
+        counts["eval_prompts_truncated"] += dropped > 0
+        fname = f"{h.task}_{h.split}.jsonl"
+        if fname not in handles:
+            handles[fname] = open(eval_dir / fname, "w", encoding="utf-8")
+            files[fname] = 0
+        record = {"task": h.task, "split": h.split, "source": name, "domain": d.name, "user": h.user,
+                  "prompt": prompt, "response": response, "history_item_ids": [x.item.id for x in history[dropped:]],
+                  "history_items_dropped_oldest": dropped, **extra}
+        handles[fname].write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        files[fname] += 1
+    for f in handles.values():
+        f.close()
+    ids = sorted(plan.catalog, key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
+    with open(eval_dir / "catalog.jsonl", "w", encoding="utf-8") as f:
+        for i in ids:
+            item = plan.catalog[i]
+            f.write(json.dumps({"item_id": i, "text": templates.item_text(d, catalog_item(item, cfg)),
+                                "title_missing": not item.title}, ensure_ascii=False) + "\n")
+    counts["catalog_items"] = len(ids)
+    counts["catalog_items_without_title"] = sum(1 for i in ids if not plan.catalog[i].title)
+    return {"dir": f"eval/{name}", "files": {k: files[k] for k in sorted(files)}, "catalog": f"eval/{name}/catalog.jsonl"}
+
+
+# -- a part and the merge --------------------------------------------------------------------------
+
+def part_dir(out_dir: pathlib.Path, i: int, n: int) -> pathlib.Path:
+    return out_dir / "parts" / f"{i:05d}-of-{n:05d}"
+
+
+def run_part(cfg: dict, i: int, n: int, keep_texts: Optional[list] = None) -> dict:
+    t0 = time.perf_counter()
+    out_dir = pathlib.Path(cfg["out_dir"])
+    pdir = part_dir(out_dir, i, n)
+    pdir.mkdir(parents=True, exist_ok=True)
+    tok_path, tok = get_tokenizer(cfg)
+    enc = Encoder(tok)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = tokenizer_lib.token_dtype(vocab)
+    limit = cfg["max_seq_len"]
+    writer = PackWriter(pdir, "pretrain", cfg["pack"]["seq_len"], dtype, cfg["pack"]["rows_per_shard"], enc.eos_id)
+    instr = InstructionWriter(pdir, dtype, enc.eos_id)
+    manifest = gzip_writer(pdir / "manifest.tsv.gz") if cfg["write_manifests"] else None
+    ft_manifest = gzip_writer(pdir / "manifest-finetune.tsv.gz") if cfg["write_manifests"] else None
+    heldout_manifest = None
+    if i == 0 and cfg["write_manifests"]:
+        (out_dir / "eval").mkdir(parents=True, exist_ok=True)
+        heldout_manifest = gzip_writer(out_dir / "eval" / "heldout.tsv.gz")
+    sources, evals, timings = {}, {}, {"tokenizer_s": time.perf_counter() - t0}
+    for plan in iter_plans(cfg):
+        name = plan.cfg["name"]
+        t1 = time.perf_counter()
+        counts: collections.Counter = collections.Counter()
+        tokens_before = writer.tokens
+        pre = plan.pretrain[i::n]
+        if keep_texts is not None:
+            keep_texts.extend(templates.pretrain_document(plan.domain, h) for h in pre)
+        write_pretrain(plan, pre, enc, limit, writer, manifest, cfg["batch_users"], counts)
+        t2 = time.perf_counter()
+        write_finetune(plan, plan.finetune[i::n], enc, limit, instr, ft_manifest, counts)
+        if i == 0 and plan.heldout:
+            evals[name] = write_eval(plan, enc, cfg, out_dir, heldout_manifest, counts)
+        timings[name] = {"pretrain_s": t2 - t1, "pretrain_tokens": writer.tokens - tokens_before,
+                         "finetune_eval_s": time.perf_counter() - t2}
+        sources[name] = {
+            "domain": plan.domain.name, "benchmark": plan.cfg["benchmark"], "table4": plan.table4,
+            "bad_lines": dict(sorted(plan.bad.counts.items())), "bad_line_examples": plan.bad.examples,
+            "ignored_rows": dict(sorted(plan.bad.ignored.items())),
+            "interactions_read": plan.ledger.read, "interactions_dropped": dict(sorted(plan.ledger.dropped.items())),
+            "users_dropped": dict(sorted(plan.ledger.users_dropped.items())),
+            "interactions_kept": dict(sorted(plan.ledger.kept.items())),
+            "part": dict(sorted(counts.items())),
+        }
+    shards = writer.close()
+    n_pairs = instr.close()
+    for m in (manifest, ft_manifest, heldout_manifest):
+        if m:
+            m.close()
+    rel = pdir.relative_to(out_dir).as_posix()
+    part = {"part": i, "of": n, "dtype": dtype, "vocab_size": vocab, "eos_id": enc.eos_id,
+            "tokenizer": {"path": tok_path, "sha256": tokenizer_lib.sha256_file(tok_path)},
+            "pretrain_shards": [{"file": f"{rel}/{s['file']}", "rows": s["rows"]} for s in shards],
+            "documents": writer.documents, "tokens": writer.tokens, "padding_tokens": writer.padding_tokens,
+            "instructions": {"jsonl": f"{rel}/instructions.jsonl", "tokens": f"{rel}/instructions.tokens.bin",
+                             "index": f"{rel}/instructions.index.npy", "examples": n_pairs},
+            "manifests": [f"{rel}/{m}" for m in ("manifest.tsv.gz", "manifest-finetune.tsv.gz")]
+            if cfg["write_manifests"] else [],
+            "eval": evals, "sources": sources}
+    (pdir / "part.json").write_text(json.dumps(part, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    timings["total_s"] = time.perf_counter() - t0
+    timings["tokens"] = writer.tokens
+    (pdir / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    return part
+
+
+def _sum_counts(dicts: list[dict]) -> dict:
+    total: collections.Counter = collections.Counter()
+    for d in dicts:
+        total.update(d)
+    return dict(sorted(total.items()))
+
+
+def merge(cfg: dict, n: int) -> dict:
+    from data import stats  # noqa: keeps the build path free of the report code
+    out_dir = pathlib.Path(cfg["out_dir"])
+    parts = []
+    for i in range(n):
+        p = part_dir(out_dir, i, n) / "part.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: part {i}/{n} has not been built (run --shard {i}/{n})")
+        parts.append(json.loads(p.read_text()))
+    first = parts[0]
+    for p in parts[1:]:
+        if p["tokenizer"]["sha256"] != first["tokenizer"]["sha256"]:
+            raise ValueError(f"part {p['part']} used a different tokenizer than part 0")
+    sources = {}
+    for name, s in first["sources"].items():
+        sources[name] = {**s, "part": _sum_counts([p["sources"][name]["part"] for p in parts])}
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "tokenizer": {**first["tokenizer"], "vocab_size": first["vocab_size"]},
+        "pretrain": {"dtype": first["dtype"], "seq_len": cfg["pack"]["seq_len"], "eos_id": first["eos_id"],
+                     "shards": [s for p in parts for s in p["pretrain_shards"]],
+                     "rows": sum(s["rows"] for p in parts for s in p["pretrain_shards"]),
+                     "documents": sum(p["documents"] for p in parts), "tokens": sum(p["tokens"] for p in parts),
+                     "padding_tokens": sum(p["padding_tokens"] for p in parts)},
+        "instructions": {"dtype": first["dtype"], "eos_id": first["eos_id"], "ignore_index": -100,
+                         "examples": sum(p["instructions"]["examples"] for p in parts),
+                         "parts": [p["instructions"] for p in parts]},
+        "eval": first["eval"], "heldout_manifest": "eval/heldout.tsv.gz" if cfg["write_manifests"] else None,
+        "manifests": [m for p in parts for m in p["manifests"]],
+        "sources": sources, "parts": n, "config": cfg,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    (out_dir / "stats.md").write_text(stats.report(meta))
+    return meta
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--shard", default=None, help="i/N: build part i of N (0-based)")
+    ap.add_argument("--merge", action="store_true", help="merge the N parts' statistics and listings")
+    ap.add_argument("--parts", type=int, default=None, help="N for --merge (default: count the part folders)")
+    ap.add_argument("--skip-bad", action="store_true", help="skip malformed input lines, counted by reason")
+    args, rest = ap.parse_known_args(argv)
+    cfg = config_lib.load(args.config, config_lib.parse_overrides(rest))
+    if args.skip_bad:
+        cfg["skip_bad"] = True
+    out_dir = pathlib.Path(cfg["out_dir"])
+    if args.merge:
+        n = args.parts or len(list((out_dir / "parts").glob("*-of-*")))
+        meta = merge(cfg, n)
+    else:
+        i, n = (int(v) for v in args.shard.split("/")) if args.shard else (0, 1)
+        if not 0 <= i < n:
+            raise SystemExit(f"--shard {args.shard}: need 0 <= i < N")
+        run_part(cfg, i, n)
+        if n > 1:
+            print(f"part {i}/{n} written to {part_dir(out_dir, i, n)}; merge with --merge when all are done")
+            return 0
+        meta = merge(cfg, 1)
+    print((out_dir / "stats.md").read_text())
+    print(f"wrote {out_dir}/meta.json: {meta['pretrain']['rows']} rows x {meta['pretrain']['seq_len']} tokens, "
+          f"{meta['instructions']['examples']} instruction pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

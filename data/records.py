@@ -1,0 +1,126 @@
+"""The normalised records every source reader yields, and the bad-input policy they share.
+
+A reader turns one raw dataset into `Interaction`s. Item metadata lives in one shared `Item` per item
+id (not copied per interaction), so a 100M-interaction source holds each title once.
+
+Bad input: a reader reports a malformed line through `BadLines.bad(path, lineno, reason, detail)`.
+By default that raises `DataError("path:line: reason: detail")`; with `skip_bad` the line is skipped
+and counted under `reason`, so the pipeline's report can show that every line is accounted for.
+"""
+import collections
+import dataclasses
+import gzip
+import io
+import pathlib
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+# Item metadata fields the templates of App. B can show (all optional except through the recipe,
+# which drops items without a title).
+ITEM_FIELDS = ("title", "brand", "author", "genres", "city", "description")
+
+
+class DataError(ValueError):
+    """Bad input; the message names the file and line."""
+
+
+@dataclass(slots=True)
+class Item:
+    id: str
+    title: Optional[str] = None
+    brand: Optional[str] = None
+    author: Optional[str] = None
+    genres: Optional[str] = None  # already joined, e.g. "Animation, Children's, Comedy"
+    city: Optional[str] = None
+    description: Optional[str] = None
+
+
+@dataclass(slots=True)
+class Interaction:
+    user: str
+    item: Item
+    time: Optional[float] = None  # unix seconds; None when the source has no time (file order is used)
+    rating: Optional[float] = None  # on the source's own scale (5 or 10); None when not given
+    review: Optional[str] = None
+    seq: int = 0  # position in the source's reading order: the tie-breaker of the stable sort
+    key: str = ""  # "user\titem\ttime\toccurrence", set by recipe.group_histories; the audit compares these
+
+
+def clean_text(value) -> Optional[str]:
+    """Fold whitespace (newlines would break the one-item-per-line templates); '' becomes None."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text or None
+
+
+class BadLines:
+    """Raise on the first malformed line, or (skip_bad) count it by reason and go on."""
+
+    def __init__(self, skip_bad: bool = False):
+        self.skip_bad = skip_bad
+        self.counts: collections.Counter = collections.Counter()
+        self.examples: dict[str, str] = {}  # first occurrence per reason, for the report
+        # well-formed rows that are not interactions by design (e.g. Steam "play" rows), by reason
+        self.ignored: collections.Counter = collections.Counter()
+
+    def bad(self, path, lineno: int, reason: str, detail: str = "") -> None:
+        where = f"{path}:{lineno}: {reason}" + (f": {detail}" if detail else "")
+        if not self.skip_bad:
+            raise DataError(where + " (use --skip-bad to skip and count such lines)")
+        self.counts[reason] += 1
+        self.examples.setdefault(reason, where)
+
+    def ignore(self, reason: str, n: int = 1) -> None:
+        self.ignored[reason] += n
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def open_text_lines(path, bad: BadLines, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, line without newline) from a plain or .gz file.
+
+    Lines are decoded one by one so that a bad byte sequence is reported on its own line
+    (reason "bad_encoding") instead of failing the whole file.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                bad.bad(path, lineno, "bad_encoding", str(e))
+                continue
+            yield lineno, line.rstrip("\r\n")
+
+
+def open_text(path, encoding: str = "utf-8") -> io.TextIOBase:
+    """A text handle on a plain or .gz file (for csv readers that need a file object)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline="")
+    return open(path, encoding=encoding, newline="")
+
+
+def parse_rating(value, path, lineno: int, bad: BadLines, *, missing=()) -> tuple[bool, Optional[float]]:
+    """-> (ok, rating). Values in `missing` (e.g. 0 for implicit feedback) mean 'no rating'."""
+    try:
+        rating = float(value)
+    except (TypeError, ValueError):
+        bad.bad(path, lineno, "bad_rating", f"not a number: {value!r}")
+        return False, None
+    if rating != rating:  # NaN
+        bad.bad(path, lineno, "bad_rating", f"not a number: {value!r}")
+        return False, None
+    return True, (None if rating in missing else rating)
+
+
+def replace_item(item: Item, **fields) -> Item:
+    return dataclasses.replace(item, **fields)

@@ -1,0 +1,113 @@
+"""MovieLens (Harper and Konstan 2015), both GroupLens layouts.
+
+Expected files in `path`, whichever is present:
+- ml-100k: `u.data` (tab-separated `user item rating unix_time`) and `u.item` (pipe-separated,
+  latin-1: `id|title|release date|video release date|IMDb URL|19 genre flags`, genre order from
+  `u.genre` when present, else the README's fixed order).
+- ml-latest / ml-25m / ml-20m: `ratings.csv` (`userId,movieId,rating,timestamp`, header) and
+  `movies.csv` (`movieId,title,genres`, header, genres `|`-separated, "(no genres listed)" = none).
+"""
+import csv
+import pathlib
+from typing import Iterator
+
+from data.records import BadLines, DataError, Interaction, Item, clean_text, open_text, open_text_lines, parse_rating
+
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                 "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                 "Romance", "Sci-Fi", "Thriller", "War", "Western")
+
+
+def _genres_100k(path: pathlib.Path, bad: BadLines) -> tuple[str, ...]:
+    if not (path / "u.genre").is_file():
+        return ML100K_GENRES
+    names = [line.split("|")[0] for _, line in open_text_lines(path / "u.genre", bad, "latin-1") if line.strip()]
+    return tuple(names)
+
+
+def _read_100k(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
+    genres = _genres_100k(path, bad)
+    items: dict[str, Item] = {}
+    for lineno, line in open_text_lines(path / "u.item", bad, "latin-1"):
+        if not line.strip():
+            continue
+        f = line.split("|")
+        if len(f) != 5 + len(genres):
+            bad.bad(path / "u.item", lineno, "wrong_field_count", f"{len(f)} fields, expected {5 + len(genres)}")
+            continue
+        names = [g for g, flag in zip(genres, f[5:]) if flag == "1" and g != "unknown"]
+        items[f[0]] = Item(f[0], title=clean_text(f[1]), genres=", ".join(names) or None)
+    seq = 0
+    for lineno, line in open_text_lines(path / "u.data", bad):
+        f = line.split("\t")
+        if len(f) != 4:
+            bad.bad(path / "u.data", lineno, "wrong_field_count", f"{len(f)} fields, expected 4")
+            continue
+        ok, rating = parse_rating(f[2], path / "u.data", lineno, bad)
+        if not ok:
+            continue
+        try:
+            time = float(f[3])
+        except ValueError:
+            bad.bad(path / "u.data", lineno, "bad_time", repr(f[3]))
+            continue
+        item = items.get(f[1]) or items.setdefault(f[1], Item(f[1]))  # unknown id -> untitled item
+        yield Interaction(f[0], item, time=time, rating=rating, seq=seq)
+        seq += 1
+
+
+def _csv_rows(path: pathlib.Path, bad: BadLines, expected: list[str]):
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:1: bad_encoding: {e}") from e
+        if header[: len(expected)] != expected:
+            raise DataError(f"{path}:1: unexpected header {header}, expected {expected}")
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:
+                bad.bad(path, reader.line_num + 1, "bad_encoding", str(e))
+                return  # the decoder's position is lost; the rest of the file cannot be trusted
+            yield reader.line_num, row
+
+
+def _read_csv_layout(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
+    items: dict[str, Item] = {}
+    for lineno, row in _csv_rows(path / "movies.csv", bad, ["movieId", "title", "genres"]):
+        if len(row) != 3:
+            bad.bad(path / "movies.csv", lineno, "wrong_field_count", f"{len(row)} fields, expected 3")
+            continue
+        genres = None if row[2] == "(no genres listed)" else ", ".join(row[2].split("|"))
+        items[row[0]] = Item(row[0], title=clean_text(row[1]), genres=clean_text(genres))
+    seq = 0
+    for lineno, row in _csv_rows(path / "ratings.csv", bad, ["userId", "movieId", "rating", "timestamp"]):
+        if len(row) != 4:
+            bad.bad(path / "ratings.csv", lineno, "wrong_field_count", f"{len(row)} fields, expected 4")
+            continue
+        ok, rating = parse_rating(row[2], path / "ratings.csv", lineno, bad)
+        if not ok:
+            continue
+        try:
+            time = float(row[3])
+        except ValueError:
+            bad.bad(path / "ratings.csv", lineno, "bad_time", repr(row[3]))
+            continue
+        item = items.get(row[1]) or items.setdefault(row[1], Item(row[1]))
+        yield Interaction(row[0], item, time=time, rating=rating, seq=seq)
+        seq += 1
+
+
+def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
+    path = pathlib.Path(path)
+    if (path / "u.data").is_file():
+        return _read_100k(path, bad)
+    if (path / "ratings.csv").is_file():
+        return _read_csv_layout(path, bad)
+    raise DataError(f"{path}: neither u.data/u.item (ml-100k) nor ratings.csv/movies.csv found")

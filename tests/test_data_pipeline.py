@@ -1,0 +1,178 @@
+"""End to end: prepare -> shards, instruction data, eval files, audit; determinism, sharding, bad input."""
+import gzip
+import json
+import random
+
+import numpy as np
+import pytest
+
+from data import audit, prepare
+from data.instructions import IGNORE_INDEX, InstructionDataset, read_jsonl
+from data.packed import PackedDataset
+
+
+def movielens_fixture(root, n_users=40, bad_line=None):
+    root.mkdir()
+    rng = random.Random(0)
+    genres = ["0"] * 19
+    items = []
+    for i in range(1, 31):
+        g = genres.copy()
+        g[1 + i % 18] = "1"
+        items.append(f"{i}|Movie number {i} ({1990 + i % 10})|01-Jan-1995||http://x|" + "|".join(g))
+    items.append("31||01-Jan-1995||http://x|" + "|".join(genres))  # an item without a title
+    (root / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
+    lines = []
+    for u in range(1, n_users + 1):
+        for k in range(3 if u % 10 == 0 else 6 + u % 25):  # every 10th user has < 5 interactions
+            lines.append(f"{u}\t{rng.randint(1, 31)}\t{rng.randint(1, 5)}\t{1000 + k * 10 + rng.randint(0, 3)}")
+    if bad_line:
+        lines.insert(5, bad_line)
+    (root / "u.data").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def p5_fixture(root, n_users=30):
+    root.mkdir()
+    rng = random.Random(1)
+    (root / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "title": "" if i == 7 else f"Cream {i}"}) + "\n"
+                                              for i in range(1, 41)))
+    (root / "sequential_data.txt").write_text("".join(
+        f"{u} " + " ".join(str(i) for i in rng.sample(range(1, 41), 5 + u % 9)) + "\n" for u in range(1, n_users + 1)))
+    return root
+
+
+def config(tmp_path, out, ml, beauty, **extra):
+    cfg = {"name": "tiny", "out_dir": str(out), "seed": 5, "max_seq_len": 160, "finetune_fraction": 0.2,
+           "tokenizer": {"train": {"vocab_size": 400}}, "pack": {"rows_per_shard": 16}, "batch_users": 8,
+           "sources": [{"name": "beauty", "reader": "p5", "domain": "amazon", "benchmark": True,
+                        "options": {"path": str(beauty)}},
+                       {"name": "ml", "reader": "movielens", "domain": "movielens", "options": {"path": str(ml)}}]}
+    cfg.update(extra)
+    path = tmp_path / f"{out.name}.yaml"
+    import yaml
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    return movielens_fixture(tmp_path / "ml"), p5_fixture(tmp_path / "beauty")
+
+
+def build(tmp_path, name, inputs, *args, **extra):
+    out = tmp_path / name
+    assert prepare.main(["--config", str(config(tmp_path, out, *inputs, **extra)), *args]) == 0
+    return out
+
+
+def files_of(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "timings.json"}
+
+
+def test_end_to_end_outputs_and_readers(tmp_path, inputs):
+    out = build(tmp_path, "a", inputs)
+    meta = json.loads((out / "meta.json").read_text())
+    ds = PackedDataset(out)
+    assert len(ds) == meta["pretrain"]["rows"] > 1 and ds[0].shape == (160,) and ds[0].dtype == np.uint16
+    assert len(meta["pretrain"]["shards"]) > 1  # 16 rows per shard
+    flat = np.concatenate([ds[i] for i in range(len(ds))])
+    eos = meta["pretrain"]["eos_id"]
+    assert (flat == eos).sum() == meta["pretrain"]["documents"] + meta["pretrain"]["padding_tokens"]
+    # every document (between EOS) is shorter than max_seq_len: the chunking rule
+    docs = np.split(flat, np.flatnonzero(flat == eos) + 1)
+    assert max(len(d) for d in docs) <= 160
+    assert meta["sources"]["ml"]["part"]["histories_chunked"] > 0
+    # instruction data: prompt masked, response + EOS supervised
+    inst = InstructionDataset(out)
+    assert len(inst) == meta["instructions"]["examples"] > 0
+    tasks = set()
+    for i in range(len(inst)):
+        ex, rec = inst[i], inst.record(i)
+        tasks.add(rec["task"])
+        n_resp = int((ex["labels"] != IGNORE_INDEX).sum())
+        assert ex["input_ids"][-1] == eos and ex["labels"][-1] == eos and len(ex["input_ids"]) <= 160
+        assert (ex["labels"][:-n_resp] == IGNORE_INDEX).all() and (ex["labels"][-n_resp:] == ex["input_ids"][-n_resp:]).all()
+        assert rec["prompt"].endswith("### Response:") and rec["source"] == "ml"
+        if rec["task"] == "rating":
+            assert rec["response"] == f"{rec['target_rating']:.1f}/5.0"
+    assert tasks == {"rating", "next_item"}
+    # benchmark eval files: P5 leave-one-out, every user, catalog with the untitled item
+    ev = meta["eval"]["beauty"]
+    test = read_jsonl(out / ev["dir"] / "next_item_test.jsonl")
+    assert len(test) == 30 and len(read_jsonl(out / ev["dir"] / "next_item_validation.jsonl")) == 30
+    catalog = read_jsonl(out / ev["catalog"])
+    assert len(catalog) == 40 and [c["item_id"] for c in catalog if c["title_missing"]] == ["7"]
+    assert all(r["response"] == r["target_text"] for r in test)
+    # counts add up, and short users / untitled items are counted, not silently lost
+    ml = meta["sources"]["ml"]
+    assert ml["interactions_read"] == sum(ml["interactions_kept"].values()) + sum(ml["interactions_dropped"].values())
+    assert ml["users_dropped"]["user_under_5_interactions"] >= 4
+    assert ml["interactions_dropped"]["item_without_title"] > 0
+    assert "| beauty (*) |" in (out / "stats.md").read_text()
+    assert audit.audit(out)["ok"]
+
+
+def test_same_inputs_same_bytes(tmp_path, inputs):
+    a, b = build(tmp_path, "a", inputs), build(tmp_path, "b", inputs, out_dir=str(tmp_path / "a2"))
+    fa, fb = files_of(a), files_of(tmp_path / "a2")
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        if k not in ("meta.json", "stats.md") and not k.endswith("part.json"):  # these name the out_dir
+            assert fa[k] == fb[k], k
+    ma, mb = (json.loads(fa["meta.json"]), json.loads(fb["meta.json"]))
+    assert ma["tokenizer"]["sha256"] == mb["tokenizer"]["sha256"] and ma["sources"] == mb["sources"]
+    c = build(tmp_path, "c", inputs, seed=6)
+    assert files_of(c)["parts/00000-of-00001/pretrain-00000.bin"] != fa["parts/00000-of-00001/pretrain-00000.bin"]
+
+
+def test_sharded_build_merges_to_the_same_totals(tmp_path, inputs):
+    whole = json.loads((build(tmp_path, "whole", inputs) / "meta.json").read_text())
+    out = tmp_path / "sharded"
+    cfg = config(tmp_path, out, *inputs, tokenizer={"path": str(tmp_path / "whole" / "tokenizer.json")})
+    for i in range(3):
+        assert prepare.main(["--config", str(cfg), "--shard", f"{i}/3"]) == 0
+    assert prepare.main(["--config", str(cfg), "--merge"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["pretrain"]["documents"] == whole["pretrain"]["documents"]
+    assert meta["instructions"]["examples"] == whole["instructions"]["examples"]
+    assert meta["sources"]["ml"]["part"]["tokens"] == whole["sources"]["ml"]["part"]["tokens"]
+    assert len(PackedDataset(out)) >= len(PackedDataset(tmp_path / "whole"))  # each part pads its last row
+    assert audit.audit(out)["ok"]
+
+
+def test_audit_catches_a_planted_leak(tmp_path, inputs):
+    out = build(tmp_path, "a", inputs)
+    assert audit.main([str(out)]) == 0
+    with gzip.open(out / "eval" / "heldout.tsv.gz", "rt") as f:
+        source, task, split, *key = f.readline().rstrip("\n").split("\t")
+    manifest = out / "parts" / "00000-of-00001" / "manifest.tsv.gz"
+    with gzip.open(manifest, "rt") as f:
+        rows = f.read()
+    with gzip.open(manifest, "wt") as f:  # plant: one held-out interaction in the pre-training data
+        f.write(rows + "\t".join([source, *key]) + "\n")
+    result = audit.audit(out)
+    assert not result["ok"] and result["leaked_interactions"] == 1
+    assert any("held out" in p for p in result["problems"])
+    assert audit.main([str(out)]) == 1
+
+
+def test_bad_line_stops_or_is_skipped_and_counted(tmp_path):
+    inputs = (movielens_fixture(tmp_path / "ml", bad_line="1\t2\tNaNx\t5"), p5_fixture(tmp_path / "beauty"))
+    with pytest.raises(Exception, match=r"u.data:6: bad_rating"):
+        build(tmp_path, "a", inputs)
+    out = build(tmp_path, "b", inputs, "--skip-bad")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sources"]["ml"]["bad_lines"] == {"bad_rating": 1}
+    assert "u.data:6" in meta["sources"]["ml"]["bad_line_examples"]["bad_rating"]
+
+
+def test_packed_reader_validates_metadata(tmp_path, inputs):
+    out = build(tmp_path, "a", inputs)
+    shard = out / "parts" / "00000-of-00001" / "pretrain-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(ValueError, match="pretrain-00000.bin"):
+        PackedDataset(out)
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        PackedDataset(tmp_path)
