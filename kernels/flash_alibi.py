@@ -1,0 +1,545 @@
+"""Flash attention with ALiBi in Triton: forward and backward, computing exactly `attention_reference`.
+
+    out[b, h, i] = softmax_j( scale * q_i . k_j  - slope_h * |i + (Sk - Sq) - j|  + mask )  @ v
+
+Conventions (identical to kernels/reference.py; facts in ../shared/spec/mpt.md sections 5, 6 and 14):
+- q (B, H, Sq, D), k and v (B, H, Sk, D), any strides (views of a fused QKV or of a KV cache are fine).
+  Queries are the LAST Sq of the Sk key positions, so causal masking is bottom-right aligned:
+  query i sees key j iff j <= i + (Sk - Sq). Sq < Sk is decoding / chunked prefill against a cache.
+- ALiBi is the "distance" form -slope_h * |i + Sk - Sq - j| (FlashAttention-2's), computed in registers
+  from the (H,) fp32 slopes and the row/column indices; no bias tensor exists anywhere. On causal rows
+  it differs from MPT's "vector" form by a per-row constant, so the probabilities are MPT's.
+- key_padding_mask (B, Sk) bool, True = real key; the kernels read it as one uint8 per key.
+- A query row that sees no key (a pad query of a left-padded batch, or a query before every key when
+  Sq > Sk) outputs 0 and gets zero gradients, as FlashAttention-2 does; never NaN.
+- head_dim is a power of two in 16..128; fp16/bf16 (and fp32, with IEEE dot products) on GPU, fp32 or
+  fp16 under TRITON_INTERPRET=1 on the CPU (the interpreter cannot do bf16).
+
+Algorithm (FlashAttention-2; ../shared/spec/mpt.md 14.2-14.3):
+- Forward, one program per (query block of BLOCK_M rows, batch*head). Stream the key/value blocks of
+  BLOCK_N rows through an online softmax: running row max m, running row sum l, unnormalised output
+  acc (fp32). At the end O = acc / l and only the row log-sum-exp L = m + log2(l) is written.
+  Everything runs in base 2: scores are s2 = log2(e) * (scale * q.k + alibi), so exp2 replaces exp;
+  the bias is multiplied by log2(e) too, and L is a base-2 LSE (the backward uses the same base).
+- Backward, recomputation from L (P is never stored):
+  1. D_i = rowsum(dO_i * O_i) (fp32), a small kernel;
+  2. one program per key block: loop over the query blocks that can see it, recompute
+     P^T = exp2(s2^T - L), and accumulate dV += P^T dO, dK += scale * dS^T Q with dS = P * (dP - D),
+     dP = dO V^T;
+  3. one program per query block: loop over its visible key blocks, accumulate dQ += scale * dS K.
+  Splitting dK/dV from dQ (as the Triton tutorial does) needs no atomics and is deterministic.
+- Causal block skipping: key blocks entirely above the (bottom-right) diagonal are never visited, and
+  the element-wise mask (causal + sequence bounds) is applied only in the blocks that straddle the
+  diagonal or a sequence end (`MASK` constexpr); the key-padding mask, when given, applies everywhere.
+- Fully masked rows: the running max stays -inf, so the kernel subtracts 0 instead (no inf - inf), l
+  stays 0, the output is written as 0 and L as +inf, which makes the recomputed P exactly 0 in the
+  backward, hence zero dQ and no contribution to dK/dV.
+
+Block sizes come from `triton.autotune` over a small set of configurations (FWD_CONFIGS, BWD_KV_CONFIGS,
+BWD_Q_CONFIGS below) on GPU, keyed on the head dim, the flags and power-of-two buckets of the sequence
+lengths (so decoding, where Sk grows by one per step, does not re-tune every step). Under the Triton
+interpreter a single fixed small configuration is used (multi-config autotuning does not work there).
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Block configurations. (BLOCK_M = query rows, BLOCK_N = key rows per tile.)
+# GPU: a small set around the Triton tutorial's and FlashAttention-2's choices for head dim 64/128:
+# 128-row query tiles with 32..128-row key tiles in the forward and dQ pass, and the transposed shape
+# (128-row key tiles, narrow query tiles) in the dK/dV pass, whose accumulators are two (BLOCK_N, D)
+# fp32 tiles. Configurations that exceed a GPU's shared memory are skipped by the autotuner (it catches
+# OutOfResources). All of them compile for sm_80 and sm_90 (checked ahead of time with ptxas): at D = 128
+# in bf16 they use at most ~100 KB of shared memory.
+# Interpreter: one config with BLOCK_M != BLOCK_N so the tests exercise unequal tiles, multiple blocks
+# per sequence, partial last blocks and diagonal blocks at sequence lengths like 17..130.
+# ----------------------------------------------------------------------------------------------------
+def _configs(shapes, fp32_shapes, interpret_shape):
+    """triton.Configs for the GPU (the fp16/bf16 set and the fp32 set, told apart by a `fp32` attribute
+    that `_prune_by_dtype` reads), or the single interpreter config."""
+    if _INTERPRET:
+        m, n = interpret_shape
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=1)]
+    configs = []
+    for fp32, table in ((False, shapes), (True, fp32_shapes)):
+        for m, n, w, s in table:
+            config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            config.fp32 = fp32
+            configs.append(config)
+    return configs
+
+
+def _prune_by_dtype(configs, named_args, **kwargs):
+    """fp32 tiles take twice the shared memory: fp32 inputs get their own, smaller configs."""
+    fp32 = named_args["Q"].dtype == torch.float32
+    return [c for c in configs if getattr(c, "fp32", fp32) == fp32]
+
+
+_PRUNE = None if _INTERPRET else {"early_config_prune": _prune_by_dtype}
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); the fp32 sets fit A100's 164 KiB of shared memory at D = 128.
+# The fp16/bf16 sets were picked by register pressure at D = 128 (ptxas -v for sm_90a, no GPU timing yet):
+# 4 warps with 128-row query tiles, or dK/dV tiles of 64 x 128, spill kilobytes per thread and are left out.
+FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)],
+                       [(64, 32, 4, 2), (32, 32, 4, 2)], interpret_shape=(32, 16))
+BWD_KV_CONFIGS = _configs([(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)],
+                          [(32, 64, 4, 2), (32, 32, 4, 2)], interpret_shape=(16, 32))
+BWD_Q_CONFIGS = _configs([(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2)],
+                         [(64, 32, 4, 2), (32, 32, 4, 2)], interpret_shape=(32, 16))
+# Autotune keys: the flags, the head dim and bucketed lengths (Q_BUCKET/K_BUCKET); tensor dtypes are
+# added by the autotuner itself.
+_TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_ALIBI", "HAS_KPM"]
+
+
+@triton.jit
+def _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2, kpm_ptr, stride_kpm_s,
+            MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
+            DOT_PRECISION: tl.constexpr):
+    """Base-2 scores of one tile: log2(e) * (scale * q k^T + alibi), -inf where the key is not visible.
+
+    q (BLOCK_M, D), k (BLOCK_N, D); offs_m (BLOCK_M,) query rows, offs_n (BLOCK_N,) key rows;
+    diag = Sk - Sq, the absolute position of query row 0; kpm_ptr points at this batch's key mask.
+    Returns (BLOCK_M, BLOCK_N) fp32.
+    """
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale2
+    # distance query position - key position, exact in int32 (then one convert): >= 0 on visible causal pairs
+    dist = (offs_m + diag)[:, None] - offs_n[None, :]
+    if HAS_ALIBI:
+        if IS_CAUSAL:
+            s -= slope2 * dist.to(tl.float32)  # dist >= 0 wherever the causal mask keeps the score
+        else:
+            s -= slope2 * tl.abs(dist).to(tl.float32)
+    if MASK:  # diagonal / boundary tile: causal mask and key bound element-wise
+        visible = offs_n[None, :] < seq_k
+        if IS_CAUSAL:
+            visible = visible & (dist >= 0)
+        if HAS_KPM:
+            real = tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0)
+            visible = visible & (real != 0)[None, :]
+        s = tl.where(visible, s, float("-inf"))
+    elif HAS_KPM:  # interior tile: keys causally visible; only padding remains (the dK/dV pass may
+        # still be on the last, partial key block, hence the bound on the load)
+        real = tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0)
+        s = tl.where((real != 0)[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi, seq_k, diag, qk_scale2, slope2,
+               stride_kn, stride_vn, stride_kpm_s,
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+               HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over key blocks [lo, hi): updates acc (BLOCK_M, D), m_i, l_i (BLOCK_M,)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if MASK:
+            k = tl.load(k_ptrs + start_n * stride_kn, mask=(offs_n < seq_k)[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs + start_n * stride_kn)
+        s = _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row with no visible key so far has m_new = -inf: subtract 0 instead, so exp2(-inf - 0) = 0
+        # rather than exp2(-inf + inf) = NaN
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)  # rescales the old sums to the new max (0 when m_i = -inf)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASK:
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=(offs_n < seq_k)[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs + start_n * stride_vn)
+        # P is cast to V's dtype for the product, as the reference does
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.autotune(configs=FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.jit
+def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm,
+              stride_qb, stride_qh, stride_qm, stride_qd,
+              stride_kb, stride_kh, stride_kn, stride_kd,
+              stride_vb, stride_vh, stride_vn, stride_vd,
+              stride_ob, stride_oh, stride_om, stride_od,
+              stride_kpm_b, stride_kpm_s,
+              n_heads, seq_q, seq_k, qk_scale2, Q_BUCKET, K_BUCKET,
+              HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
+              DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Causal rows near the end see the most keys: launch them first so the long programs start early.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    start_m = pid_m * BLOCK_M
+    diag = seq_k - seq_q  # absolute position of query row 0 (bottom-right alignment)
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh \
+        + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd  # (BLOCK_M, D)
+    k_ptrs = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh \
+        + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd  # (BLOCK_N, D) at key block 0
+    v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh \
+        + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b  # this batch's (Sk,) key mask
+
+    slope2 = 0.0
+    if HAS_ALIBI:
+        slope2 = tl.load(Slopes + h) * 1.4426950408889634  # bias in base-2 units, like the scores
+
+    q = tl.load(q_ptrs, mask=(offs_m < seq_q)[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    if IS_CAUSAL:
+        # keys [0, hi) are visible to some row of the block; keys [0, start_m + diag] to every row
+        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), seq_k)
+        mid = tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N
+        mid = tl.minimum(mid, hi)
+    else:
+        hi = seq_k
+        mid = seq_k // BLOCK_N * BLOCK_N
+    # interior tiles (fully visible, in bounds): no element-wise mask
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, 0, mid, seq_k, diag,
+                               qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s,
+                               BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    # diagonal and last partial tiles: causal mask and key bounds
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, mid, hi, seq_k, diag,
+                               qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s,
+                               BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+
+    # rows that saw no key: l = 0 -> output 0 and LSE = +inf (so the backward recomputes P = 0)
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    tl.store(Lse + bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
+    o_ptrs = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh \
+        + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m < seq_q)[:, None])
+
+
+@triton.jit
+def _bwd_preprocess(Out, dOut, Delta,
+                    stride_ob, stride_oh, stride_om, stride_od,
+                    stride_dob, stride_doh, stride_dom, stride_dod,
+                    n_heads, seq_q, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in fp32 (the softmax backward's row term)."""
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = (offs_m < seq_q)[:, None]
+    o = tl.load(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=row_ok, other=0.0)
+    do = tl.load(dOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=row_ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + bh.to(tl.int64) * seq_q + offs_m, delta, mask=offs_m < seq_q)
+
+
+@triton.jit
+def _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n, lo, hi,
+                  seq_q, seq_k, diag, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
+                  BLOCK_M: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                  HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dK, dV (BLOCK_N, D) of one key block over query blocks [lo, hi)."""
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        if MASK:
+            row_ok = offs_m < seq_q
+            q = tl.load(q_ptrs + start_m * stride_qm, mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_ptrs + start_m * stride_dom, mask=row_ok[:, None], other=0.0)
+            # +inf LSE for rows past Sq makes their recomputed P exactly 0
+            lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=float("inf"))
+            delta = tl.load(delta_ptr + offs_m, mask=row_ok, other=0.0)
+        else:
+            q = tl.load(q_ptrs + start_m * stride_qm)
+            do = tl.load(do_ptrs + start_m * stride_dom)
+            lse = tl.load(lse_ptr + offs_m)
+            delta = tl.load(delta_ptr + offs_m)
+        # the same scores as the forward, computed as (BLOCK_M, BLOCK_N) and transposed for dK/dV
+        s = _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2, kpm_ptr, stride_kpm_s,
+                    MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+        p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 on masked pairs and empty rows
+        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])  # gradient w.r.t. the natural-log score (scale applied at the end)
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=BWD_KV_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.jit
+def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm,
+                 stride_qb, stride_qh, stride_qm, stride_qd,
+                 stride_kb, stride_kh, stride_kn, stride_kd,
+                 stride_vb, stride_vh, stride_vn, stride_vd,
+                 stride_dob, stride_doh, stride_dom, stride_dod,
+                 stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+                 stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                 stride_kpm_b, stride_kpm_s,
+                 n_heads, seq_q, seq_k, sm_scale, qk_scale2, Q_BUCKET, K_BUCKET,
+                 HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                 HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (key block of BLOCK_N rows, batch*head): dK and dV of that block."""
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    diag = seq_k - seq_q
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_ok = (offs_n < seq_k)[:, None]
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=key_ok, other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+                + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=key_ok, other=0.0)
+    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh \
+        + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd  # (BLOCK_M, D) at query block 0
+    do_ptrs = dOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh \
+        + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
+    lse_ptr = Lse + bh.to(tl.int64) * seq_q
+    delta_ptr = Delta + bh.to(tl.int64) * seq_q
+    kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b
+
+    slope2 = 0.0
+    if HAS_ALIBI:
+        slope2 = tl.load(Slopes + h) * 1.4426950408889634
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    full_end = seq_q // BLOCK_M * BLOCK_M  # query blocks before this one are entirely in bounds
+    if IS_CAUSAL:
+        # query i sees key j iff i >= j - diag: queries before `lo` see no key of this block, queries
+        # from start_n + BLOCK_N - 1 - diag on see all of it
+        lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
+        see_all = start_n + BLOCK_N - 1 - diag
+        diag_end = lo + tl.maximum(see_all - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
+        diag_end = tl.minimum(diag_end, seq_q)
+    else:
+        lo = 0
+        diag_end = 0
+    # diagonal tiles: causal mask + bounds
+    dk, dv = _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n, lo, diag_end,
+                           seq_q, seq_k, diag, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
+                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    # interior tiles: every query row in bounds and seeing every key (keys past Sk only feed dK/dV rows
+    # that are never stored)
+    dk, dv = _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n, diag_end,
+                           full_end, seq_q, seq_k, diag, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
+                           BLOCK_M, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    # last partial query tile: bounds
+    dk, dv = _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n,
+                           tl.maximum(diag_end, full_end), seq_q, seq_q, seq_k, diag, qk_scale2, slope2,
+                           stride_qm, stride_dom, stride_kpm_s,
+                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+
+    dk *= sm_scale  # d(scale * q.k)/dk; the bias has no gradient
+    tl.store(dK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh
+             + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd, dk.to(dK.dtype.element_ty), mask=key_ok)
+    tl.store(dV + b.to(tl.int64) * stride_dvb + h.to(tl.int64) * stride_dvh
+             + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(dV.dtype.element_ty), mask=key_ok)
+
+
+@triton.jit
+def _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi, seq_k, diag, qk_scale2,
+                 slope2, stride_kn, stride_vn, stride_kpm_s,
+                 BLOCK_N: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                 HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dQ (BLOCK_M, D) of one query block over key blocks [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if MASK:
+            k = tl.load(k_ptrs + start_n * stride_kn, mask=(offs_n < seq_k)[:, None], other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vn, mask=(offs_n < seq_k)[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs + start_n * stride_kn)
+            v = tl.load(v_ptrs + start_n * stride_vn)
+        s = _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.autotune(configs=BWD_Q_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.jit
+def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm,
+                stride_qb, stride_qh, stride_qm, stride_qd,
+                stride_kb, stride_kh, stride_kn, stride_kd,
+                stride_vb, stride_vh, stride_vn, stride_vd,
+                stride_dob, stride_doh, stride_dom, stride_dod,
+                stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+                stride_kpm_b, stride_kpm_s,
+                n_heads, seq_q, seq_k, sm_scale, qk_scale2, Q_BUCKET, K_BUCKET,
+                HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (query block of BLOCK_M rows, batch*head): dQ of that block (same loop as forward)."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    start_m = pid_m * BLOCK_M
+    diag = seq_k - seq_q
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seq_q
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    do = tl.load(dOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+    lse = tl.load(Lse + bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(Delta + bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)
+    k_ptrs = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh \
+        + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+    v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh \
+        + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b
+
+    slope2 = 0.0
+    if HAS_ALIBI:
+        slope2 = tl.load(Slopes + h) * 1.4426950408889634
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if IS_CAUSAL:  # the forward's key ranges
+        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), seq_k)
+        mid = tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N
+        mid = tl.minimum(mid, hi)
+    else:
+        hi = seq_k
+        mid = seq_k // BLOCK_N * BLOCK_N
+    dq = _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, 0, mid, seq_k, diag, qk_scale2,
+                      slope2, stride_kn, stride_vn, stride_kpm_s,
+                      BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    dq = _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, mid, hi, seq_k, diag, qk_scale2,
+                      slope2, stride_kn, stride_vn, stride_kpm_s,
+                      BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    dq *= sm_scale
+    tl.store(dQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+             + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq.to(dQ.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------------
+def _bucket(n: int) -> int:
+    """Power-of-two bucket of a length, for the autotune key (at least 64)."""
+    return max(64, triton.next_power_of_2(max(n, 1)))
+
+
+def _flags(q, alibi_slopes, key_padding_mask):
+    """Common launch arguments: slopes / key-mask pointers (or dummies) and their flags."""
+    has_alibi = alibi_slopes is not None
+    slopes = (alibi_slopes.to(device=q.device, dtype=torch.float32).contiguous() if has_alibi
+              else torch.empty(1, device=q.device, dtype=torch.float32))
+    has_kpm = key_padding_mask is not None
+    if has_kpm:
+        kpm = key_padding_mask.to(device=q.device, dtype=torch.bool).to(torch.uint8)  # (B, Sk), 1 = real key
+    else:
+        kpm = torch.empty(1, 1, device=q.device, dtype=torch.uint8)
+    # fp32 dot products would default to TF32 on GPU; ask for IEEE so fp32 means fp32 (fp16/bf16: default)
+    precision = "ieee" if q.dtype == torch.float32 else None
+    return slopes, has_alibi, kpm, has_kpm, precision
+
+
+def _check(q, k, v, alibi_slopes, key_padding_mask):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be (batch, heads, seq, head_dim)")
+    B, H, _, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[1] != H or k.shape[3] != D:
+        raise ValueError(f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
+    if D not in (16, 32, 64, 128):
+        raise ValueError(f"head_dim {D} not supported (16, 32, 64 or 128)")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must share one dtype among fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if alibi_slopes is not None and tuple(alibi_slopes.shape) != (H,):
+        raise ValueError(f"alibi_slopes must be ({H},), got {tuple(alibi_slopes.shape)}")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, k.shape[2]):
+        raise ValueError(f"key_padding_mask must be (batch, seq_k) = {(B, k.shape[2])}, "
+                         f"got {tuple(key_padding_mask.shape)}")
+
+
+class _FlashAttnALiBi(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale):
+        B, H, Sq, D = q.shape
+        Sk = k.shape[2]
+        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+        slopes, has_alibi, kpm, has_kpm, precision = _flags(q, alibi_slopes, key_padding_mask)
+        # Output laid out as (B, Sq, H, D) in memory and returned as a (B, H, Sq, D) view: the model's
+        # next step, out.transpose(1, 2).reshape(B, Sq, H * D), is then free
+        out = torch.empty(B, Sq, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+        lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)  # base-2 row LSE
+        if out.numel() > 0:
+            grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
+            _attn_fwd[grid](q, k, v, out, lse, slopes, kpm,
+                            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm.stride(),
+                            H, Sq, Sk, scale * LOG2E, _bucket(Sq), _bucket(Sk),
+                            HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm,
+                            DOT_PRECISION=precision)
+        ctx.save_for_backward(q, k, v, out, lse, slopes, kpm)
+        ctx.flags = (causal, has_alibi, has_kpm, scale, precision)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, slopes, kpm = ctx.saved_tensors
+        causal, has_alibi, has_kpm, scale, precision = ctx.flags
+        B, H, Sq, D = q.shape
+        Sk = k.shape[2]
+        dq = torch.empty(B, H, Sq, D, device=q.device, dtype=q.dtype)
+        dk = torch.empty(B, H, Sk, D, device=k.device, dtype=k.dtype)
+        dv = torch.empty(B, H, Sk, D, device=v.device, dtype=v.dtype)
+        if q.numel() == 0 or k.numel() == 0:
+            return dq.zero_(), dk.zero_(), dv.zero_(), None, None, None, None
+        dout = dout.to(q.dtype)
+        delta = torch.empty_like(lse)
+        pre_block = 32 if _INTERPRET else 128
+        _bwd_preprocess[(triton.cdiv(Sq, pre_block), B * H)](out, dout, delta, *out.stride(), *dout.stride(),
+                                                             H, Sq, HEAD_DIM=D, BLOCK_M=pre_block)
+        common = dict(HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm, DOT_PRECISION=precision)
+        grid_kv = lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * H)  # noqa: E731
+        _attn_bwd_kv[grid_kv](q, k, v, dout, lse, delta, dk, dv, slopes, kpm,
+                              *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+                              *kpm.stride(), H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
+        grid_q = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
+        _attn_bwd_q[grid_q](q, k, v, dout, lse, delta, dq, slopes, kpm,
+                            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
+                            *kpm.stride(), H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
+        return dq, dk, dv, None, None, None, None
+
+
+def flash_attn_alibi(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None, softmax_scale=None):
+    """Flash attention with in-kernel ALiBi; the same function as `kernels.reference.attention_reference`.
+
+    q (B, H, Sq, D), k/v (B, H, Sk, D) in fp16/bf16 (fp32 works too), any strides; alibi_slopes (H,) fp32
+    or None; causal bottom-right aligned (query i sees key j iff j <= i + Sk - Sq); key_padding_mask
+    (B, Sk) bool with True = real key, or None; softmax_scale defaults to 1/sqrt(D).
+    Returns (B, H, Sq, D) in q's dtype (a view of a (B, Sq, H, D)-contiguous buffer). Differentiable in
+    q, k and v; rows that see no key are 0 with zero gradients.
+    """
+    _check(q, k, v, alibi_slopes, key_padding_mask)
+    return _FlashAttnALiBi.apply(q, k, v, alibi_slopes, bool(causal), key_padding_mask, softmax_scale)
