@@ -1,0 +1,64 @@
+"""Instruction fine-tuning on prompt/response pairs (RecGPT-7B-Instruct, paper section 2.3; the MPT-7B + SFT
+ablation is the same config with a different model.init_from).
+
+    python finetune.py configs/train/tiny-finetune.yaml --data.path=out/data/movielens-100k \
+        --model.init_from=out/tiny-pretrain/model
+    torchrun --standalone --nproc_per_node 8 finetune.py configs/train/recgpt-7b-instruct.yaml
+
+Data: the instruction pairs of a data build (data/instructions.py): input_ids = prompt + response + EOS, labels -100
+over the prompt, so the loss covers only the response and EOS (llm-foundry's decoder-only format). Examples whose
+prompt alone fills max_seq_len are dropped (and counted); a longer response keeps its first tokens and ends in EOS.
+Sequences are right-padded with EOS (MPT's tokenizer has no pad token) to max_seq_len (llm-foundry,
+allow_pad_trimming false) or to the longest in the micro-batch (`data.pad_to=longest`), labels -100 on padding.
+"""
+import os
+import sys
+
+from training import distributed as dist_utils
+from training.config import load_config, split_argv
+from training.data import FilteredDataset, open_instructions, sft_batch
+from training.loop import model_config, run
+
+# fine-tuning defaults (RecGPT's fine-tuning.yaml) under the file and the command line
+BASE = {"optim": {"lr": 1e-5, "betas": [0.9, 0.98], "weight_decay": 1e-7, "decay_mode": "schedule"},
+        "schedule": {"name": "cosine_with_warmup", "t_warmup": 200, "alpha_f": 0.1},
+        "train": {"epochs": 2}}
+
+
+def main(argv):
+    path, overrides = split_argv(argv)
+    cfg = load_config(path, overrides, base=BASE)
+    d = dist_utils.setup(cfg.parallel.backend)
+    dist_utils.seed_everything(cfg.run.seed, cfg.run.deterministic)
+
+    # -------------------------------------------------------------------------------- data: prompt/response pairs
+    if cfg.data.path is None:
+        raise ValueError("data.path is not set: point it at a data build (the folder with meta.json)")
+    max_seq_len = cfg.data.seq_len or model_config(cfg).max_seq_len
+    raw = open_instructions(cfg.data.path)
+    eos_id = cfg.data.eos_id
+    if eos_id is None:
+        from data.packed import read_meta
+
+        eos_id = int(read_meta(cfg.data.path)[1]["instructions"]["eos_id"])
+    dataset = FilteredDataset(raw, max_seq_len)
+    if d.is_main and dataset.dropped:
+        print(f"[finetune] dropped {dataset.dropped} of {len(raw)} examples whose prompt has >= {max_seq_len} "
+              f"tokens", flush=True)
+
+    def make_batch(ds, indices):
+        return sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to)
+
+    # -------------------------------------------------------------------------------- train (training/loop.py)
+    try:
+        run(cfg, d, dataset, make_batch, max_seq_len, task="finetune")
+    except BaseException:
+        dist_utils.teardown(ok=False)
+        raise
+    dist_utils.teardown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.stdout.flush()
+    os._exit(0)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here

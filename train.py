@@ -1,0 +1,61 @@
+"""Continual pre-training of MPT on packed recommendation text (RecGPT-7B, paper section 2.2).
+
+    # one CPU process, tiny model (data from `python -m data.prepare configs/data/<...>.yaml`)
+    python train.py configs/train/tiny-pretrain.yaml --data.path=out/data/movielens-100k
+    # one node, 8 GPUs
+    torchrun --standalone --nproc_per_node 8 train.py configs/train/recgpt-7b-pretrain.yaml
+    # several nodes: scripts/train_slurm.sbatch; throughput only: --benchmark.enabled=true --data.synthetic=true
+
+Config: YAML (training/config.py lists every key and its default) with `--section.key=value` overrides. The data
+is read from the packed shards of the data build (data/packed.py); each row of `seq_len` tokens is one training
+sequence whose every token is a target (labels = inputs, shifted in the loss). The loop, FSDP2, LION, checkpoints
+and logging are shared with finetune.py (training/).
+"""
+import os
+import sys
+
+from training import distributed as dist_utils
+from training.config import load_config, split_argv
+from training.data import SyntheticDataset, open_packed, pretrain_batch
+from training.loop import model_config, run
+
+
+def main(argv):
+    path, overrides = split_argv(argv)
+    cfg = load_config(path, overrides)
+    d = dist_utils.setup(cfg.parallel.backend)
+    dist_utils.seed_everything(cfg.run.seed, cfg.run.deterministic)
+
+    # -------------------------------------------------------------------------------- data: packed token rows
+    if cfg.data.synthetic or (cfg.benchmark.enabled and cfg.data.path is None):
+        config = model_config(cfg)
+        seq_len = cfg.data.seq_len or config.max_seq_len
+        n = cfg.train.global_batch_size * (cfg.benchmark.warmup_steps + cfg.benchmark.steps + 1)
+        dataset = SyntheticDataset(n, seq_len, config.vocab_size, cfg.run.seed)
+    else:
+        if cfg.data.path is None:
+            raise ValueError("data.path is not set: point it at a data build (the folder with meta.json)")
+        dataset = open_packed(cfg.data.path)
+        seq_len = dataset.seq_len
+        if cfg.data.seq_len is not None:
+            if cfg.data.seq_len > dataset.seq_len:
+                raise ValueError(f"data.seq_len = {cfg.data.seq_len} is longer than the packed rows "
+                                 f"({dataset.seq_len} tokens in {cfg.data.path})")
+            seq_len = cfg.data.seq_len
+
+    def make_batch(ds, indices):
+        return pretrain_batch(ds, indices, seq_len)
+
+    # -------------------------------------------------------------------------------- train (training/loop.py)
+    try:
+        run(cfg, d, dataset, make_batch, seq_len, task="pretrain")
+    except BaseException:
+        dist_utils.teardown(ok=False)
+        raise
+    dist_utils.teardown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.stdout.flush()
+    os._exit(0)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here

@@ -1,0 +1,139 @@
+"""Sharded training checkpoints with torch.distributed.checkpoint (DCP), and the final model export.
+
+    <out_dir>/checkpoints/
+      step-00000100/               a complete checkpoint (the only kind resume ever reads)
+        .metadata, __*_*.distcp    DCP: model + optimizer, each rank writing its own shards
+        rank-00000.pt ...          per-rank RNG states (python, numpy, torch, cuda)
+        train_state.json           step, tokens seen, data position (world-size independent), world size
+        config.yaml                the resolved run config
+        COMPLETE                   written last, after every rank has finished
+      step-00000200.partial/       a save in progress (or one a crash interrupted): never read, removed on the next save
+
+A save writes into `step-N.partial/`, all ranks meet at a barrier, then rank 0 writes COMPLETE and renames the folder
+to `step-N` (an atomic rename on one filesystem). `latest()` only accepts folders named step-N that hold COMPLETE,
+so a crash mid-save can never leave a checkpoint that resume picks up. After a save the oldest complete checkpoints
+beyond `keep_last` are deleted.
+
+Model and optimizer state go through DCP's `get_state_dict`/`set_state_dict`, which reshard on load: a checkpoint
+written by 8 ranks loads on 4, 2 or 1. RNG states are per rank; on a different world size ranks without a saved
+state are reseeded from (seed, step, rank) and a warning says so.
+"""
+import json
+import pathlib
+import random
+import re
+import shutil
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+from training.distributed import canonical_name
+
+MARKER = "COMPLETE"
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def step_dir(root, step: int) -> pathlib.Path:
+    return pathlib.Path(root) / f"step-{step:08d}"
+
+
+def complete_checkpoints(root) -> list:
+    """[(step, path)] of complete checkpoints under root, oldest first."""
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / MARKER).is_file() and (p / ".metadata").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest(root):
+    found = complete_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(root, step: int, model, optimizer, train_state: dict, config_yaml: str, rank: int, keep_last: int):
+    root = pathlib.Path(root)
+    final, tmp = step_dir(root, step), root / f"{step_dir(root, step).name}.partial"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("*.partial"):  # left by a crash; never read
+            shutil.rmtree(stale, ignore_errors=True)
+    dist.barrier()
+    model_sd, optim_sd = get_model_state_dict(model), get_optimizer_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    torch.save(_rng_state(), tmp / f"rank-{rank:05d}.pt")
+    dist.barrier()
+    if rank == 0:
+        (tmp / "train_state.json").write_text(json.dumps(train_state, indent=1) + "\n")
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / MARKER).write_text(f"step {step}\n")
+        if final.exists():  # the same step saved by an earlier run: replaced only now that the new one is complete
+            shutil.rmtree(final)
+        tmp.rename(final)
+        if keep_last and keep_last > 0:
+            for _, old in complete_checkpoints(root)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
+    """Restore model + optimizer (resharded to this world size) and this rank's RNG; return train_state."""
+    path = pathlib.Path(path)
+    if not (path / MARKER).is_file() or not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"checkpoint.resume = {path}: not a complete checkpoint (no {MARKER} or .metadata)")
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    train_state = json.loads((path / "train_state.json").read_text())
+    rng_file = path / f"rank-{rank:05d}.pt"
+    if train_state["world_size"] == world_size and rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        if rank == 0:
+            warnings.warn(f"{path} was written by {train_state['world_size']} ranks, this run has {world_size}: "
+                          f"RNG states are reseeded from (seed, step, rank); model, optimizer and data position "
+                          f"are resharded exactly")
+        s = seed + 1_000_003 * int(train_state["step"]) + rank
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+    return train_state
+
+
+def export_model(model, config, out_dir, dtype: torch.dtype, rank: int):
+    """Gather the full state dict (to rank 0's CPU) and write our safetensors format (model/checkpoint.py)."""
+    from model.checkpoint import save_model
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        sd = {canonical_name(k): v for k, v in sd.items()}
+        save_model(sd, config, out_dir, dtype=dtype)
+    del sd
+    dist.barrier()

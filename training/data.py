@@ -1,0 +1,174 @@
+"""Per-rank, resumable batches for train.py (packed shards) and finetune.py (prompt/response pairs).
+
+Reads the data issue's formats through its own readers (data/packed.py `PackedDataset`, data/instructions.py
+`InstructionDataset`, both listed in the build's meta.json).
+
+Sampling is defined on the *global* batch, independent of the number of ranks:
+    epoch e order = permutation(len(dataset), seed + e) (or 0..n-1 without shuffle), drop_last;
+    global step s uses order[(s mod spe) * G : (s mod spe + 1) * G], spe = n // G steps per epoch;
+    rank r of W takes the r-th contiguous slice of G / W sequences, cut into micro-batches.
+So the position in the data is the global step alone: a checkpoint written by 8 ranks resumes on 4 or 1 with the
+same sequences in the same steps, and a 2-rank run sees exactly the batch a 1-rank run sees (with more
+accumulation). `state_dict()` stores the step plus fingerprints (dataset length, global batch, seed) that a resume
+checks, failing loudly if the data changed under the run.
+
+Batches are dicts of int64 tensors: input_ids (B, S), labels (B, S) aligned with input_ids (label i is token i,
+-100 = no loss; the loss shifts), attention_mask (B, S) (1 = real token) for fine-tuning.
+"""
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+class GlobalBatchSampler:
+    def __init__(self, n: int, global_batch: int, micro_batch: int, rank: int, world: int, seed: int,
+                 shuffle: bool = True):
+        if global_batch % (micro_batch * world):
+            raise ValueError(f"train.global_batch_size = {global_batch} must be divisible by "
+                             f"train.micro_batch_size ({micro_batch}) x ranks ({world})")
+        if n < global_batch:
+            raise ValueError(f"data.path has {n} examples, fewer than one global batch "
+                             f"(train.global_batch_size = {global_batch})")
+        self.n, self.G, self.mb, self.rank, self.world = n, global_batch, micro_batch, rank, world
+        self.seed, self.shuffle = seed, shuffle
+        self.steps_per_epoch = n // global_batch
+        self.step = 0
+        self._order_epoch, self._order = None, None
+
+    @property
+    def accumulation(self) -> int:
+        return self.G // (self.mb * self.world)
+
+    def _order_for(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            self._order = (np.random.default_rng(self.seed + epoch).permutation(self.n) if self.shuffle
+                           else np.arange(self.n))
+            self._order_epoch = epoch
+        return self._order
+
+    def global_indices(self, step: int) -> np.ndarray:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        return self._order_for(epoch)[i * self.G:(i + 1) * self.G]
+
+    def next_step(self) -> list:
+        """This rank's micro-batches (lists of example indices) for the current step; advances the step."""
+        per_rank = self.G // self.world
+        mine = self.global_indices(self.step)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        self.step += 1
+        return [mine[j:j + self.mb].tolist() for j in range(0, per_rank, self.mb)]
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "n": self.n, "global_batch": self.G, "seed": self.seed, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict):
+        for key, mine in (("n", self.n), ("global_batch", self.G), ("seed", self.seed), ("shuffle", self.shuffle)):
+            if state[key] != mine:
+                raise ValueError(f"checkpoint's data position was saved with {key} = {state[key]}, this run has "
+                                 f"{mine}: resuming would not continue the same data order")
+        self.step = int(state["step"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pre-training: packed rows
+
+
+def open_packed(path):
+    from data.packed import PackedDataset
+
+    return PackedDataset(path)
+
+
+def pretrain_batch(dataset, indices, seq_len: int = None) -> dict:
+    rows = np.stack([dataset[i] for i in indices]).astype(np.int64)  # (B, S)
+    if seq_len is not None:
+        rows = rows[:, :seq_len]
+    ids = torch.from_numpy(rows)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fine-tuning: prompt/response pairs, loss on the response and EOS only
+
+
+def open_instructions(path):
+    from data.instructions import InstructionDataset
+
+    return InstructionDataset(path)
+
+
+def fit_example(input_ids: np.ndarray, labels: np.ndarray, max_seq_len: int, eos_id: int):
+    """Truncate one example to max_seq_len: the prompt is kept whole, the response keeps its first tokens and its
+    last token becomes EOS. Returns None when the prompt alone has >= max_seq_len tokens (llm-foundry drops it)."""
+    n_prompt = int(np.argmax(labels != IGNORE_INDEX)) if (labels != IGNORE_INDEX).any() else len(labels)
+    if n_prompt >= max_seq_len or n_prompt == len(labels):
+        return None
+    if len(input_ids) > max_seq_len:
+        input_ids, labels = input_ids[:max_seq_len].copy(), labels[:max_seq_len].copy()
+        input_ids[-1] = labels[-1] = eos_id
+    return input_ids, labels
+
+
+def sft_batch(dataset, indices, max_seq_len: int, eos_id: int, pad_to: str = "max_seq_len") -> dict:
+    """Right-padded batch (pad id = EOS, as MPT's tokenizer has no pad token; padded labels are -100)."""
+    examples = []
+    for i in indices:
+        ex = dataset[i]
+        fitted = fit_example(np.asarray(ex["input_ids"]), np.asarray(ex["labels"]), max_seq_len, eos_id)
+        if fitted is None:
+            raise ValueError(f"example {i} has no response tokens within max_seq_len {max_seq_len}; filter it "
+                             f"(see filter_instructions)")
+        examples.append(fitted)
+    if pad_to == "max_seq_len":
+        S = max_seq_len
+    elif pad_to == "longest":
+        S = max(len(ids) for ids, _ in examples)
+    else:
+        raise ValueError(f"data.pad_to = {pad_to!r}: must be 'max_seq_len' or 'longest'")
+    B = len(examples)
+    input_ids = torch.full((B, S), eos_id, dtype=torch.long)
+    labels = torch.full((B, S), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((B, S), dtype=torch.long)
+    for b, (ids, lab) in enumerate(examples):
+        n = len(ids)
+        input_ids[b, :n] = torch.from_numpy(ids.astype(np.int64))
+        labels[b, :n] = torch.from_numpy(lab.astype(np.int64))
+        mask[b, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+class FilteredDataset:
+    """The examples whose prompt fits in max_seq_len with at least one response token (llm-foundry's filter)."""
+
+    def __init__(self, dataset, max_seq_len: int):
+        self.dataset = dataset
+        keep = []
+        for i in range(len(dataset)):
+            labels = np.asarray(dataset[i]["labels"])
+            valid = np.flatnonzero(labels != IGNORE_INDEX)
+            if len(valid) and valid[0] < max_seq_len:
+                keep.append(i)
+        self.keep = keep
+        self.dropped = len(dataset) - len(keep)
+
+    def __len__(self):
+        return len(self.keep)
+
+    def __getitem__(self, i):
+        return self.dataset[self.keep[i]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SyntheticDataset:
+    """Deterministic random token rows (benchmark mode: no data needed)."""
+
+    def __init__(self, n: int, seq_len: int, vocab_size: int, seed: int = 0):
+        self.n, self.seq_len, self.vocab_size, self.seed = n, seq_len, vocab_size, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return np.random.default_rng(self.seed * 1_000_003 + i).integers(0, self.vocab_size, self.seq_len)

@@ -1,0 +1,211 @@
+"""Process group from torchrun's environment, FSDP2 sharding, sharded weight loading, seeding.
+
+The model file knows nothing of this (torchtitan's split): `build_sharded_model` builds MPT on `meta`, applies
+`parallelize` (activation checkpointing per block, `fully_shard` per block, then the root), allocates only the
+local shards with `to_empty`, then fills them one full tensor at a time from rank 0 (from scratch: MPT's init on
+rank 0's CPU; or a converted checkpoint read shard by shard), so no rank other than 0 ever holds a full tensor
+and rank 0 holds one at a time (plus, when initialising from scratch, the CPU model it initialises).
+
+Works the same with 1 process (plain `python train.py`: a world of one, gloo or nccl) and under
+`torchrun --nproc_per_node N` / multi-node, so every path is the one the tests exercise.
+"""
+import datetime
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from model.checkpoint import expected_shapes, iter_safetensors, read_config, read_index
+from model.config import MPTConfig
+from model.mpt import MPT
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: object
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(backend: str = None, timeout_minutes: int = 30) -> Dist:
+    """Initialise the default process group from torchrun's RANK/WORLD_SIZE/LOCAL_RANK (or a world of one)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if not dist.is_initialized():
+        if "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout,
+                                    device_id=device if device.type == "cuda" else None)
+        else:  # plain `python train.py`: a world of one without any network rendezvous
+            if world != 1:
+                raise RuntimeError("WORLD_SIZE > 1 but no MASTER_ADDR: launch with torchrun")
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
+    return Dist(rank, world, local_rank, device, mesh)
+
+
+def teardown(ok: bool = True):
+    """Barrier + destroy (a gloo worker can abort at exit after DCP otherwise); no barrier after an error, where
+    the other ranks may never arrive."""
+    if dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int, deterministic: bool = False):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def parallelize(model: MPT, mesh, mixed_precision: str = "bf16", activation_checkpointing: bool = False,
+                reshard_after_forward: bool = True, compile: bool = False) -> MPT:
+    """Activation checkpointing per block -> optional compile per block -> fully_shard per block -> root.
+
+    mixed_precision "bf16": the sharded master parameters stay fp32 (so LION's +-lr steps are not rounded away,
+    spec/performance.md 6.3), all-gathered compute copies are bf16, gradients are reduce-scattered in fp32.
+    "fp32": everything fp32. Gradients are *summed* across ranks (divide factor 1): the loss is already
+    normalised by the global count of valid tokens (training/loop.py).
+    """
+    if mixed_precision == "bf16":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    elif mixed_precision == "fp32":
+        mp = MixedPrecisionPolicy()
+    else:
+        raise ValueError(f"parallel.mixed_precision = {mixed_precision!r}: must be 'bf16' or 'fp32'")
+    if activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+    if compile:
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = torch.compile(block)
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    gloo = dist.get_backend() == "gloo"
+    for module in model.modules():  # the setting is per FSDP unit, not inherited
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            if gloo:  # gloo has no PREMUL_SUM: plain SUM (the factor is 1 anyway)
+                module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def canonical_name(name: str) -> str:
+    """State-dict name without wrapper prefixes (activation checkpointing, torch.compile)."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+@torch.no_grad()
+def fill_from_rank0(model, full_tensors, shapes: dict, rank: int):
+    """Copy full tensors, available on rank 0 only, into the sharded parameters, one tensor at a time.
+
+    full_tensors: on rank 0 an iterator of (canonical name, tensor); ignored on the other ranks. Names are sent in
+    the model's own order, so every rank issues the same collectives.
+    """
+    local = {canonical_name(n): p for n, p in model.state_dict().items()}
+    if rank == 0:
+        # a lazy source (_LazyShards) reads a safetensors shard when first asked for one of its tensors
+        pending = full_tensors if isinstance(full_tensors, _LazyShards) else dict(full_tensors)
+    for name, target in local.items():
+        if rank == 0:
+            if name not in pending:
+                raise KeyError(f"weights source lacks tensor '{name}'")
+            full = pending.pop(name)
+        else:
+            full = torch.empty(shapes[name])
+        full = full.to(device=target.device, dtype=target.dtype)
+        if isinstance(target, DTensor):
+            target.copy_(distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=0))
+        else:
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                dist.broadcast(full, src=0)
+            target.copy_(full)
+        del full
+
+
+class _LazyShards(dict):
+    """name -> tensor, read from a converted checkpoint one safetensors shard at a time on first access."""
+
+    def __init__(self, model_dir, names):
+        super().__init__()
+        self.index = read_index(model_dir)
+        self.names = list(names)
+
+    def __contains__(self, name):
+        return name in self.index
+
+    def pop(self, name):
+        if not dict.__contains__(self, name):
+            shard = self.index[name]
+            wanted = [n for n, s in self.index.items() if s == shard]
+            for n, t in iter_safetensors(shard, wanted):
+                dict.__setitem__(self, n, t)
+        return dict.pop(self, name)
+
+
+def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0) -> MPT:
+    """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a converted checkpoint."""
+    with torch.device("meta"):
+        model = MPT(config)
+    parallelize(model, d.mesh, pcfg["mixed_precision"], pcfg["activation_checkpointing"],
+                pcfg["reshard_after_forward"], pcfg.get("compile", False))
+    model.to_empty(device=d.device)
+    shapes = expected_shapes(config)
+    if init_from is not None:
+        if d.is_main:
+            stored = read_config(init_from)
+            if expected_shapes(stored) != shapes:
+                raise ValueError(f"model.init_from = {init_from}: its config.yaml has different shapes from the "
+                                 f"model config of this run")
+            index = read_index(init_from)
+            missing = sorted(set(shapes) - set(index))
+            if missing:
+                raise ValueError(f"model.init_from = {init_from}: missing tensors {missing[:5]}")
+            source = _LazyShards(init_from, shapes)
+        else:
+            source = None
+        fill_from_rank0(model, source, shapes, d.rank)
+    else:
+        if d.is_main:
+            with torch.device("meta"):
+                full = MPT(config)
+            full.to_empty(device="cpu")
+            full.init_weights(torch.Generator().manual_seed(seed))
+            source = full.state_dict()
+        else:
+            source = None
+        fill_from_rank0(model, source, shapes, d.rank)
+        del source
+    return model

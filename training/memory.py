@@ -1,0 +1,102 @@
+"""Per-GPU memory estimate for a training config under FSDP2 FULL_SHARD, before launching.
+
+    python -m training.memory --config configs/train/recgpt-7b-pretrain.yaml --gpus 8 --gpu-mem 40
+
+Arithmetic from ../shared/spec/performance.md section 6 (GB = 1e9 bytes; the "gpu-mem" capacity is in GB too):
+- sharded state: fp32 master weights + fp32 gradients + LION momentum = 12 bytes/param / n_gpus (the same with
+  mixed_precision bf16, which keeps fp32 master shards, and with fp32);
+- in flight: two blocks' all-gathered compute params (current + prefetch), one block's unsharded gradient, the root
+  unit (wte + norm_f) gathered plus its gradient, in the compute dtype (2 bytes bf16, 4 fp32);
+- activations per layer, per sequence (Korthikanti et al. 2022 without dropout masks): 34*s*h in 16-bit units
+  (x2 for fp32) with a flash kernel (attn_impl triton: only O and the LSE are kept); attn_impl torch in bf16 also
+  keeps the (heads, s, s) scores and probabilities: + 5*heads*s^2 bytes (x2 for fp32). With per-block activation
+  checkpointing each layer keeps only its input (2*s*h bytes) plus one block's activations during recompute;
+- logits and cross-entropy: bf16 logits + fp32 copy + fp32 gradient = 10 bytes per (token, vocab entry);
+- CUDA context, NCCL buffers and allocator slack: 2 GB (the spec's 1-3 GB estimate).
+These are estimates: measure with the training log's `mem` column (max reserved) on the real GPU.
+"""
+import argparse
+import dataclasses
+import sys
+
+from model.config import MPTConfig
+from training.config import load_config
+from training.loop import model_config
+
+GB = 1e9
+
+
+def block_params(c: MPTConfig) -> int:
+    return (c.num_params() - c.vocab_size * c.d_model - c.d_model * (1 if c.no_bias else 2)) // c.n_layers
+
+
+def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_precision: str = "bf16",
+             activation_checkpointing: bool = False) -> dict:
+    N, L, h, s, b = c.num_params(), c.n_layers, c.d_model, seq_len, micro_batch
+    cbytes = 2 if mixed_precision == "bf16" else 4  # compute dtype
+    blk = block_params(c)
+    root = N - L * blk
+    act_unit = cbytes / 2  # the 34*s*h figure is in 16-bit units
+    per_layer = 34 * s * b * h * act_unit
+    if c.attn_impl != "triton":
+        per_layer += 5 * c.n_heads * s * s * b * act_unit
+    if activation_checkpointing:
+        activations = L * 2 * s * b * h * act_unit + per_layer
+    else:
+        activations = L * per_layer
+    out = {
+        "params": N,
+        "master weights (fp32, sharded)": 4 * N / gpus,
+        "gradients (fp32, sharded)": 4 * N / gpus,
+        "LION momentum (fp32, sharded)": 4 * N / gpus,
+        "gathered params: 2 blocks + root": (2 * blk + root) * cbytes,
+        "unsharded grads: 1 block + root": (blk + root) * cbytes,
+        "activations": activations,
+        "logits + cross-entropy": b * s * c.vocab_size * 10,
+        "CUDA context, NCCL, allocator slack": 2 * GB,
+    }
+    out["total"] = sum(v for k, v in out.items() if k != "params")
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="a training YAML (configs/train/*.yaml)")
+    p.add_argument("--gpus", type=int, required=True, help="number of GPUs the model is sharded over")
+    p.add_argument("--gpu-mem", type=float, required=True, help="capacity of one GPU in GB (e.g. 40, 80, 141)")
+    p.add_argument("--micro-batch", type=int, default=None, help="default: train.micro_batch_size of the config")
+    args, overrides = p.parse_known_args(argv)
+    cfg = load_config(args.config, overrides)
+    if cfg.model.init_from is None or _has_config(cfg.model.init_from):
+        c = model_config(cfg)
+    else:  # the converted checkpoint is not there yet: the named model config has the same shapes
+        c = dataclasses.replace(MPTConfig.from_name(cfg.model.name), **cfg.model.overrides)
+        print(f"(model.init_from {cfg.model.init_from} not found: using model.name {cfg.model.name!r})")
+    seq_len = cfg.data.seq_len or c.max_seq_len
+    mb = args.micro_batch or cfg.train.micro_batch_size
+    print(f"{args.config}: {c.num_params():,} parameters, {c.n_layers} layers, d_model {c.d_model}, vocab "
+          f"{c.vocab_size}, attn_impl {c.attn_impl}; micro-batch {mb} x {seq_len} tokens, "
+          f"{cfg.parallel.mixed_precision}, {args.gpus} GPUs of {args.gpu_mem:g} GB")
+    rows = {ac: estimate(c, args.gpus, mb, seq_len, cfg.parallel.mixed_precision, ac) for ac in (False, True)}
+    print(f"{'per GPU':40s} {'no act. ckpt':>14s} {'act. ckpt':>14s}")
+    for key in rows[False]:
+        if key == "params":
+            continue
+        a, b = rows[False][key] / GB, rows[True][key] / GB
+        print(f"{key:40s} {a:11.2f} GB {b:11.2f} GB")
+    for ac in (False, True):
+        total = rows[ac]["total"] / GB
+        verdict = "fits" if total <= args.gpu_mem else "does NOT fit"
+        print(f"{'with' if ac else 'without'} activation checkpointing: {total:.2f} GB of {args.gpu_mem:g} GB "
+              f"-> {verdict}")
+    return rows
+
+
+def _has_config(path) -> bool:
+    import pathlib
+
+    return (pathlib.Path(path) / "config.yaml").is_file()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

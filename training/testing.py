@@ -1,0 +1,73 @@
+"""A tiny synthetic data build in the data issue's on-disk format, for the training tests and CPU smoke runs.
+
+    python -m training.testing out/tiny-data        # then: python train.py configs/train/tiny-pretrain.yaml
+
+Writes, with data/'s own writers (data/packed.py PackWriter, data/instructions.py InstructionWriter), a meta.json
+with a `pretrain` section (documents of token ids packed into rows) and an `instructions` section (prompt/response
+pairs, prompt masked). Token ids are synthetic (vocab 512, EOS = 0): documents are noisy arithmetic sequences so
+a model can learn something, and each instruction's response is a fixed function of its prompt.
+"""
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from data.instructions import InstructionWriter
+from data.packed import FORMAT, FORMAT_VERSION, PackWriter
+
+EOS_ID = 0
+
+
+def synthetic_documents(n_docs: int, vocab: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for _ in range(n_docs):
+        length = int(rng.integers(8, 90))
+        start, stride = int(rng.integers(1, vocab)), int(rng.integers(1, 7))
+        doc = (start + stride * np.arange(length)) % (vocab - 1) + 1  # ids 1..vocab-1 (0 is EOS)
+        noise = rng.random(length) < 0.1
+        doc[noise] = rng.integers(1, vocab, int(noise.sum()))
+        yield doc.tolist()
+
+
+def synthetic_pairs(n_pairs: int, vocab: int, seed: int, prompt_len=(6, 20), response_len=(2, 6)):
+    """(prompt ids, response ids); the response is determined by the prompt (its first ids, reversed, + 7)."""
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(n_pairs):
+        prompt = rng.integers(1, vocab, int(rng.integers(*prompt_len))).tolist()
+        k = int(rng.integers(*response_len))
+        response = [((t + 7) % (vocab - 1)) + 1 for t in prompt[:k][::-1]]
+        yield prompt, response
+
+
+def write_tiny_build(out_dir, seq_len: int = 32, n_docs: int = 200, n_pairs: int = 16, vocab: int = 512,
+                     seed: int = 0, rows_per_shard: int = 50, pairs=None) -> pathlib.Path:
+    out_dir = pathlib.Path(out_dir)
+    part = out_dir / "parts" / "0-of-1"
+    writer = PackWriter(part, "pretrain", seq_len, "uint16", rows_per_shard, EOS_ID)
+    for doc in synthetic_documents(n_docs, vocab, seed):
+        writer.add(doc)
+    shards = writer.close()
+    iw = InstructionWriter(part, "uint16", EOS_ID)
+    for prompt, response in (pairs if pairs is not None else synthetic_pairs(n_pairs, vocab, seed)):
+        iw.add({"prompt": " ".join(map(str, prompt)), "response": " ".join(map(str, response))}, prompt, response)
+    n = iw.close()
+    rel = "parts/0-of-1"
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "tokenizer": {"path": None, "vocab_size": vocab, "synthetic": True},
+        "pretrain": {"dtype": "uint16", "seq_len": seq_len, "eos_id": EOS_ID,
+                     "shards": [{"file": f"{rel}/{s['file']}", "rows": s["rows"]} for s in shards],
+                     "rows": sum(s["rows"] for s in shards), "documents": writer.documents, "tokens": writer.tokens,
+                     "padding_tokens": writer.padding_tokens},
+        "instructions": {"dtype": "uint16", "eos_id": EOS_ID, "ignore_index": -100, "examples": n,
+                         "parts": [{"jsonl": f"{rel}/instructions.jsonl", "tokens": f"{rel}/instructions.tokens.bin",
+                                    "index": f"{rel}/instructions.index.npy", "examples": n}]},
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return out_dir
+
+
+if __name__ == "__main__":
+    out = write_tiny_build(sys.argv[1] if len(sys.argv) > 1 else "out/tiny-data")
+    print(f"wrote {out}/meta.json")
