@@ -15,6 +15,7 @@ data/README.md. Same inputs + config -> byte-identical outputs (timings go to ti
 import argparse
 import collections
 import gzip
+import itertools
 import json
 import pathlib
 import sys
@@ -132,12 +133,23 @@ class Encoder:
     def __init__(self, tok):
         self.tok = tok
         self.eos_id = tok.token_to_id(tokenizer_lib.EOS)
+        self.line_local = tokenizer_lib.line_local(tok)
+
+    def encode(self, texts: list[str]):
+        return self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
 
     def ids(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)] if texts else []
+        return [e.ids for e in self.encode(texts)]
 
     def lengths(self, texts: list[str]) -> list[int]:
         return [len(i) for i in self.ids(texts)]
+
+    def cached_ids(self, texts: list[str], cache: dict) -> list[list[int]]:
+        """ids of each text, encoding (in one batch) only the texts not yet in `cache`."""
+        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        if todo:
+            cache.update(zip(todo, self.ids(todo)))
+        return [cache[t] for t in texts]
 
 
 class gzip_writer(gzip.GzipFile):
@@ -159,22 +171,63 @@ def batched(seq, n):
 
 # -- stages ---------------------------------------------------------------------------------------
 
-def line_token_counts(doc: str, offsets, body_start: int) -> list[int]:
-    """Tokens per item line of a rendered document, from the encoding's character offsets."""
-    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
-    line_starts = [body_start]
-    for i in range(body_start, len(doc)):
-        if doc[i] == "\n":
+class DocLines:
+    """Where each item line of a rendered pre-training document starts in the document's token ids
+    (from the encoding's character offsets).
+
+    `line_tokens` are the per-line token counts the chunker estimates with. When the tokenizer is
+    line-local (tokenizer.line_local) and every line boundary of this document is a token boundary
+    with the newline as its own token (checked here from the offsets), the ids of a chunk made of
+    lines [a, b) are the document's header ids followed by the ids of those lines, so a chunk is cut
+    out of the document's ids instead of being encoded again. Anything else is encoded.
+    """
+
+    def __init__(self, doc: str, encoding, body_start: int, line_local: bool):
+        self.ids = encoding.ids
+        offsets = encoding.offsets
+        starts = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))[::2]
+        line_starts = [body_start]
+        i = doc.find("\n", body_start)
+        while i >= 0:
             line_starts.append(i + 1)
-    bounds = np.searchsorted(starts, np.asarray(line_starts + [len(doc) + 1]))
-    return [max(1, int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+            i = doc.find("\n", i + 1)
+        self.n = len(line_starts)
+        self.bounds = np.searchsorted(starts, np.asarray(line_starts + [len(doc) + 1])).tolist()
+        self.line_tokens = [max(1, b - a) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        self.sliceable = line_local and self._aligned(doc, offsets, line_starts)
+
+    def _aligned(self, doc: str, offsets, line_starts: list[int]) -> bool:
+        if not doc or doc[-1].isspace() or doc[line_starts[0] - 2: line_starts[0]] != "\n\n":
+            return False
+        for j, start in enumerate(line_starts):
+            b = self.bounds[j]
+            if start >= len(doc) or doc[start].isspace() or b >= len(offsets) or offsets[b][0] != start:
+                return False
+            if j == 0:
+                if b == 0 or offsets[b - 1][1] > start:
+                    return False
+                continue
+            nl = start - 1  # the newline ending line j - 1: a token of its own, after a non-space
+            if b < 2 or tuple(offsets[b - 1]) != (nl, start) or offsets[b - 2][1] > nl or doc[nl - 1].isspace():
+                return False
+        return True
+
+    def _end(self, b: int) -> int:
+        return self.bounds[b] - (1 if b < self.n else 0)  # without the newline after line b - 1
+
+    def chunk_len(self, a: int, b: int) -> int:
+        return self.bounds[0] + self._end(b) - self.bounds[a]
+
+    def chunk_ids(self, a: int, b: int) -> list[int]:
+        return self.ids[: self.bounds[0]] + self.ids[self.bounds[a]: self._end(b)]
 
 
 def write_pretrain(plan: SourcePlan, histories, enc: Encoder, limit: int, writer: PackWriter, manifest,
-                   batch: int, counts: collections.Counter) -> None:
+                   batch: int, counts: collections.Counter, keep_texts: Optional[list] = None) -> None:
     d, name = plan.domain, plan.cfg["name"]
     chunker = Chunker(enc.lengths, limit)
     overhead = enc.lengths([d.header + "\n\n"])[0]
+    body_start = len(d.header) + 2
 
     def render(groups):
         return [templates.pretrain_document(d, g) for g in groups]
@@ -186,26 +239,40 @@ def write_pretrain(plan: SourcePlan, histories, enc: Encoder, limit: int, writer
         counts["interactions_in_documents"] += len(history)
         if manifest:
             manifest.write("".join(f"{name}\t{x.key}\n" for x in history).encode())
+        if keep_texts is not None:
+            keep_texts.append((d, history))  # rendered by the benchmark, outside its timing
 
     for users in tqdm(list(batched(histories, batch)), desc=f"pretrain {name}", unit="batch", leave=False):
         docs = render(users)
-        for h, doc, e in zip(users, docs, enc.tok.encode_batch(docs, add_special_tokens=False)):
-            if len(e.ids) < limit:
-                emit(h, e.ids)
+        for h, doc, e in zip(users, docs, enc.encode(docs)):
+            ids = e.ids
+            if len(ids) < limit:
+                emit(h, ids)
                 continue
-            # long history: per-line token counts from the document's own offsets (no re-encoding),
-            # and each verified chunk's ids are kept, so the chunks are encoded once
+            # long history: per-line token counts from the document's own offsets; a chunk of
+            # unchanged consecutive lines is cut out of the document's ids (DocLines), anything else
+            # (a review cut to fit) is encoded once and cached, so no text is encoded twice
+            lines = DocLines(doc, e, body_start, enc.line_local)
+            pos = {id(x): j for j, x in enumerate(h)}
             cache: dict[str, list[int]] = {}
 
+            def span(g):
+                a = pos.get(id(g[0])) if g else None
+                if not lines.sliceable or a is None or a + len(g) > lines.n:
+                    return None
+                return (a, a + len(g)) if all(x is h[a + i] for i, x in enumerate(g)) else None
+
             def measure(groups):
-                texts = render(groups)
-                todo = [t for t in texts if t not in cache]
-                cache.update(zip(todo, enc.ids(todo)))
-                return [len(cache[t]) for t in texts]
+                spans = [span(g) for g in groups]
+                texts = render([g for g, s in zip(groups, spans) if s is None])
+                encoded = iter(enc.cached_ids(texts, cache))
+                return [lines.chunk_len(*s) if s else len(next(encoded)) for s in spans]
+
             groups = chunker.split(h, lambda x: templates.pretrain_line(d, x), overhead, measure,
-                                   line_tokens=line_token_counts(doc, e.offsets, len(d.header) + 2))
-            for g, text in zip(groups, render(groups)):
-                emit(g, cache[text] if text in cache else enc.ids([text])[0])
+                                   line_tokens=lines.line_tokens)
+            for g in groups:
+                s = span(g)
+                emit(g, lines.chunk_ids(*s) if s else enc.cached_ids(render([g]), cache)[0])
     counts.update(chunker.counts)
     counts["pretrain_users"] += len(histories)
 
@@ -229,41 +296,56 @@ def make_pairs(d: templates.Domain, group, counts: collections.Counter) -> list[
 
 
 def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: InstructionWriter, manifest,
-                   counts: collections.Counter) -> None:
+                   counts: collections.Counter, batch: int = 256, keep_texts: Optional[list] = None) -> None:
     d, name = plan.domain, plan.cfg["name"]
     chunker = Chunker(enc.lengths, limit)
     line = (lambda x: templates.rating_line(d, x)) if d.rating else (lambda x: templates.next_item_line(d, d.history, x))
     overhead = max(enc.lengths([templates.wrap_prompt(t, d, []) for t in
                                 (templates.RATING_TASK, templates.NEXT_ITEM_TASK)])) + 8
+    cache: dict[str, list[int]] = {}  # text -> ids: every prompt/response is encoded once
+
+    def texts_of(pairs):
+        return [p[1] for p in pairs] + [p[2] for p in pairs]
 
     def measure(groups):
+        pairs = [make_pairs(d, g, collections.Counter()) for g in groups]
+        ids = iter(enc.cached_ids([t for ps in pairs for t in texts_of(ps)], cache))
         out = []
-        for g in groups:
-            pairs = make_pairs(d, g, collections.Counter())
-            lens = enc.lengths([p[1] for p in pairs] + [p[2] for p in pairs])
-            out.append(max((lens[i] + lens[i + len(pairs)] for i in range(len(pairs))), default=0))
+        for ps in pairs:
+            lens = [len(next(ids)) for _ in range(2 * len(ps))]
+            out.append(max((lens[i] + lens[i + len(ps)] for i in range(len(ps))), default=0))
         return out
 
-    for user, history in tqdm(users, desc=f"finetune {name}", unit="user", leave=False):
-        groups = [history] if measure([history])[0] < limit else chunker.split(history, line, overhead, measure)
-        for j, g in enumerate(groups):
-            pairs = make_pairs(d, g, counts)
-            texts = enc.ids([p[1] for p in pairs] + [p[2] for p in pairs])
-            for i, (task, prompt, response, target) in enumerate(pairs):
-                record = {"task": task, "source": name, "domain": d.name, "user": user, "chunk": j,
-                          "n_history": len(g) - 1, "prompt": prompt, "response": response, **target}
-                writer.add(record, texts[i], texts[i + len(pairs)])
-                counts[f"pairs_{task}"] += 1
-            if manifest:
-                manifest.write("".join(f"{name}\t{x.key}\n" for x in g).encode())
+    bar = tqdm(total=len(users), desc=f"finetune {name}", unit="user", leave=False)
+    for block in batched(users, batch):
+        cache.clear()
+        measure([history for _, history in block])  # the whole histories' pairs, in one batch
+        for user, history in block:
+            groups = [history] if measure([history])[0] < limit else chunker.split(history, line, overhead, measure)
+            for j, g in enumerate(groups):
+                pairs = make_pairs(d, g, counts)
+                texts = enc.cached_ids(texts_of(pairs), cache)
+                for i, (task, prompt, response, target) in enumerate(pairs):
+                    record = {"task": task, "source": name, "domain": d.name, "user": user, "chunk": j,
+                              "n_history": len(g) - 1, "prompt": prompt, "response": response, **target}
+                    writer.add(record, texts[i], texts[i + len(pairs)])
+                    counts[f"pairs_{task}"] += 1
+                    if keep_texts is not None:
+                        keep_texts += [prompt, response]
+                if manifest:
+                    manifest.write("".join(f"{name}\t{x.key}\n" for x in g).encode())
+            bar.update()
+    bar.close()
     counts.update(chunker.counts)
     counts["finetune_users"] += len(users)
 
 
-def fit_prompt(enc: Encoder, build, history, budget: int) -> tuple[str, str, int]:
-    """Drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4)."""
-    prompt, response = build(history)
-    n = enc.lengths([prompt])[0]
+def fit_prompt(enc: Encoder, build, history, budget: int, first=None) -> tuple[str, str, int]:
+    """Drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4).
+    `first`: (prompt, response, n_tokens) of the whole history when the caller has encoded it."""
+    prompt, response, n = first if first is not None else (*build(history), None)
+    if n is None:
+        n = enc.lengths([prompt])[0]
     dropped = 0
     while n > budget and dropped < len(history):
         step = max(1, (n - budget) * len(history) // max(n, 1) // 2)  # jump by an estimate, then refine
@@ -278,45 +360,60 @@ def catalog_item(item: Item, cfg: dict) -> Item:
 
 
 def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path, heldout_manifest,
-               counts: collections.Counter) -> dict:
+               counts: collections.Counter, keep_texts: Optional[list] = None) -> dict:
     """Benchmark validation/test prompts with their targets, and the item catalog (part 0 only)."""
     d, name = plan.domain, plan.cfg["name"]
     eval_dir = out_dir / "eval" / name
     eval_dir.mkdir(parents=True, exist_ok=True)
     budget = cfg["max_seq_len"] - cfg["eval"]["max_new_tokens"]
     files, handles = {}, {}
-    for h in tqdm(plan.heldout, desc=f"eval {name}", unit="example", leave=False):
-        if heldout_manifest:
-            heldout_manifest.write(f"{name}\t{h.task}\t{h.split}\t{h.key}\n".encode())
-        history = [x for x in h.history if x.item.title]
-        counts["eval_history_items_without_title_dropped"] += len(h.history) - len(history)
-        target_item = catalog_item(h.target.item, cfg)
-        if not h.target.item.title:
-            counts[f"eval_{h.task}_targets_without_title"] += 1
-        if h.task == "next_item":
-            def build(hist):
-                return templates.next_item_pair(d, hist, target_item)
-            extra = {"target_item_id": target_item.id, "target_text": templates.item_text(d, target_item)}
-        else:
-            if d.rating is None or h.target.rating is None:
-                counts["eval_rating_examples_without_rating"] += 1
-                continue
-            target = h.target if h.target.item.title else replace_item(h.target, item=target_item)
 
-            def build(hist):
-                return templates.rating_pair(d, list(hist) + [target])
-            extra = {"target_item_id": target_item.id, "target_rating": h.target.rating}
-        prompt, response, dropped = fit_prompt(enc, build, history, budget)
-        counts["eval_prompts_truncated"] += dropped > 0
-        fname = f"{h.task}_{h.split}.jsonl"
-        if fname not in handles:
-            handles[fname] = open(eval_dir / fname, "w", encoding="utf-8")
-            files[fname] = 0
-        record = {"task": h.task, "split": h.split, "source": name, "domain": d.name, "user": h.user,
-                  "prompt": prompt, "response": response, "history_item_ids": [x.item.id for x in history[dropped:]],
-                  "history_items_dropped_oldest": dropped, **extra}
-        handles[fname].write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-        files[fname] += 1
+    def next_item_build(target_item):
+        return lambda hist: templates.next_item_pair(d, hist, target_item)
+
+    def rating_build(target):
+        return lambda hist: templates.rating_pair(d, list(hist) + [target])
+
+    bar = tqdm(total=len(plan.heldout), desc=f"eval {name}", unit="example", leave=False)
+    for block in batched(plan.heldout, 4096):
+        todo = []  # (example, history, build, extra), in held-out order
+        for h in block:
+            if heldout_manifest:
+                heldout_manifest.write(f"{name}\t{h.task}\t{h.split}\t{h.key}\n".encode())
+            history = [x for x in h.history if x.item.title]
+            counts["eval_history_items_without_title_dropped"] += len(h.history) - len(history)
+            target_item = catalog_item(h.target.item, cfg)
+            if not h.target.item.title:
+                counts[f"eval_{h.task}_targets_without_title"] += 1
+            if h.task == "next_item":
+                build = next_item_build(target_item)
+                extra = {"target_item_id": target_item.id, "target_text": templates.item_text(d, target_item)}
+            else:
+                if d.rating is None or h.target.rating is None:
+                    counts["eval_rating_examples_without_rating"] += 1
+                    continue
+                build = rating_build(h.target if h.target.item.title else replace_item(h.target, item=target_item))
+                extra = {"target_item_id": target_item.id, "target_rating": h.target.rating}
+            todo.append((h, history, build, extra))
+        firsts = [build(history) for _, history, build, _ in todo]
+        lengths = enc.lengths([p for p, _ in firsts])  # the whole histories' prompts, in one batch
+        for (h, history, build, extra), (prompt, response), n in zip(todo, firsts, lengths):
+            prompt, response, dropped = fit_prompt(enc, build, history, budget, (prompt, response, n))
+            counts["eval_prompts_truncated"] += dropped > 0
+            fname = f"{h.task}_{h.split}.jsonl"
+            if fname not in handles:
+                handles[fname] = open(eval_dir / fname, "w", encoding="utf-8")
+                files[fname] = 0
+            record = {"task": h.task, "split": h.split, "source": name, "domain": d.name, "user": h.user,
+                      "prompt": prompt, "response": response,
+                      "history_item_ids": [x.item.id for x in history[dropped:]],
+                      "history_items_dropped_oldest": dropped, **extra}
+            handles[fname].write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+            files[fname] += 1
+            if keep_texts is not None:
+                keep_texts.append(prompt)
+        bar.update(len(block))
+    bar.close()
     for f in handles.values():
         f.close()
     ids = sorted(plan.catalog, key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
@@ -360,14 +457,11 @@ def run_part(cfg: dict, i: int, n: int, keep_texts: Optional[list] = None) -> di
         t1 = time.perf_counter()
         counts: collections.Counter = collections.Counter()
         tokens_before = writer.tokens
-        pre = plan.pretrain[i::n]
-        if keep_texts is not None:
-            keep_texts.extend(templates.pretrain_document(plan.domain, h) for h in pre)
-        write_pretrain(plan, pre, enc, limit, writer, manifest, cfg["batch_users"], counts)
+        write_pretrain(plan, plan.pretrain[i::n], enc, limit, writer, manifest, cfg["batch_users"], counts, keep_texts)
         t2 = time.perf_counter()
-        write_finetune(plan, plan.finetune[i::n], enc, limit, instr, ft_manifest, counts)
+        write_finetune(plan, plan.finetune[i::n], enc, limit, instr, ft_manifest, counts, keep_texts=keep_texts)
         if i == 0 and plan.heldout:
-            evals[name] = write_eval(plan, enc, cfg, out_dir, heldout_manifest, counts)
+            evals[name] = write_eval(plan, enc, cfg, out_dir, heldout_manifest, counts, keep_texts)
         timings[name] = {"pretrain_s": t2 - t1, "pretrain_tokens": writer.tokens - tokens_before,
                          "finetune_eval_s": time.perf_counter() - t2}
         sources[name] = {

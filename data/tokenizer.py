@@ -5,6 +5,7 @@ paper-scale runs), or a small byte-level BPE the pipeline trains on the corpus f
     tokenizer: {train: {vocab_size: 2048, max_documents: 20000}}   # saved as <out_dir>/tokenizer.json
 """
 import hashlib
+import json
 import os
 import pathlib
 from typing import Iterable
@@ -46,6 +47,28 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path) -> Tokenizer:
     pathlib.Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_path))
     return tok
+
+
+def line_local(tok: Tokenizer) -> bool:
+    """True when the ids of a text that is cut between lines are the ids of its parts, i.e. when
+    encode(header + "\\n\\n" + lines[a:b] joined) can be cut out of the whole document's ids.
+
+    That holds for a byte-level BPE without dropout whose pre-tokenizer is the GPT-2 regex (GPT-NeoX,
+    and the BPE this module trains), with no normaliser or NFC, and no added token containing a
+    newline: the regex never joins a newline with the non-space characters around it, and BPE merges
+    stay inside a pre-token. The per-document conditions (a newline is a token of its own between two
+    non-space characters) are checked by data.prepare.DocLines; with anything else the pipeline
+    encodes every chunk instead.
+    """
+    spec = json.loads(tok.to_str())
+    model, pre, norm = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("normalizer")
+    if model.get("type") != "BPE" or model.get("dropout") not in (None, 0, 0.0):
+        return False
+    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        return False
+    if norm is not None and norm.get("type") != "NFC":
+        return False
+    return not any("\n" in t.get("content", "") for t in spec.get("added_tokens") or [])
 
 
 def token_dtype(vocab_size: int) -> str:

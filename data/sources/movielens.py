@@ -38,18 +38,19 @@ def _read_100k(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
         names = [g for g, flag in zip(genres, f[5:]) if flag == "1" and g != "unknown"]
         items[f[0]] = Item(f[0], title=clean_text(f[1]), genres=", ".join(names) or None)
     seq = 0
-    for lineno, line in open_text_lines(path / "u.data", bad):
+    data_path = path / "u.data"
+    for lineno, line in open_text_lines(data_path, bad):
         f = line.split("\t")
         if len(f) != 4:
-            bad.bad(path / "u.data", lineno, "wrong_field_count", f"{len(f)} fields, expected 4")
+            bad.bad(data_path, lineno, "wrong_field_count", f"{len(f)} fields, expected 4")
             continue
-        ok, rating = parse_rating(f[2], path / "u.data", lineno, bad)
+        ok, rating = parse_rating(f[2], data_path, lineno, bad)
         if not ok:
             continue
         try:
             time = float(f[3])
         except ValueError:
-            bad.bad(path / "u.data", lineno, "bad_time", repr(f[3]))
+            bad.bad(data_path, lineno, "bad_time", repr(f[3]))
             continue
         item = items.get(f[1]) or items.setdefault(f[1], Item(f[1]))  # unknown id -> untitled item
         yield Interaction(f[0], item, time=time, rating=rating, seq=seq)
