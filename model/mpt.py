@@ -75,9 +75,21 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def reorder(self, index: torch.Tensor):
-        """Beam search: row b of the batch becomes old row index[b]."""
-        self.keys = self.keys.index_select(1, index)
-        self.values = self.values.index_select(1, index)
+        """Beam search: row b becomes old row index[b] (index may repeat rows, drop them, or change the count).
+
+        Only the filled positions are gathered, one layer at a time, so the extra memory is one layer's
+        filled part, not a second cache (at 7B with 10 beams the cache itself is tens of GB).
+        """
+        n = self.length
+        if index.numel() == self.keys.shape[1]:
+            targets = (self.keys, self.values)  # same number of rows: gather in place
+        else:
+            shape = (self.keys.shape[0], index.numel()) + self.keys.shape[2:]
+            targets = tuple(torch.empty(shape, device=self.keys.device, dtype=self.keys.dtype) for _ in range(2))
+        for old, new in zip((self.keys, self.values), targets):
+            for layer in range(old.shape[0]):
+                new[layer, :, :, :n] = old[layer, :, :, :n].index_select(0, index)  # (R, H, n, D)
+        self.keys, self.values = targets
 
 
 def attention(q, k, v, slopes, key_padding_mask, config: MPTConfig, dropout_p: float = 0.0):

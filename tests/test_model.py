@@ -140,6 +140,17 @@ def test_kv_cache_reorder_and_limits():
         stepped = model(nxt, kv_cache=cache)
         full = model(torch.cat([ids[[2, 2, 0]], nxt], dim=1))[:, -1:]
     torch.testing.assert_close(stepped, full, **TOL)
+    for index in ([0, 0, 1, 2, 2], [1]):  # beams spreading out (more rows), finished prompts leaving (fewer)
+        rows = torch.tensor(index)
+        prefix = torch.cat([ids[[2, 2, 0]], nxt], dim=1)  # (3, 9)
+        history = prefix[rows]
+        with torch.no_grad():
+            grown = model.new_kv_cache(3, max_len=10)
+            model(prefix, kv_cache=grown)
+            grown.reorder(rows)
+            step = torch.randint(0, 512, (len(index), 1))
+            torch.testing.assert_close(model(step, kv_cache=grown), model(torch.cat([history, step], 1))[:, -1:],
+                                       **TOL)
     with pytest.raises(ValueError, match="KV cache holds 10"):
         model(torch.randint(0, 512, (3, 2)), kv_cache=cache)
     with pytest.raises(ValueError, match="max_seq_len=128"):
