@@ -31,19 +31,9 @@ import sys
 import torch
 
 from kernels.reference import attention_reference
+from model.mpt import alibi_slopes as mpt_slopes
 
 IMPLS = ("sdpa+bias", "reference", "triton", "fa2")
-
-
-def mpt_slopes(n_heads, alibi_bias_max=8.0):
-    """MPT's ALiBi slopes (H,) fp32 (../shared/spec/mpt.md 5.1)."""
-    import math
-
-    n_pow2 = 2 ** math.ceil(math.log2(n_heads))
-    slopes = [2.0 ** (-(k * alibi_bias_max / n_pow2)) for k in range(1, n_pow2 + 1)]
-    if n_pow2 != n_heads:
-        slopes = (slopes[1::2] + slopes[0::2])[:n_heads]
-    return torch.tensor(slopes, dtype=torch.float32)
 
 
 def make_impl(name, slopes, causal):

@@ -15,13 +15,13 @@ exercised). Tolerances:
   kernel may be no less accurate than the PyTorch implementation in the same dtype up to a factor 2.
 """
 import dataclasses
-import math
 import os
 
 import pytest
 import torch
 
 from kernels.flash_alibi import flash_attn_alibi
+from model.mpt import alibi_slopes as mpt_slopes  # checked in tests/test_model.py
 from kernels.reference import attention_reference
 
 CUDA = torch.cuda.is_available()
@@ -30,22 +30,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = pytest.mark.skipif(not CUDA and not INTERPRET, reason="needs CUDA or TRITON_INTERPRET=1")
 
 FP32_ATOL = FP32_RTOL = 1e-5
-
-
-def mpt_slopes(n_heads, alibi_bias_max=8.0):
-    """MPT's ALiBi slopes (mpt.md 5.1), written out independently of model/mpt.py."""
-    n_pow2 = 2 ** math.ceil(math.log2(n_heads))
-    slopes = [2.0 ** (-(k * alibi_bias_max / n_pow2)) for k in range(1, n_pow2 + 1)]
-    if n_pow2 != n_heads:
-        slopes = (slopes[1::2] + slopes[0::2])[:n_heads]
-    return torch.tensor(slopes, dtype=torch.float32)
-
-
-def test_mpt_slopes_values():
-    # mpt.md 5.1 table: 6 heads -> exponents 2, 4, 6, 8, then 1, 3
-    expected = torch.tensor([2.0 ** -e for e in (2, 4, 6, 8, 1, 3)])
-    torch.testing.assert_close(mpt_slopes(6), expected, rtol=0, atol=0)
-    torch.testing.assert_close(mpt_slopes(32)[[0, -1]], torch.tensor([2.0 ** -0.25, 2.0 ** -8]))
 
 
 def make_inputs(B, H, Sq, Sk, D, dtype, seed=0):
