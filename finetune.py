@@ -28,8 +28,11 @@ BASE = {"optim": {"lr": 1e-5, "betas": [0.9, 0.98], "weight_decay": 1e-7, "decay
 def main(argv):
     path, overrides = split_argv(argv)
     cfg = load_config(path, overrides, base=BASE)
-    d = dist_utils.setup(cfg.parallel.backend)
-    dist_utils.seed_everything(cfg.run.seed, cfg.run.deterministic)
+    with dist_utils.process_group(cfg) as d:
+        train(cfg, d)
+
+
+def train(cfg, d):
 
     # -------------------------------------------------------------------------------- data: prompt/response pairs
     if cfg.data.path is None:
@@ -50,12 +53,7 @@ def main(argv):
         return sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to)
 
     # -------------------------------------------------------------------------------- train (training/loop.py)
-    try:
-        run(cfg, d, dataset, make_batch, max_seq_len, task="finetune")
-    except BaseException:
-        dist_utils.teardown(ok=False)
-        raise
-    dist_utils.teardown()
+    run(cfg, d, dataset, make_batch, max_seq_len, task="finetune")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,11 @@ from training.loop import model_config, run
 def main(argv):
     path, overrides = split_argv(argv)
     cfg = load_config(path, overrides)
-    d = dist_utils.setup(cfg.parallel.backend)
-    dist_utils.seed_everything(cfg.run.seed, cfg.run.deterministic)
+    with dist_utils.process_group(cfg) as d:
+        train(cfg, d)
+
+
+def train(cfg, d):
 
     # -------------------------------------------------------------------------------- data: packed token rows
     if cfg.data.synthetic or (cfg.benchmark.enabled and cfg.data.path is None):
@@ -47,12 +50,7 @@ def main(argv):
         return pretrain_batch(ds, indices, seq_len)
 
     # -------------------------------------------------------------------------------- train (training/loop.py)
-    try:
-        run(cfg, d, dataset, make_batch, seq_len, task="pretrain")
-    except BaseException:
-        dist_utils.teardown(ok=False)
-        raise
-    dist_utils.teardown()
+    run(cfg, d, dataset, make_batch, seq_len, task="pretrain")
 
 
 if __name__ == "__main__":

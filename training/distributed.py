@@ -9,6 +9,7 @@ and rank 0 holds one at a time (plus, when initialising from scratch, the CPU mo
 Works the same with 1 process (plain `python train.py`: a world of one, gloo or nccl) and under
 `torchrun --nproc_per_node N` / multi-node, so every path is the one the tests exercise.
 """
+import contextlib
 import datetime
 import os
 import random
@@ -70,6 +71,20 @@ def teardown(ok: bool = True):
         if ok:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(cfg):
+    """The run's process lifetime, shared by train.py and finetune.py: set up the process group, seed, and
+    tear down on the way out (with a barrier only after success: after an error other ranks may never arrive)."""
+    d = setup(cfg.parallel.backend)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    try:
+        yield d
+    except BaseException:
+        teardown(ok=False)
+        raise
+    teardown()
 
 
 def seed_everything(seed: int, deterministic: bool = False):
