@@ -183,7 +183,6 @@ _IGNORED_JSON_KEYS = {
     "output_attentions", "output_hidden_states", "return_dict", "problem_type", "chunk_size_feed_forward",
     "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "fc_type", "use_pad_tok_in_ffn",
     "learned_pos_emb",  # ignored by MPT itself whenever alibi is on (spec/mpt.md section 1)
-    "norm_type",  # low_precision_layernorm == layernorm outside autocast; we train with bf16 params
     "kv_n_heads",  # only read by grouped-query attention, which attn_type rules out
     "rope_theta", "rope_impl", "rope_dail_config", "rope_hf_config",  # only read when rope is on
 }
@@ -193,7 +192,9 @@ _REQUIRED_JSON_VALUES = {
     "attn_config.attn_type": "multihead_attention", "attn_config.prefix_lm": False,
     "attn_config.attn_uses_sequence_id": False, "attn_config.qk_gn": False,
     "attn_config.sliding_window_size": -1, "attn_config.rope": False,
-    "ffn_config.ffn_type": "mptmlp", "norm_type": ("layernorm", "low_precision_layernorm"),
+    "ffn_config.ffn_type": "mptmlp",
+    # low_precision_layernorm == layernorm outside autocast, and we train with bf16 parameters, not autocast
+    "norm_type": ("layernorm", "low_precision_layernorm"),
 }
 
 
@@ -212,8 +213,7 @@ def _flatten_mpt_json(raw: dict, source: str) -> dict:
                 allowed = allowed if isinstance(allowed, tuple) else (allowed,)
                 if value not in allowed:
                     raise ConfigError(f"{source}: key '{dotted}' = {value!r} is not supported (only {allowed})")
-                if dotted != "norm_type":
-                    continue
+                continue  # a supported value of a key that selects an implementation variant
             if (section, key) in theirs_to_ours:
                 flat[theirs_to_ours[(section, key)]] = value
             elif key in _IGNORED_JSON_KEYS and section != "ffn_config":

@@ -53,6 +53,7 @@ def test_unknown_model_name_lists_available():
     (lambda c: c["attn_config"].update(prefix_lm=True), "attn_config.prefix_lm"),
     (lambda c: c["attn_config"].update(attn_type="grouped_query_attention"), "attn_config.attn_type"),
     (lambda c: c.update(tie_word_embeddings=False), "tie_word_embeddings"),
+    (lambda c: c.update(norm_type="rmsnorm"), "norm_type"),
 ])
 def test_config_json_unknown_or_unsupported_key(tmp_path, edit, culprit):
     cfg = TINY.to_mpt_json()
