@@ -14,6 +14,7 @@ data/README.md. Same inputs + config -> byte-identical outputs (timings go to ti
 """
 import argparse
 import collections
+import concurrent.futures
 import gzip
 import itertools
 import json
@@ -128,21 +129,32 @@ def get_tokenizer(cfg: dict):
 
 
 class Encoder:
-    """Batch encoding on all cores (tokenizers' Rayon pool); no special tokens are added."""
+    """Batch encoding on all cores (tokenizers' Rayon pool); no special tokens are added.
+
+    `submit` encodes in a background thread (encode_batch releases the GIL), so that the Python work
+    of the stages (rendering, chunking, writing) overlaps the encoding of the next batch; the results
+    are the same as `encode`'s, only the timing differs."""
 
     def __init__(self, tok):
         self.tok = tok
         self.eos_id = tok.token_to_id(tokenizer_lib.EOS)
         self.line_local = tokenizer_lib.line_local(tok)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
 
     def encode(self, texts: list[str]):
         return self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
+
+    def submit(self, texts: list[str]) -> concurrent.futures.Future:
+        return self._pool.submit(self.encode, texts)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.encode(texts)]
 
     def lengths(self, texts: list[str]) -> list[int]:
-        return [len(i) for i in self.ids(texts)]
+        return [len(e) for e in self.encode(texts)]  # len(Encoding) = len(ids), without building the list
 
     def cached_ids(self, texts: list[str], cache: dict) -> list[list[int]]:
         """ids of each text, encoding (in one batch) only the texts not yet in `cache`."""
@@ -164,9 +176,58 @@ class gzip_writer(gzip.GzipFile):
         self._raw.close()
 
 
+class background_gzip_writer:
+    """A gzip_writer whose compression runs in a background thread (zlib releases the GIL): writes are
+    collected and handed over in blocks, in order, so the file holds the same stream of bytes."""
+
+    BLOCK = 1 << 18
+
+    def __init__(self, path):
+        self._gz = gzip_writer(path)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._pending: list[concurrent.futures.Future] = []
+
+    def write(self, data: bytes) -> None:
+        self._buf.append(data)
+        self._size += len(data)
+        if self._size >= self.BLOCK:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._buf:
+            self._pending.append(self._pool.submit(self._gz.write, b"".join(self._buf)))
+            for f in [f for f in self._pending if f.done()]:
+                f.result()  # re-raises a write error
+                self._pending.remove(f)
+            self._buf, self._size = [], 0
+
+    def close(self) -> None:
+        self._hand_over()
+        self._pool.submit(self._gz.close).result()
+        self._pool.shutdown(wait=True)
+        for f in self._pending:
+            f.result()  # re-raises a write error
+
+
 def batched(seq, n):
     for i in range(0, len(seq), n):
         yield seq[i: i + n]
+
+
+def prefetched(blocks, start):
+    """start(block) for every block, in order, each yielded after start() has been called for the
+    next block: when start() renders a block and submits its encoding (Encoder.submit), the caller's
+    work on block k overlaps the encoding of block k + 1."""
+    pending = None
+    for block in blocks:
+        nxt = start(block)
+        if pending is not None:
+            yield pending
+        pending = nxt
+    if pending is not None:
+        yield pending
 
 
 # -- stages ---------------------------------------------------------------------------------------
@@ -242,9 +303,14 @@ def write_pretrain(plan: SourcePlan, histories, enc: Encoder, limit: int, writer
         if keep_texts is not None:
             keep_texts.append((d, history))  # rendered by the benchmark, outside its timing
 
-    for users in tqdm(list(batched(histories, batch)), desc=f"pretrain {name}", unit="batch", leave=False):
+    def start(users):
         docs = render(users)
-        for h, doc, e in zip(users, docs, enc.encode(docs)):
+        return users, docs, enc.submit(docs)
+
+    blocks = list(batched(histories, batch))
+    for users, docs, encoded in tqdm(prefetched(blocks, start), total=len(blocks), desc=f"pretrain {name}",
+                                     unit="batch", leave=False):
+        for h, doc, e in zip(users, docs, encoded.result()):
             ids = e.ids
             if len(ids) < limit:
                 emit(h, ids)
@@ -343,16 +409,58 @@ def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: In
 def fit_prompt(enc: Encoder, build, history, budget: int, first=None) -> tuple[str, str, int]:
     """Drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4).
     `first`: (prompt, response, n_tokens) of the whole history when the caller has encoded it."""
-    prompt, response, n = first if first is not None else (*build(history), None)
-    if n is None:
-        n = enc.lengths([prompt])[0]
-    dropped = 0
-    while n > budget and dropped < len(history):
-        step = max(1, (n - budget) * len(history) // max(n, 1) // 2)  # jump by an estimate, then refine
-        dropped = min(len(history), dropped + step)
-        prompt, response = build(history[dropped:])
-        n = enc.lengths([prompt])[0]
-    return prompt, response, dropped
+    return fit_prompts(enc, [(build, history, first)], budget)[0]
+
+
+def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
+    """fit_prompt for each (build, history, first[, count]) of `todo`, the same results; the prompts
+    being cut step by step are re-encoded together, one encode_batch call per step instead of one per
+    prompt. `count(dropped)`, where given, is the token count of build(history[dropped:])'s prompt, or
+    None where it has to be encoded (prompt_counter)."""
+    state = []  # [prompt, response, n, dropped, build, history, count]
+    for build, history, first, *count in todo:
+        prompt, response, n = first if first is not None else (*build(history), None)
+        state.append([prompt, response, n, 0, build, history, count[0] if count else None])
+    new = [s for s in state if s[2] is None]
+    for s, n in zip(new, enc.lengths([s[0] for s in new])):
+        s[2] = n
+    active = [s for s in state if s[2] > budget and s[3] < len(s[5])]
+    while active:
+        todo_n = []
+        for s in active:
+            n, history = s[2], s[5]
+            step = max(1, (n - budget) * len(history) // max(n, 1) // 2)  # jump by an estimate, then refine
+            s[3] = min(len(history), s[3] + step)
+            s[0], s[1] = s[4](history[s[3]:])
+            s[2] = s[6](s[3]) if s[6] is not None else None
+            if s[2] is None:
+                todo_n.append(s)
+        for s, n in zip(todo_n, enc.lengths([s[0] for s in todo_n])):
+            s[2] = n
+        active = [s for s in active if s[2] > budget and s[3] < len(s[5])]
+    return [(s[0], s[1], s[3]) for s in state]
+
+
+PROMPT_END = "\n\n### Response:"
+
+
+def prompt_counter(enc: Encoder, prompt: str, encoding, task: str, d: templates.Domain, n_lines: int):
+    """For a prompt templates.wrap_prompt(task, d, lines) with `n_lines` history lines and its encoding:
+    count(m), the token count of the same prompt without its first m lines (m < n_lines), cut out of
+    this encoding as DocLines cuts a chunk out of a document (the same conditions, checked on the
+    prompt's own offsets; the text from a line's start to the prompt's end is unchanged, and so are
+    its tokens); None where that does not hold (the caller encodes)."""
+    empty = templates.wrap_prompt(task, d, [])  # the prompt's head and PROMPT_END
+    if not enc.line_local or not empty.endswith(PROMPT_END) or not prompt.endswith(PROMPT_END):
+        return None
+    body_start = len(empty) - len(PROMPT_END)
+    if not prompt.startswith(empty[:body_start]) or len(prompt) - len(PROMPT_END) <= body_start:
+        return None
+    lines = DocLines(prompt[: len(prompt) - len(PROMPT_END)], encoding, body_start, True)
+    if not lines.sliceable or lines.n != n_lines:
+        return None
+    n, head, bounds = len(encoding), lines.bounds[0], lines.bounds
+    return lambda m: head + n - bounds[m] if m < n_lines else None
 
 
 def catalog_item(item: Item, cfg: dict) -> Item:
@@ -368,14 +476,27 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
     budget = cfg["max_seq_len"] - cfg["eval"]["max_new_tokens"]
     files, handles = {}, {}
 
+    lines: dict[int, tuple] = {}  # id(interaction) -> (interaction, its history line); validation and
+    # test prompts share most of their history, and a prompt being cut is rendered again
+
+    def history_line(x):
+        hit = lines.get(id(x))
+        if hit is None or hit[0] is not x:
+            hit = lines[id(x)] = (x, templates.next_item_line(d, d.history, x))
+        return hit[1]
+
     def next_item_build(target_item):
-        return lambda hist: templates.next_item_pair(d, hist, target_item)
+        response = templates.item_text(d, target_item)
+        # templates.next_item_pair(d, hist, target_item), with each history line rendered once
+        return lambda hist: (templates.wrap_prompt(templates.NEXT_ITEM_TASK, d, [history_line(x) for x in hist]),
+                             response)
 
     def rating_build(target):
         return lambda hist: templates.rating_pair(d, list(hist) + [target])
 
     bar = tqdm(total=len(plan.heldout), desc=f"eval {name}", unit="example", leave=False)
-    for block in batched(plan.heldout, 4096):
+
+    def start(block):
         todo = []  # (example, history, build, extra), in held-out order
         for h in block:
             if heldout_manifest:
@@ -396,9 +517,17 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
                 extra = {"target_item_id": target_item.id, "target_rating": h.target.rating}
             todo.append((h, history, build, extra))
         firsts = [build(history) for _, history, build, _ in todo]
-        lengths = enc.lengths([p for p, _ in firsts])  # the whole histories' prompts, in one batch
-        for (h, history, build, extra), (prompt, response), n in zip(todo, firsts, lengths):
-            prompt, response, dropped = fit_prompt(enc, build, history, budget, (prompt, response, n))
+        return block, todo, firsts, enc.submit([p for p, _ in firsts])  # the whole histories' prompts
+
+    for block, todo, firsts, encoded in prefetched(batched(plan.heldout, 4096), start):
+        fit = []
+        for (h, history, build, _), (prompt, response), e in zip(todo, firsts, encoded.result()):
+            n = len(e)
+            count = prompt_counter(enc, prompt, e, templates.NEXT_ITEM_TASK, d, len(history)) \
+                if n > budget and h.task == "next_item" else None
+            fit.append((build, history, (prompt, response, n), count))
+        fitted = fit_prompts(enc, fit, budget)
+        for (h, history, build, extra), (prompt, response, dropped) in zip(todo, fitted):
             counts["eval_prompts_truncated"] += dropped > 0
             fname = f"{h.task}_{h.split}.jsonl"
             if fname not in handles:
@@ -445,12 +574,12 @@ def run_part(cfg: dict, i: int, n: int, keep_texts: Optional[list] = None) -> di
     limit = cfg["max_seq_len"]
     writer = PackWriter(pdir, "pretrain", cfg["pack"]["seq_len"], dtype, cfg["pack"]["rows_per_shard"], enc.eos_id)
     instr = InstructionWriter(pdir, dtype, enc.eos_id)
-    manifest = gzip_writer(pdir / "manifest.tsv.gz") if cfg["write_manifests"] else None
-    ft_manifest = gzip_writer(pdir / "manifest-finetune.tsv.gz") if cfg["write_manifests"] else None
+    manifest = background_gzip_writer(pdir / "manifest.tsv.gz") if cfg["write_manifests"] else None
+    ft_manifest = background_gzip_writer(pdir / "manifest-finetune.tsv.gz") if cfg["write_manifests"] else None
     heldout_manifest = None
     if i == 0 and cfg["write_manifests"]:
         (out_dir / "eval").mkdir(parents=True, exist_ok=True)
-        heldout_manifest = gzip_writer(out_dir / "eval" / "heldout.tsv.gz")
+        heldout_manifest = background_gzip_writer(out_dir / "eval" / "heldout.tsv.gz")
     sources, evals, timings = {}, {}, {"tokenizer_s": time.perf_counter() - t0}
     for plan in iter_plans(cfg):
         name = plan.cfg["name"]
@@ -478,6 +607,7 @@ def run_part(cfg: dict, i: int, n: int, keep_texts: Optional[list] = None) -> di
     for m in (manifest, ft_manifest, heldout_manifest):
         if m:
             m.close()
+    enc.close()
     rel = pdir.relative_to(out_dir).as_posix()
     part = {"part": i, "of": n, "dtype": dtype, "vocab_size": vocab, "eos_id": enc.eos_id,
             "tokenizer": {"path": tok_path, "sha256": tokenizer_lib.sha256_file(tok_path)},

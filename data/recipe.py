@@ -178,10 +178,12 @@ def benchmark_split(histories: dict[str, History], seed: int, source: str, ratin
             heldout_keys.add(keys[-1])
         if rating_split:
             # recommended history (evaluation.md §4): the user's earlier rating-train interactions
-            for i, (x, k) in enumerate(zip(history, keys)):
-                if rating_of[k] != "train":
-                    earlier = [y for y, kk in zip(history[:i], keys[:i]) if rating_of[kk] == "train"]
-                    heldout.append(HeldOut("rating", rating_of[k], user, earlier, x, k))
+            earlier_train: History = []  # the rating-train interactions before x, built up as we go
+            for x, k in zip(history, keys):
+                if rating_of[k] == "train":
+                    earlier_train.append(x)
+                else:
+                    heldout.append(HeldOut("rating", rating_of[k], user, list(earlier_train), x, k))
                     heldout_keys.add(k)
         train[user] = [x for x, k in zip(history, keys) if k not in heldout_keys]
     return train, heldout, heldout_keys

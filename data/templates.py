@@ -74,7 +74,14 @@ def _value(x: Interaction, attr: str) -> Optional[str]:
 
 
 def render_fields(fields: Fields, x: Interaction) -> str:
-    return "; ".join(f"{label}: {v}" for label, attr in fields if (v := _value(x, attr)))
+    # the same as "; ".join(f"{label}: {v}" for label, attr in fields if (v := _value(x, attr))), without
+    # the generator and a call per field (this runs for every line of every text the pipeline writes)
+    item, parts = x.item, []
+    for label, attr in fields:
+        v = x.review if attr == "review" else getattr(item, attr)
+        if v:
+            parts.append(f"{label}: {v}")
+    return "; ".join(parts)
 
 
 def format_rating(rating: float, scale: float) -> str:
