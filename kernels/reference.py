@@ -16,6 +16,7 @@ Conventions (see ../shared/spec/mpt.md sections 5-6 and 14):
   of a left-padded batch) outputs zeros, as FlashAttention-2 does, instead of NaN.
 """
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,39 +43,52 @@ def attention_mask(seq_q, seq_k, causal, key_padding_mask=None, device=None):
     return allowed
 
 
+class AttentionBias(NamedTuple):
+    """The additive fp32 bias of one attention call and the query rows that see no key.
+
+    Built once and shared by every layer of a forward pass (they all see the same positions and mask).
+    """
+    bias: Optional[torch.Tensor]  # (B or 1, H or 1, Sq, Sk): ALiBi, with finfo.min where attention is not allowed
+    rows_without_keys: Optional[torch.Tensor]  # (B or 1, 1, Sq, 1) bool: rows that output 0
+
+
+def attention_bias(alibi_slopes, seq_q, seq_k, *, causal=True, key_padding_mask=None, device=None) -> AttentionBias:
+    allowed = attention_mask(seq_q, seq_k, causal, key_padding_mask, device=device)
+    bias = alibi_bias(alibi_slopes, seq_q, seq_k, device=device)[None] if alibi_slopes is not None else None
+    if allowed is None:
+        return AttentionBias(bias, None)
+    # finfo.min rather than -inf keeps fully masked rows finite (they are zeroed, with zero gradients)
+    bias = torch.where(allowed, 0.0 if bias is None else bias, torch.finfo(torch.float32).min)
+    return AttentionBias(bias, ~allowed.any(dim=-1, keepdim=True))
+
+
 def attention_reference(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None,
-                        softmax_scale=None, sdpa=False, dropout_p=0.0):
+                        softmax_scale=None, sdpa=False, dropout_p=0.0, bias: AttentionBias = None):
     """q (B, H, Sq, D), k/v (B, H, Sk, D), alibi_slopes (H,) or None -> (B, H, Sq, D) in q's dtype.
 
     Scores, bias and softmax are computed in fp32 (as MPT and transformers do); the probabilities are
     cast to v's dtype for the product with v. dropout_p drops attention probabilities (training only;
-    the Triton kernel has no dropout). With sdpa=True the same fp32 bias+mask is handed to
-    torch's scaled_dot_product_attention instead of being applied by hand (faster, same result).
+    the Triton kernel has no dropout). With sdpa=True the same fp32 bias is handed to torch's
+    scaled_dot_product_attention instead of being applied by hand (faster, same result; the bias is cast
+    to q's dtype, which SDPA requires). `bias`: a precomputed `attention_bias(...)` for these shapes, in
+    which case alibi_slopes, causal and key_padding_mask are not consulted.
     """
-    B, H, Sq, D = q.shape
-    Sk = k.shape[2]
+    D = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
-    allowed = attention_mask(Sq, Sk, causal, key_padding_mask, device=q.device)
-    bias = alibi_bias(alibi_slopes, Sq, Sk, device=q.device)[None] if alibi_slopes is not None else None
+    if bias is None:
+        bias = attention_bias(alibi_slopes, q.shape[2], k.shape[2], causal=causal,
+                              key_padding_mask=key_padding_mask, device=q.device)
     if sdpa:
-        mask = bias
-        if allowed is not None:
-            floor = torch.finfo(torch.float32).min
-            mask = torch.where(allowed, 0.0 if mask is None else mask, floor)
-        if mask is not None:
-            mask = mask.to(q.dtype)
+        mask = bias.bias.to(q.dtype) if bias.bias is not None else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout_p)
     else:
         scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, H, Sq, Sk)
-        if bias is not None:
-            scores = scores + bias
-        if allowed is not None:
-            # finfo.min rather than -inf keeps fully masked rows finite (and their gradients zero below)
-            scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+        if bias.bias is not None:
+            scores = scores + bias.bias
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         if dropout_p > 0:
             probs = F.dropout(probs, p=dropout_p)
         out = torch.matmul(probs, v)
-    if allowed is not None:
-        out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # rows that see no key -> 0
+    if bias.rows_without_keys is not None:
+        out = out.masked_fill(bias.rows_without_keys, 0.0)
     return out

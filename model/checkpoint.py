@@ -10,6 +10,7 @@ Tensor names are the MPT module names without HF's `transformer.` prefix (`wte.w
 `blocks.0.attn.Wqkv.weight`, ...). `load_model` builds on `meta` and fills each parameter from its shard
 directly on the target device and dtype, so the weights are never held twice.
 """
+import dataclasses
 import json
 import pathlib
 
@@ -136,30 +137,39 @@ def iter_safetensors(path, names=None, device="cpu"):
         raise CheckpointError(f"{path}: unreadable safetensors file (truncated or corrupt?): {e}") from None
 
 
+def iter_checkpoint(model_dir, config: MPTConfig, device="cpu"):
+    """Our checkpoint one shard at a time: yields (shard path, {name: tensor on device}), every name and shape
+    checked against `config` and no tensor missing. Only one shard is in memory at a time."""
+    expected = expected_shapes(config)
+    index = read_index(model_dir)
+    index_path = pathlib.Path(model_dir) / INDEX_NAME
+    for name in index:
+        if name not in expected:
+            raise CheckpointError(f"{index_path}: unexpected tensor '{name}' (not in a model with this config)")
+    check_complete(index, expected, index_path)
+    by_shard = {}
+    for name, shard in index.items():
+        by_shard.setdefault(shard, []).append(name)
+    for shard, names in sorted(by_shard.items()):
+        tensors = {}
+        for name, t in iter_safetensors(shard, names, device=device):
+            check_tensor(name, t.shape, expected, shard)
+            tensors[name] = t
+        yield shard, tensors
+
+
 def load_model(model_dir, device="cpu", dtype=None, **overrides) -> MPT:
     """Build the model from our directory onto `device` in `dtype` (default: as stored).
 
     `overrides` replace config keys that do not change the weights, e.g. attn_impl="torch".
     """
-    import dataclasses
-
     config = read_config(model_dir)
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    expected = expected_shapes(config)
-    index = read_index(model_dir)
     with torch.device("meta"):
         model = MPT(config)
-    index_path = pathlib.Path(model_dir) / INDEX_NAME
-    by_shard = {}
-    for name, shard in index.items():
-        if name not in expected:
-            raise CheckpointError(f"{index_path}: unexpected tensor '{name}' (not in a model with this config)")
-        by_shard.setdefault(shard, []).append(name)
-    check_complete(index, expected, index_path)
-    for shard, names in by_shard.items():
-        for name, t in iter_safetensors(shard, names, device=device):
-            check_tensor(name, t.shape, expected, shard)
-            t = t.to(dtype) if dtype is not None else t
-            model.load_state_dict({name: t}, strict=False, assign=True)
+    for _, tensors in iter_checkpoint(model_dir, config, device):
+        if dtype is not None:
+            tensors = {name: t.to(dtype) for name, t in tensors.items()}
+        model.load_state_dict(tensors, strict=False, assign=True)  # replaces the meta tensors, no copy
     return model.eval()

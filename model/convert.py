@@ -22,10 +22,9 @@ import shutil
 import sys
 
 import torch
-from safetensors import SafetensorError, safe_open
 
-from model.checkpoint import (INDEX_NAME, TOKENIZER_FILES, CheckpointError, ShardWriter, check_complete,
-                              check_tensor, expected_shapes, iter_safetensors, read_config, read_index,
+from model.checkpoint import (TOKENIZER_FILES, CheckpointError, ShardWriter, check_complete, check_tensor,
+                              expected_shapes, iter_checkpoint, iter_safetensors, read_config, read_index,
                               write_config)
 from model.config import MPTConfig
 
@@ -70,12 +69,7 @@ def hf_weight_files(hf_dir: pathlib.Path):
 
 
 def _read_safetensors(path):
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys())
-    except SafetensorError as e:
-        raise CheckpointError(f"{path}: unreadable safetensors file (truncated or corrupt?): {e}") from None
-    return dict(iter_safetensors(path, names))
+    return dict(iter_safetensors(path))
 
 
 def _read_bin(path):
@@ -99,6 +93,8 @@ def convert_from_hf(hf_dir, out_dir, dtype=None):
     expected = expected_shapes(config)
     shards, read, index = hf_weight_files(hf_dir)
     writer = ShardWriter(out_dir, len(shards))
+    # hashing the 400 MB embedding is only needed when an lm_head must be checked against it
+    check_head = index is None or any(hf_to_ours(k) is None for k in index)
     seen, digests = {}, {}
     for shard in shards:
         out = {}
@@ -107,7 +103,7 @@ def convert_from_hf(hf_dir, out_dir, dtype=None):
                 raise CheckpointError(f"{shard}: holds tensor '{hf_name}', which the index places in "
                                       f"{index.get(hf_name)!r}")
             name = hf_to_ours(hf_name)
-            if name is None or name == "wte.weight":
+            if name is None or (name == "wte.weight" and check_head):
                 digests[hf_name.removeprefix(COMPOSER_PREFIX)] = _digest(t)
                 if name is None:
                     continue
@@ -131,22 +127,14 @@ def convert_from_hf(hf_dir, out_dir, dtype=None):
 def convert_to_hf(our_dir, hf_dir, dtype=None):
     our_dir, hf_dir = pathlib.Path(our_dir), pathlib.Path(hf_dir)
     config = read_config(our_dir)
-    expected = expected_shapes(config)
-    index = read_index(our_dir)
-    by_shard = {}
-    for name, shard in index.items():
-        by_shard.setdefault(shard, []).append(name)
-    writer = ShardWriter(hf_dir, len(by_shard))
+    n_shards = len(set(read_index(our_dir).values()))
+    writer = ShardWriter(hf_dir, n_shards)
     stored_dtype = None
-    for shard, names in sorted(by_shard.items()):
-        out = {}
-        for name, t in iter_safetensors(shard, names):
-            check_tensor(name, t.shape, expected, shard)
-            out[ours_to_hf(name)] = t.to(dtype) if dtype is not None else t
-            stored_dtype = out[ours_to_hf(name)].dtype
+    for _, tensors in iter_checkpoint(our_dir, config):
+        out = {ours_to_hf(name): t.to(dtype) if dtype is not None else t for name, t in tensors.items()}
+        stored_dtype = next(iter(out.values())).dtype
         writer.write(out)
-        del out
-    check_complete(index, expected, our_dir / INDEX_NAME)
+        del out, tensors
     writer.finish()
     hf_config = config.to_mpt_json()
     hf_config["torch_dtype"] = str(stored_dtype).removeprefix("torch.")

@@ -21,12 +21,14 @@ Build without allocating, then materialise once:
 """
 import logging
 import math
+import os
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.reference import attention_reference
+from kernels.reference import AttentionBias, attention_bias, attention_reference
 from model.config import MPTConfig
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,9 @@ class KVCache:
             raise ValueError(f"KV cache of {max_len} positions exceeds the model config key "
                              f"max_seq_len={config.max_seq_len}")
         shape = (config.n_layers, batch_size, config.n_heads, max_len, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        # empty, not zeros: positions past `length` are never read, and at 7B with beams this is tens of GB
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
     @property
@@ -92,31 +95,36 @@ class KVCache:
         self.keys, self.values = targets
 
 
-def attention(q, k, v, slopes, key_padding_mask, config: MPTConfig, dropout_p: float = 0.0):
+class AttentionInputs(NamedTuple):
+    """What every layer's attention needs, built once per forward pass (all layers share positions and mask)."""
+    slopes: torch.Tensor  # (H,) fp32
+    key_padding_mask: Optional[torch.Tensor]  # (B, past + S) bool, True = real key; None = no padding
+    bias: Optional[AttentionBias]  # PyTorch path: the materialised ALiBi + mask bias; None on the Triton path
+
+
+def attention(q, k, v, inputs: AttentionInputs, config: MPTConfig, dropout_p: float = 0.0):
     """The attention switch: (B, H, Sq, D) queries against (B, H, Sk, D) keys/values, causal, ALiBi."""
-    if config.attn_impl == "triton" and _triton_usable(q):
+    if inputs.bias is None:
         from kernels.flash_alibi import flash_attn_alibi
 
-        return flash_attn_alibi(q, k, v, slopes, causal=True, key_padding_mask=key_padding_mask,
+        return flash_attn_alibi(q, k, v, inputs.slopes, causal=True, key_padding_mask=inputs.key_padding_mask,
                                 softmax_scale=config.scale)
     # fp32 goes through SDPA (fast); in bf16/fp16 the explicit path keeps the bias and softmax in fp32 as MPT does
-    return attention_reference(q, k, v, slopes, causal=True, key_padding_mask=key_padding_mask,
-                               softmax_scale=config.scale, sdpa=q.dtype == torch.float32, dropout_p=dropout_p)
+    return attention_reference(q, k, v, bias=inputs.bias, softmax_scale=config.scale,
+                               sdpa=q.dtype == torch.float32, dropout_p=dropout_p)
 
 
 _warned_no_triton = False
 
 
-def _triton_usable(q: torch.Tensor) -> bool:
+def _triton_usable(x: torch.Tensor) -> bool:
     """The Triton kernel runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)."""
-    import os
-
     global _warned_no_triton
-    if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+    if x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
         return True
     if not _warned_no_triton:
         log.warning("attn_impl 'triton' needs CUDA; tensors are on %s, so attention runs on the PyTorch "
-                    "path (same function, kernels/reference.py)", q.device)
+                    "path (same function, kernels/reference.py)", x.device)
         _warned_no_triton = True
     return False
 
@@ -132,7 +140,7 @@ class Attention(nn.Module):
             self.q_ln = nn.LayerNorm(d, eps=config.norm_eps, bias=bias)
             self.k_ln = nn.LayerNorm(d, eps=config.norm_eps, bias=bias)
 
-    def forward(self, x, slopes, key_padding_mask=None, kv_cache=None, layer=0):
+    def forward(self, x, attn_inputs: AttentionInputs, kv_cache=None, layer=0):
         cfg = self.config
         B, S, _ = x.shape
         qkv = self.Wqkv(x)  # (B, S, 3 * d_model)
@@ -145,7 +153,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, H, past + S, D)
         dropout_p = cfg.attn_pdrop if self.training else 0.0
-        y = attention(q, k, v, slopes, key_padding_mask, cfg, dropout_p)  # (B, H, S, D)
+        y = attention(q, k, v, attn_inputs, cfg, dropout_p)  # (B, H, S, D)
         y = y.transpose(1, 2).reshape(B, S, cfg.d_model)
         return self.out_proj(y)
 
@@ -171,8 +179,8 @@ class Block(nn.Module):
         self.ffn = FFN(config)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, slopes, key_padding_mask=None, kv_cache=None, layer=0):
-        x = x + self.resid_dropout(self.attn(self.norm_1(x), slopes, key_padding_mask, kv_cache, layer))
+    def forward(self, x, attn_inputs: AttentionInputs, kv_cache=None, layer=0):
+        x = x + self.resid_dropout(self.attn(self.norm_1(x), attn_inputs, kv_cache, layer))
         return x + self.resid_dropout(self.ffn(self.norm_2(x)))
 
 
@@ -218,8 +226,12 @@ class MPT(nn.Module):
 
         x = self.emb_dropout(self.wte(input_ids))  # (B, S, d_model)
         slopes = self.slopes(x.device)  # (H,) fp32
+        bias = None
+        if not (self.config.attn_impl == "triton" and _triton_usable(x)):
+            bias = attention_bias(slopes, S, past + S, causal=True, key_padding_mask=key_padding_mask, device=x.device)
+        attn_inputs = AttentionInputs(slopes, key_padding_mask, bias)
         for i, block in enumerate(self.blocks):
-            x = block(x, slopes, key_padding_mask, kv_cache, i)
+            x = block(x, attn_inputs, kv_cache, i)
         if kv_cache is not None:
             kv_cache.length = past + S
         if last_token_only:
