@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     part = prepare.run_part(cfg, 0, 1, keep_texts=kept)
     pipeline = [time.perf_counter() - t0]
     texts = [templates.pretrain_document(*k) if isinstance(k, tuple) else k for k in kept]
-    docs = [templates.pretrain_document(*k) for k in kept if isinstance(k, tuple)]
+    docs = [t for k, t in zip(kept, texts) if isinstance(k, tuple)]
     n_pipe_docs = part["tokens"] - part["documents"]  # pre-training tokens written, without the EOS
     bare = [bare_encode(tok_path, texts, args.bare_batch)]
     for _ in range(args.repeats - 1):  # interleaved, so that both sides see the same machine load

@@ -5,7 +5,6 @@ Precedence: command line > file > DEFAULTS. Dotted keys reach into nested maps a
 (`--max_seq_len=512`, `--skip_bad=true`). Relative paths are resolved against the working directory.
 """
 import copy
-import pathlib
 
 import yaml
 
@@ -100,10 +99,3 @@ def resolve(cfg: dict, path=None) -> dict:
         raise ConfigError(f"{where}no sources")
     return cfg
 
-
-def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)
-
-
-def resolve_path(p) -> pathlib.Path:
-    return pathlib.Path(p).expanduser()

@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from data.packed import read_meta
+from data.packed import read_section
 
 IGNORE_INDEX = -100
 
@@ -47,11 +47,8 @@ class InstructionWriter:
 
 class InstructionDataset:
     def __init__(self, path):
-        meta_path, meta = read_meta(path)
+        meta_path, _, section = read_section(path, "instructions")
         root = meta_path.parent
-        section = meta.get("instructions")
-        if not section:
-            raise ValueError(f"{meta_path}: no 'instructions' section")
         self.dtype = np.dtype(section["dtype"]).newbyteorder("<")
         self._parts = []
         for part in section["parts"]:

@@ -84,15 +84,20 @@ def read_meta(path) -> tuple[pathlib.Path, dict]:
     return meta_path, meta
 
 
+def read_section(path, name: str) -> tuple[pathlib.Path, dict, dict]:
+    """(meta.json path, meta, meta[name]); a missing or empty section is an error naming the file."""
+    meta_path, meta = read_meta(path)
+    if not meta.get(name):
+        raise ValueError(f"{meta_path}: no {name!r} section")
+    return meta_path, meta, meta[name]
+
+
 class PackedDataset:
     """Rows of pre-training tokens, memory-mapped; deterministic (row i is always the same)."""
 
     def __init__(self, path):
-        meta_path, meta = read_meta(path)
+        meta_path, meta, p = read_section(path, "pretrain")
         root = meta_path.parent
-        p = meta.get("pretrain")
-        if not p:
-            raise ValueError(f"{meta_path}: no 'pretrain' section")
         for key in ("dtype", "seq_len", "shards", "eos_id"):
             if key not in p:
                 raise ValueError(f"{meta_path}: pretrain.{key} missing")

@@ -15,6 +15,7 @@ data/README.md. Same inputs + config -> byte-identical outputs (timings go to ti
 import argparse
 import collections
 import concurrent.futures
+import dataclasses
 import gzip
 import itertools
 import json
@@ -33,7 +34,7 @@ from data import tokenizer as tokenizer_lib
 from data.chunking import Chunker
 from data.instructions import InstructionWriter
 from data.packed import FORMAT, FORMAT_VERSION, PackWriter
-from data.records import BadLines, Item, replace_item
+from data.records import BadLines, Item
 from data.sources import get_reader
 
 
@@ -62,10 +63,10 @@ def build_plan(cfg: dict, s: dict, users_of: dict[str, frozenset]) -> SourcePlan
     del interactions
     domain = templates.get_domain(s["domain"])
     seed, name = cfg["seed"], s["name"]
-    exclude = frozenset().union(*[users_of[o] for o in s["exclude_users_of"]]) if s["exclude_users_of"] else frozenset()
     for o in s["exclude_users_of"]:
         if o not in users_of:
             raise config_lib.ConfigError(f"source {name}: exclude_users_of {o!r} must name an earlier source")
+    exclude = frozenset().union(*(users_of[o] for o in s["exclude_users_of"]))
     if s["benchmark"]:
         # P5 splits are defined on the full sequences, untitled items included (evaluation.md §1-2)
         table4 = {"users": len(histories), "items": len({x.item.id for h in histories.values() for x in h}),
@@ -117,10 +118,9 @@ def get_tokenizer(cfg: dict):
         return str(out), tokenizer_lib.load(out)  # cheap rerun: same corpus spec, same tokenizer
     texts = []
     for plan in iter_plans(cfg):  # the first max_documents pre-training documents, in build order
-        for h in plan.pretrain:
-            if len(texts) >= train["max_documents"]:
-                break
-            texts.append(templates.pretrain_document(plan.domain, h))
+        texts += [templates.pretrain_document(plan.domain, h) for h in plan.pretrain[: train["max_documents"] - len(texts)]]
+        if len(texts) >= train["max_documents"]:
+            break  # the later sources are not read
     tmp = out.with_suffix(".tmp.json")
     tokenizer_lib.train_bpe(texts, train["vocab_size"], tmp)
     tmp.replace(out)
@@ -406,24 +406,14 @@ def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: In
     counts["finetune_users"] += len(users)
 
 
-def fit_prompt(enc: Encoder, build, history, budget: int, first=None) -> tuple[str, str, int]:
-    """Drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4).
-    `first`: (prompt, response, n_tokens) of the whole history when the caller has encoded it."""
-    return fit_prompts(enc, [(build, history, first)], budget)[0]
-
-
 def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
-    """fit_prompt for each (build, history, first[, count]) of `todo`, the same results; the prompts
-    being cut step by step are re-encoded together, one encode_batch call per step instead of one per
-    prompt. `count(dropped)`, where given, is the token count of build(history[dropped:])'s prompt, or
-    None where it has to be encoded (prompt_counter)."""
-    state = []  # [prompt, response, n, dropped, build, history, count]
-    for build, history, first, *count in todo:
-        prompt, response, n = first if first is not None else (*build(history), None)
-        state.append([prompt, response, n, 0, build, history, count[0] if count else None])
-    new = [s for s in state if s[2] is None]
-    for s, n in zip(new, enc.lengths([s[0] for s in new])):
-        s[2] = n
+    """For each (build, history, (prompt, response, n_tokens) of the whole history, count) of `todo`:
+    drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4) ->
+    (prompt, response, items dropped). The prompts being cut step by step are re-encoded together, one
+    encode_batch call per step for all of them. `count(dropped)`, where not None, is the token count
+    of build(history[dropped:])'s prompt, or None where it has to be encoded (prompt_counter)."""
+    state = [[prompt, response, n, 0, build, history, count]  # [prompt, response, n, dropped, ...]
+             for build, history, (prompt, response, n), count in todo]
     active = [s for s in state if s[2] > budget and s[3] < len(s[5])]
     while active:
         todo_n = []
@@ -464,7 +454,7 @@ def prompt_counter(enc: Encoder, prompt: str, encoding, task: str, d: templates.
 
 
 def catalog_item(item: Item, cfg: dict) -> Item:
-    return item if item.title else replace_item(item, title=cfg["eval"]["missing_title"])
+    return item if item.title else dataclasses.replace(item, title=cfg["eval"]["missing_title"])
 
 
 def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path, heldout_manifest,
@@ -485,8 +475,7 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
             hit = lines[id(x)] = (x, templates.next_item_line(d, d.history, x))
         return hit[1]
 
-    def next_item_build(target_item):
-        response = templates.item_text(d, target_item)
+    def next_item_build(response):
         # templates.next_item_pair(d, hist, target_item), with each history line rendered once
         return lambda hist: (templates.wrap_prompt(templates.NEXT_ITEM_TASK, d, [history_line(x) for x in hist]),
                              response)
@@ -507,13 +496,14 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
             if not h.target.item.title:
                 counts[f"eval_{h.task}_targets_without_title"] += 1
             if h.task == "next_item":
-                build = next_item_build(target_item)
-                extra = {"target_item_id": target_item.id, "target_text": templates.item_text(d, target_item)}
+                target_text = templates.item_text(d, target_item)
+                build = next_item_build(target_text)
+                extra = {"target_item_id": target_item.id, "target_text": target_text}
             else:
                 if d.rating is None or h.target.rating is None:
                     counts["eval_rating_examples_without_rating"] += 1
                     continue
-                build = rating_build(h.target if h.target.item.title else replace_item(h.target, item=target_item))
+                build = rating_build(h.target if h.target.item.title else dataclasses.replace(h.target, item=target_item))
                 extra = {"target_item_id": target_item.id, "target_rating": h.target.rating}
             todo.append((h, history, build, extra))
         firsts = [build(history) for _, history, build, _ in todo]

@@ -8,9 +8,10 @@ By default that raises `DataError("path:line: reason: detail")`; with `skip_bad`
 and counted under `reason`, so the pipeline's report can show that every line is accounted for.
 """
 import collections
-import dataclasses
+import datetime
 import gzip
 import io
+import json
 import pathlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -122,5 +123,28 @@ def parse_rating(value, path, lineno: int, bad: BadLines, *, missing=()) -> tupl
     return True, (None if rating in missing else rating)
 
 
-def replace_item(item: Item, **fields) -> Item:
-    return dataclasses.replace(item, **fields)
+def json_lines(path, bad: BadLines) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON-lines file; a line that is not a JSON
+    object is reported as "broken_json"."""
+    for lineno, line in open_text_lines(path, bad):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.bad(path, lineno, "broken_json", str(e))
+            continue
+        if not isinstance(obj, dict):
+            bad.bad(path, lineno, "broken_json", "not a JSON object")
+            continue
+        yield lineno, obj
+
+
+def parse_utc_time(value, path, lineno: int, bad: BadLines, fmt: Optional[str] = None) -> tuple[bool, Optional[float]]:
+    """-> (ok, unix seconds) of a date/time string read as UTC: ISO format, or `fmt` (strptime)."""
+    try:
+        t = datetime.datetime.fromisoformat(value) if fmt is None else datetime.datetime.strptime(value, fmt)
+    except (TypeError, ValueError):
+        bad.bad(path, lineno, "bad_time", repr(value))
+        return False, None
+    return True, t.replace(tzinfo=datetime.timezone.utc).timestamp()

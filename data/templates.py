@@ -69,13 +69,9 @@ def get_domain(name: str) -> Domain:
     return DOMAINS[name]
 
 
-def _value(x: Interaction, attr: str) -> Optional[str]:
-    return x.review if attr == "review" else getattr(x.item, attr)
-
-
 def render_fields(fields: Fields, x: Interaction) -> str:
-    # the same as "; ".join(f"{label}: {v}" for label, attr in fields if (v := _value(x, attr))), without
-    # the generator and a call per field (this runs for every line of every text the pipeline writes)
+    # "Label: value" of each field the interaction has (attribute "review" is the interaction's, the others
+    # its item's), joined by "; "; a plain loop: this runs for every line of every text the pipeline writes
     item, parts = x.item, []
     for label, attr in fields:
         v = x.review if attr == "review" else getattr(item, attr)

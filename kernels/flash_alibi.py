@@ -118,19 +118,48 @@ def _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2, kpm_ptr, strid
             s -= slope2 * dist.to(tl.float32)  # dist >= 0 wherever the causal mask keeps the score
         else:
             s -= slope2 * tl.abs(dist).to(tl.float32)
+    if HAS_KPM:  # bounded load: even an interior tile of the dK/dV pass may be the last, partial key block
+        real = (tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0) != 0)[None, :]
     if MASK:  # diagonal / boundary tile: causal mask and key bound element-wise
         visible = offs_n[None, :] < seq_k
         if IS_CAUSAL:
             visible = visible & (dist >= 0)
         if HAS_KPM:
-            real = tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0)
-            visible = visible & (real != 0)[None, :]
+            visible = visible & real
         s = tl.where(visible, s, float("-inf"))
-    elif HAS_KPM:  # interior tile: keys causally visible; only padding remains (the dK/dV pass may
-        # still be on the last, partial key block, hence the bound on the load)
-        real = tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0)
-        s = tl.where((real != 0)[None, :], s, float("-inf"))
+    elif HAS_KPM:  # interior tile: keys causally visible; only padding remains
+        s = tl.where(real, s, float("-inf"))
     return s
+
+
+@triton.jit
+def _tile(base, b, h, offs_s, offs_d, stride_b, stride_h, stride_s, stride_d):
+    """Pointers to rows offs_s and columns offs_d of head (b, h) of a (B, H, S, D) tensor: (len(offs_s), D)."""
+    return base + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h \
+        + offs_s[:, None] * stride_s + offs_d[None, :] * stride_d
+
+
+@triton.jit
+def _slope2(Slopes, h, HAS_ALIBI: tl.constexpr):
+    """Head h's ALiBi slope in base-2 units (times log2(e), like the scores); 0 without ALiBi."""
+    slope2 = 0.0
+    if HAS_ALIBI:
+        slope2 = tl.load(Slopes + h) * 1.4426950408889634
+    return slope2
+
+
+@triton.jit
+def _key_range(start_m, seq_k, diag, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """Key range of the query block at start_m (forward and dQ pass): (mid, hi) with key blocks [0, mid)
+    fully visible and in bounds (no element-wise mask) and [mid, hi) the diagonal / last partial blocks."""
+    if IS_CAUSAL:
+        # keys [0, hi) are visible to some row of the block; keys [0, start_m + diag] to every row
+        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), seq_k)
+        mid = tl.minimum(tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N, hi)
+    else:
+        hi = seq_k
+        mid = seq_k // BLOCK_N * BLOCK_N
+    return mid, hi
 
 
 @triton.jit
@@ -186,31 +215,19 @@ def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh \
-        + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd  # (BLOCK_M, D)
-    k_ptrs = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh \
-        + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd  # (BLOCK_N, D) at key block 0
-    v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh \
-        + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    q_ptrs = _tile(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd)  # (BLOCK_M, D)
+    k_ptrs = _tile(K, b, h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)  # (BLOCK_N, D) at key block 0
+    v_ptrs = _tile(V, b, h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
     kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b  # this batch's (Sk,) key mask
 
-    slope2 = 0.0
-    if HAS_ALIBI:
-        slope2 = tl.load(Slopes + h) * 1.4426950408889634  # bias in base-2 units, like the scores
+    slope2 = _slope2(Slopes, h, HAS_ALIBI)
 
     q = tl.load(q_ptrs, mask=(offs_m < seq_q)[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    if IS_CAUSAL:
-        # keys [0, hi) are visible to some row of the block; keys [0, start_m + diag] to every row
-        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), seq_k)
-        mid = tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N
-        mid = tl.minimum(mid, hi)
-    else:
-        hi = seq_k
-        mid = seq_k // BLOCK_N * BLOCK_N
+    mid, hi = _key_range(start_m, seq_k, diag, BLOCK_M, BLOCK_N, IS_CAUSAL)
     # interior tiles (fully visible, in bounds): no element-wise mask
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, 0, mid, seq_k, diag,
                                qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s,
@@ -226,8 +243,7 @@ def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm,
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
     tl.store(Lse + bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
-    o_ptrs = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh \
-        + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    o_ptrs = _tile(Out, b, h, offs_m, offs_d, stride_ob, stride_oh, stride_om, stride_od)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m < seq_q)[:, None])
 
 
@@ -243,10 +259,9 @@ def _bwd_preprocess(Out, dOut, Delta,
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = (offs_m < seq_q)[:, None]
-    o = tl.load(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=row_ok, other=0.0)
-    do = tl.load(dOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=row_ok, other=0.0)
+    o = tl.load(_tile(Out, b, h, offs_m, offs_d, stride_ob, stride_oh, stride_om, stride_od), mask=row_ok, other=0.0)
+    do = tl.load(_tile(dOut, b, h, offs_m, offs_d, stride_dob, stride_doh, stride_dom, stride_dod),
+                 mask=row_ok, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + bh.to(tl.int64) * seq_q + offs_m, delta, mask=offs_m < seq_q)
 
@@ -307,21 +322,15 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm,
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     key_ok = (offs_n < seq_k)[:, None]
-    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=key_ok, other=0.0)
-    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-                + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=key_ok, other=0.0)
-    q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh \
-        + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd  # (BLOCK_M, D) at query block 0
-    do_ptrs = dOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh \
-        + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
+    k = tl.load(_tile(K, b, h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd), mask=key_ok, other=0.0)
+    v = tl.load(_tile(V, b, h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd), mask=key_ok, other=0.0)
+    q_ptrs = _tile(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd)  # (BLOCK_M, D) at query block 0
+    do_ptrs = _tile(dOut, b, h, offs_m, offs_d, stride_dob, stride_doh, stride_dom, stride_dod)
     lse_ptr = Lse + bh.to(tl.int64) * seq_q
     delta_ptr = Delta + bh.to(tl.int64) * seq_q
     kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b
 
-    slope2 = 0.0
-    if HAS_ALIBI:
-        slope2 = tl.load(Slopes + h) * 1.4426950408889634
+    slope2 = _slope2(Slopes, h, HAS_ALIBI)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -352,10 +361,10 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm,
                            BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
 
     dk *= sm_scale  # d(scale * q.k)/dk; the bias has no gradient
-    tl.store(dK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh
-             + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd, dk.to(dK.dtype.element_ty), mask=key_ok)
-    tl.store(dV + b.to(tl.int64) * stride_dvb + h.to(tl.int64) * stride_dvh
-             + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(dV.dtype.element_ty), mask=key_ok)
+    tl.store(_tile(dK, b, h, offs_n, offs_d, stride_dkb, stride_dkh, stride_dkn, stride_dkd),
+             dk.to(dK.dtype.element_ty), mask=key_ok)
+    tl.store(_tile(dV, b, h, offs_n, offs_d, stride_dvb, stride_dvh, stride_dvn, stride_dvd),
+             dv.to(dV.dtype.element_ty), mask=key_ok)
 
 
 @triton.jit
@@ -406,30 +415,20 @@ def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < seq_q
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
-    do = tl.load(dOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=row_ok[:, None], other=0.0)
+    q = tl.load(_tile(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd),
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(_tile(dOut, b, h, offs_m, offs_d, stride_dob, stride_doh, stride_dom, stride_dod),
+                 mask=row_ok[:, None], other=0.0)
     lse = tl.load(Lse + bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(Delta + bh.to(tl.int64) * seq_q + offs_m, mask=row_ok, other=0.0)
-    k_ptrs = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh \
-        + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh \
-        + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    k_ptrs = _tile(K, b, h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
+    v_ptrs = _tile(V, b, h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
     kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b
 
-    slope2 = 0.0
-    if HAS_ALIBI:
-        slope2 = tl.load(Slopes + h) * 1.4426950408889634
+    slope2 = _slope2(Slopes, h, HAS_ALIBI)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    if IS_CAUSAL:  # the forward's key ranges
-        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), seq_k)
-        mid = tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N
-        mid = tl.minimum(mid, hi)
-    else:
-        hi = seq_k
-        mid = seq_k // BLOCK_N * BLOCK_N
+    mid, hi = _key_range(start_m, seq_k, diag, BLOCK_M, BLOCK_N, IS_CAUSAL)  # the forward's key ranges
     dq = _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, 0, mid, seq_k, diag, qk_scale2,
                       slope2, stride_kn, stride_vn, stride_kpm_s,
                       BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
@@ -437,9 +436,8 @@ def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm,
                       slope2, stride_kn, stride_vn, stride_kpm_s,
                       BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
     dq *= sm_scale
-    tl.store(dQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
-             + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq.to(dQ.dtype.element_ty),
-             mask=row_ok[:, None])
+    tl.store(_tile(dQ, b, h, offs_m, offs_d, stride_dqb, stride_dqh, stride_dqm, stride_dqd),
+             dq.to(dQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -457,7 +455,8 @@ def _flags(q, alibi_slopes, key_padding_mask):
               else torch.empty(1, device=q.device, dtype=torch.float32))
     has_kpm = key_padding_mask is not None
     if has_kpm:
-        kpm = key_padding_mask.to(device=q.device, dtype=torch.bool).to(torch.uint8)  # (B, Sk), 1 = real key
+        # (B, Sk), 1 = real key: a bool mask is reinterpreted as uint8 in place (no copy per call / layer)
+        kpm = key_padding_mask.to(device=q.device, dtype=torch.bool).view(torch.uint8)
     else:
         kpm = torch.empty(1, 1, device=q.device, dtype=torch.uint8)
     # fp32 dot products would default to TF32 on GPU; ask for IEEE so fp32 means fp32 (fp16/bf16: default)

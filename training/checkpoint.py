@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from training.distributed import canonical_name
+from training.distributed import canonical_name, seed_rngs
 
 MARKER = "COMPLETE"
 STEP_RE = re.compile(r"^step-(\d+)$")
@@ -41,6 +41,10 @@ STEP_RE = re.compile(r"^step-(\d+)$")
 
 def step_dir(root, step: int) -> pathlib.Path:
     return pathlib.Path(root) / f"step-{step:08d}"
+
+
+def is_complete(path: pathlib.Path) -> bool:
+    return (path / MARKER).is_file() and (path / ".metadata").is_file()
 
 
 def complete_checkpoints(root) -> list:
@@ -51,7 +55,7 @@ def complete_checkpoints(root) -> list:
     found = []
     for p in root.iterdir():
         m = STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / MARKER).is_file() and (p / ".metadata").is_file():
+        if m and p.is_dir() and is_complete(p):
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -78,7 +82,8 @@ def _set_rng_state(state: dict):
 
 def save(root, step: int, model, optimizer, train_state: dict, config_yaml: str, rank: int, keep_last: int):
     root = pathlib.Path(root)
-    final, tmp = step_dir(root, step), root / f"{step_dir(root, step).name}.partial"
+    final = step_dir(root, step)
+    tmp = final.with_name(final.name + ".partial")
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("*.partial"):  # left by a crash; never read
@@ -105,7 +110,7 @@ def save(root, step: int, model, optimizer, train_state: dict, config_yaml: str,
 def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
     """Restore model + optimizer (resharded to this world size) and this rank's RNG; return train_state."""
     path = pathlib.Path(path)
-    if not (path / MARKER).is_file() or not (path / ".metadata").is_file():
+    if not is_complete(path):
         raise FileNotFoundError(f"checkpoint.resume = {path}: not a complete checkpoint (no {MARKER} or .metadata)")
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     dcp.load(state, checkpoint_id=str(path))
@@ -120,10 +125,7 @@ def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
             warnings.warn(f"{path} was written by {train_state['world_size']} ranks, this run has {world_size}: "
                           f"RNG states are reseeded from (seed, step, rank); model, optimizer and data position "
                           f"are resharded exactly")
-        s = seed + 1_000_003 * int(train_state["step"]) + rank
-        random.seed(s)
-        np.random.seed(s % 2**32)
-        torch.manual_seed(s)
+        seed_rngs(seed + 1_000_003 * int(train_state["step"]) + rank)
     return train_state
 
 

@@ -104,12 +104,8 @@ class Section(dict):
             raise AttributeError(key) from None
 
 
-class Config(dict):
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
+class Config(Section):
+    """The run config: section name -> Section."""
 
     def to_dict(self) -> dict:
         return {s: dict(v) for s, v in self.items()}

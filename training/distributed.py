@@ -22,9 +22,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from model.checkpoint import expected_shapes, iter_safetensors, read_config, read_index
+from model.checkpoint import (check_complete, check_tensor, expected_shapes, iter_safetensors, read_config,
+                              read_index)
 from model.config import MPTConfig
-from model.mpt import MPT
+from model.mpt import MPT, build_model
 
 
 @dataclass
@@ -87,10 +88,15 @@ def process_group(cfg):
     teardown()
 
 
-def seed_everything(seed: int, deterministic: bool = False):
+def seed_rngs(seed: int):
+    """Seed python's, numpy's and torch's (all devices) generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_everything(seed: int, deterministic: bool = False):
+    seed_rngs(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -152,7 +158,7 @@ def fill_from_rank0(model, full_tensors, shapes: dict, rank: int):
     local = {canonical_name(n): p for n, p in model.state_dict().items()}
     if rank == 0:
         # a lazy source (_LazyShards) reads a safetensors shard when first asked for one of its tensors
-        pending = full_tensors if isinstance(full_tensors, _LazyShards) else dict(full_tensors)
+        pending = full_tensors if isinstance(full_tensors, dict) else dict(full_tensors)
     for name, target in local.items():
         if rank == 0:
             if name not in pending:
@@ -173,10 +179,9 @@ def fill_from_rank0(model, full_tensors, shapes: dict, rank: int):
 class _LazyShards(dict):
     """name -> tensor, read from a converted checkpoint one safetensors shard at a time on first access."""
 
-    def __init__(self, model_dir, names):
+    def __init__(self, index: dict, shapes: dict):
         super().__init__()
-        self.index = read_index(model_dir)
-        self.names = list(names)
+        self.index, self.shapes = index, shapes  # read_index(model_dir), expected_shapes(config)
 
     def __contains__(self, name):
         return name in self.index
@@ -186,6 +191,7 @@ class _LazyShards(dict):
             shard = self.index[name]
             wanted = [n for n, s in self.index.items() if s == shard]
             for n, t in iter_safetensors(shard, wanted):
+                check_tensor(n, t.shape, self.shapes, shard)
                 dict.__setitem__(self, n, t)
         return dict.pop(self, name)
 
@@ -198,29 +204,16 @@ def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: 
                 pcfg["reshard_after_forward"], pcfg.get("compile", False))
     model.to_empty(device=d.device)
     shapes = expected_shapes(config)
+    source = None  # rank 0 only
     if init_from is not None:
         if d.is_main:
-            stored = read_config(init_from)
-            if expected_shapes(stored) != shapes:
+            if expected_shapes(read_config(init_from)) != shapes:
                 raise ValueError(f"model.init_from = {init_from}: its config.yaml has different shapes from the "
                                  f"model config of this run")
             index = read_index(init_from)
-            missing = sorted(set(shapes) - set(index))
-            if missing:
-                raise ValueError(f"model.init_from = {init_from}: missing tensors {missing[:5]}")
-            source = _LazyShards(init_from, shapes)
-        else:
-            source = None
-        fill_from_rank0(model, source, shapes, d.rank)
-    else:
-        if d.is_main:
-            with torch.device("meta"):
-                full = MPT(config)
-            full.to_empty(device="cpu")
-            full.init_weights(torch.Generator().manual_seed(seed))
-            source = full.state_dict()
-        else:
-            source = None
-        fill_from_rank0(model, source, shapes, d.rank)
-        del source
+            check_complete(index, shapes, f"model.init_from = {init_from}")
+            source = _LazyShards(index, shapes)
+    elif d.is_main:
+        source = build_model(config, device="cpu", seed=seed).state_dict()  # MPT's init on rank 0's CPU
+    fill_from_rank0(model, source, shapes, d.rank)
     return model

@@ -31,12 +31,7 @@ def parse_object(line: str) -> Optional[dict]:
     return obj if isinstance(obj, dict) else None
 
 
-def _text(value) -> Optional[str]:
-    return clean_text(html.unescape(value)) if isinstance(value, str) else None
-
-
-def read_meta(path, bad: BadLines) -> dict[str, Item]:
-    items: dict[str, Item] = {}
+def _objects(path, bad: BadLines) -> Iterator[tuple[int, dict]]:
     for lineno, line in open_text_lines(path, bad):
         if not line.strip():
             continue
@@ -44,6 +39,16 @@ def read_meta(path, bad: BadLines) -> dict[str, Item]:
         if obj is None:
             bad.bad(path, lineno, "broken_json", "neither JSON nor a Python literal dict")
             continue
+        yield lineno, obj
+
+
+def _text(value) -> Optional[str]:
+    return clean_text(html.unescape(value)) if isinstance(value, str) else None
+
+
+def read_meta(path, bad: BadLines) -> dict[str, Item]:
+    items: dict[str, Item] = {}
+    for lineno, obj in _objects(path, bad):
         asin = obj.get("asin")
         if not isinstance(asin, str) or not asin:
             bad.bad(path, lineno, "missing_field", "asin")
@@ -58,13 +63,7 @@ def read_meta(path, bad: BadLines) -> dict[str, Item]:
 def read(reviews, bad: BadLines, meta=None, **_) -> Iterator[Interaction]:
     items = read_meta(meta, bad) if meta else {}
     seq = 0
-    for lineno, line in open_text_lines(reviews, bad):
-        if not line.strip():
-            continue
-        obj = parse_object(line)
-        if obj is None:
-            bad.bad(reviews, lineno, "broken_json", "neither JSON nor a Python literal dict")
-            continue
+    for lineno, obj in _objects(reviews, bad):
         user, asin = obj.get("reviewerID"), obj.get("asin")
         if not user or not asin:
             bad.bad(reviews, lineno, "missing_field", "reviewerID" if not user else "asin")

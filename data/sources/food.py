@@ -2,11 +2,10 @@
 `RAW_recipes.csv` (`name,id,minutes,...`) and `RAW_interactions.csv` (`user_id,recipe_id,date,rating,review`,
 date `YYYY-MM-DD`). Config: `path` (the folder). Rating 0 means a review without stars (no rating).
 """
-import datetime
 import pathlib
 from typing import Iterator
 
-from data.records import BadLines, Interaction, Item, clean_text, parse_rating
+from data.records import BadLines, Interaction, Item, clean_text, parse_rating, parse_utc_time
 from data.sources.csvutil import rows
 
 
@@ -21,10 +20,8 @@ def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
         ok, rating = parse_rating(r["rating"], inter, lineno, bad, missing=(0.0,))
         if not ok:
             continue
-        try:
-            time = datetime.datetime.strptime(r["date"], "%Y-%m-%d").replace(tzinfo=datetime.timezone.utc).timestamp()
-        except ValueError:
-            bad.bad(inter, lineno, "bad_time", repr(r["date"]))
+        ok, time = parse_utc_time(r["date"], inter, lineno, bad, "%Y-%m-%d")
+        if not ok:
             continue
         item = items.get(r["recipe_id"]) or items.setdefault(r["recipe_id"], Item(r["recipe_id"]))
         yield Interaction(r["user_id"], item, time=time, rating=rating, review=clean_text(r["review"]), seq=seq)

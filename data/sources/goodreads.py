@@ -6,36 +6,26 @@
   (`goodreads_book_genres_initial.json.gz`: `book_id, genres {name: votes}`; listed by votes, ties by name).
 """
 import datetime
-import json
 from typing import Iterator
 
-from data.records import BadLines, Interaction, Item, clean_text, open_text_lines, parse_rating
-
-
-def _objects(path, bad: BadLines):
-    for lineno, line in open_text_lines(path, bad):
-        if line.strip():
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.bad(path, lineno, "broken_json", str(e))
+from data.records import BadLines, Interaction, Item, clean_text, json_lines, parse_rating
 
 
 def read(reviews, bad: BadLines, books, authors=None, genres=None, **_) -> Iterator[Interaction]:
-    names = {o["author_id"]: o.get("name") for _, o in _objects(authors, bad)} if authors else {}
+    names = {o["author_id"]: o.get("name") for _, o in json_lines(authors, bad)} if authors else {}
     book_genres = {}
     if genres:
-        for _, o in _objects(genres, bad):
+        for _, o in json_lines(genres, bad):
             g = sorted((o.get("genres") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
             book_genres[o["book_id"]] = ", ".join(k for k, _ in g) or None
     items: dict[str, Item] = {}
-    for _, o in _objects(books, bad):
+    for _, o in json_lines(books, bad):
         author_names = [names.get(a.get("author_id")) for a in o.get("authors") or []]
         items[o["book_id"]] = Item(o["book_id"], title=clean_text(o.get("title")),
                                    author=clean_text(", ".join(a for a in author_names if a)),
                                    genres=book_genres.get(o["book_id"]))
     seq = 0
-    for lineno, o in _objects(reviews, bad):
+    for lineno, o in json_lines(reviews, bad):
         if not o.get("user_id") or not o.get("book_id"):
             bad.bad(reviews, lineno, "missing_field", "user_id" if not o.get("user_id") else "book_id")
             continue

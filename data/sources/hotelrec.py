@@ -7,12 +7,10 @@ location, underscores as spaces (the URL does not separate city from region, so 
 the region too, e.g. "Giulianova Province of Teramo Abruzzo"). Review = `text` (the review's own
 `title` is its headline, not the item's).
 """
-import datetime
-import json
 import re
 from typing import Iterator
 
-from data.records import BadLines, Interaction, Item, clean_text, open_text_lines, parse_rating
+from data.records import BadLines, Interaction, Item, clean_text, json_lines, parse_rating, parse_utc_time
 
 URL = re.compile(r"-Reviews-(?P<name>[^-]+)-(?P<loc>[^.]+)\.html$")
 
@@ -20,14 +18,7 @@ URL = re.compile(r"-Reviews-(?P<name>[^-]+)-(?P<loc>[^.]+)\.html$")
 def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
     items: dict[str, Item] = {}
     seq = 0
-    for lineno, line in open_text_lines(path, bad):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.bad(path, lineno, "broken_json", str(e))
-            continue
+    for lineno, r in json_lines(path, bad):
         url, user, date = r.get("hotel_url"), r.get("author"), r.get("date")
         if not url or not user or not date:
             bad.bad(path, lineno, "missing_field", "hotel_url" if not url else "author" if not user else "date")
@@ -35,10 +26,8 @@ def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
         ok, rating = parse_rating(r.get("rating"), path, lineno, bad)
         if not ok:
             continue
-        try:
-            time = datetime.datetime.fromisoformat(date).replace(tzinfo=datetime.timezone.utc).timestamp()
-        except ValueError:
-            bad.bad(path, lineno, "bad_time", repr(date))
+        ok, time = parse_utc_time(date, path, lineno, bad)
+        if not ok:
             continue
         if url not in items:
             m = URL.search(url)

@@ -7,11 +7,11 @@ Expected files in `path`, whichever is present:
 - ml-latest / ml-25m / ml-20m: `ratings.csv` (`userId,movieId,rating,timestamp`, header) and
   `movies.csv` (`movieId,title,genres`, header, genres `|`-separated, "(no genres listed)" = none).
 """
-import csv
 import pathlib
 from typing import Iterator
 
-from data.records import BadLines, DataError, Interaction, Item, clean_text, open_text, open_text_lines, parse_rating
+from data.records import BadLines, DataError, Interaction, Item, clean_text, open_text_lines, parse_rating
+from data.sources.csvutil import rows
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -57,51 +57,24 @@ def _read_100k(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
         seq += 1
 
 
-def _csv_rows(path: pathlib.Path, bad: BadLines, expected: list[str]):
-    with open_text(path) as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:1: bad_encoding: {e}") from e
-        if header[: len(expected)] != expected:
-            raise DataError(f"{path}:1: unexpected header {header}, expected {expected}")
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except UnicodeDecodeError as e:
-                bad.bad(path, reader.line_num + 1, "bad_encoding", str(e))
-                return  # the decoder's position is lost; the rest of the file cannot be trusted
-            yield reader.line_num, row
-
-
 def _read_csv_layout(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
     items: dict[str, Item] = {}
-    for lineno, row in _csv_rows(path / "movies.csv", bad, ["movieId", "title", "genres"]):
-        if len(row) != 3:
-            bad.bad(path / "movies.csv", lineno, "wrong_field_count", f"{len(row)} fields, expected 3")
-            continue
-        genres = None if row[2] == "(no genres listed)" else ", ".join(row[2].split("|"))
-        items[row[0]] = Item(row[0], title=clean_text(row[1]), genres=clean_text(genres))
+    for _, r in rows(path / "movies.csv", bad, ["movieId", "title", "genres"]):
+        genres = None if r["genres"] == "(no genres listed)" else ", ".join(r["genres"].split("|"))
+        items[r["movieId"]] = Item(r["movieId"], title=clean_text(r["title"]), genres=clean_text(genres))
     seq = 0
-    for lineno, row in _csv_rows(path / "ratings.csv", bad, ["userId", "movieId", "rating", "timestamp"]):
-        if len(row) != 4:
-            bad.bad(path / "ratings.csv", lineno, "wrong_field_count", f"{len(row)} fields, expected 4")
-            continue
-        ok, rating = parse_rating(row[2], path / "ratings.csv", lineno, bad)
+    ratings = path / "ratings.csv"
+    for lineno, r in rows(ratings, bad, ["userId", "movieId", "rating", "timestamp"]):
+        ok, rating = parse_rating(r["rating"], ratings, lineno, bad)
         if not ok:
             continue
         try:
-            time = float(row[3])
+            time = float(r["timestamp"])
         except ValueError:
-            bad.bad(path / "ratings.csv", lineno, "bad_time", repr(row[3]))
+            bad.bad(ratings, lineno, "bad_time", repr(r["timestamp"]))
             continue
-        item = items.get(row[1]) or items.setdefault(row[1], Item(row[1]))
-        yield Interaction(row[0], item, time=time, rating=rating, seq=seq)
+        item = items.get(r["movieId"]) or items.setdefault(r["movieId"], Item(r["movieId"]))
+        yield Interaction(r["userId"], item, time=time, rating=rating, seq=seq)
         seq += 1
 
 

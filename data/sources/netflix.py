@@ -3,11 +3,10 @@
 (`MovieID,YearOfRelease,Title`, no header, latin-1, titles may contain commas, year may be NULL).
 Config: `path` (the folder), optional `files` (default: the four combined_data files present).
 """
-import datetime
 import pathlib
 from typing import Iterator
 
-from data.records import BadLines, Interaction, Item, clean_text, open_text_lines, parse_rating
+from data.records import BadLines, Interaction, Item, clean_text, open_text_lines, parse_rating, parse_utc_time
 
 
 def read(path, bad: BadLines, files=None, **_) -> Iterator[Interaction]:
@@ -35,10 +34,8 @@ def read(path, bad: BadLines, files=None, **_) -> Iterator[Interaction]:
             ok, rating = parse_rating(f[1], path / name, lineno, bad)
             if not ok:
                 continue
-            try:
-                time = datetime.datetime.strptime(f[2], "%Y-%m-%d").replace(tzinfo=datetime.timezone.utc).timestamp()
-            except ValueError:
-                bad.bad(path / name, lineno, "bad_time", repr(f[2]))
+            ok, time = parse_utc_time(f[2], path / name, lineno, bad, "%Y-%m-%d")
+            if not ok:
                 continue
             item = items.get(movie) or items.setdefault(movie, Item(movie))
             yield Interaction(f[0], item, time=time, rating=rating, seq=seq)

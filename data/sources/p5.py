@@ -7,34 +7,21 @@ Expected files in `path`:
   `city`, `description`, `genres`). An empty title is kept as "no title" (the recipe decides).
 P5 has no ratings or review text offline, so interactions carry neither.
 """
-import json
 import pathlib
 from typing import Iterator
 
-from data.records import BadLines, DataError, Interaction, Item, clean_text, open_text_lines
-
-ITEM_KEYS = ("brand", "author", "genres", "city", "description")
+from data.records import ITEM_FIELDS, BadLines, DataError, Interaction, Item, clean_text, json_lines, open_text_lines
 
 
 def read_items(path, bad: BadLines) -> dict[str, Item]:
     items: dict[str, Item] = {}
-    for lineno, line in open_text_lines(path, bad):
-        if not line.strip():
+    for lineno, row in json_lines(path, bad):
+        if "item_id" not in row or "title" not in row:
+            bad.bad(path, lineno, "missing_field", "item_id" if "item_id" not in row else "title")
             continue
-        try:
-            row = json.loads(line)
-            item_id = str(row["item_id"])
-        except json.JSONDecodeError as e:
-            bad.bad(path, lineno, "broken_json", str(e))
-            continue
-        except (KeyError, TypeError):
-            bad.bad(path, lineno, "missing_field", "item_id")
-            continue
-        if "title" not in row:
-            bad.bad(path, lineno, "missing_field", "title")
-            continue
+        item_id = str(row["item_id"])
         items[item_id] = Item(item_id, title=clean_text(row["title"]),
-                              **{k: clean_text(row.get(k)) for k in ITEM_KEYS})
+                              **{k: clean_text(row.get(k)) for k in ITEM_FIELDS if k != "title"})
     return items
 
 

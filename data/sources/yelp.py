@@ -6,40 +6,23 @@ date "YYYY-MM-DD HH:MM:SS"`) and `business` (`yelp_academic_dataset_business.jso
 date_min <= date <= date_max compared **as strings**, exactly as P5's Yelp notebook does
 ('2019-01-01 00:00:00' .. '2019-12-31 00:00:00' for the benchmark; later times on Dec 31 fall out).
 """
-import datetime
-import json
 from typing import Iterator, Optional
 
-from data.records import BadLines, Interaction, Item, clean_text, open_text_lines, parse_rating
-
-
-def _json(line: str, path, lineno: int, bad: BadLines) -> Optional[dict]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        bad.bad(path, lineno, "broken_json", str(e))
-        return None
-    if not isinstance(obj, dict):
-        bad.bad(path, lineno, "broken_json", "not a JSON object")
-        return None
-    return obj
+from data.records import BadLines, Interaction, Item, clean_text, json_lines, parse_rating, parse_utc_time
 
 
 def read(reviews, bad: BadLines, business=None, date_min: Optional[str] = None, date_max: Optional[str] = None,
          **_) -> Iterator[Interaction]:
     items: dict[str, Item] = {}
     if business:
-        for lineno, line in open_text_lines(business, bad):
-            if line.strip() and (obj := _json(line, business, lineno, bad)) is not None:
-                if not obj.get("business_id"):
-                    bad.bad(business, lineno, "missing_field", "business_id")
-                    continue
-                items[obj["business_id"]] = Item(obj["business_id"], title=clean_text(obj.get("name")),
-                                                 city=clean_text(obj.get("city")))
+        for lineno, obj in json_lines(business, bad):
+            if not obj.get("business_id"):
+                bad.bad(business, lineno, "missing_field", "business_id")
+                continue
+            items[obj["business_id"]] = Item(obj["business_id"], title=clean_text(obj.get("name")),
+                                             city=clean_text(obj.get("city")))
     seq = 0
-    for lineno, line in open_text_lines(reviews, bad):
-        if not line.strip() or (obj := _json(line, reviews, lineno, bad)) is None:
-            continue
+    for lineno, obj in json_lines(reviews, bad):
         user, biz, date = obj.get("user_id"), obj.get("business_id"), obj.get("date")
         if not user or not biz or not isinstance(date, str):
             missing = "user_id" if not user else "business_id" if not biz else "date"
@@ -51,10 +34,8 @@ def read(reviews, bad: BadLines, business=None, date_min: Optional[str] = None, 
         ok, rating = parse_rating(obj.get("stars"), reviews, lineno, bad)
         if not ok:
             continue
-        try:
-            time = datetime.datetime.fromisoformat(date).replace(tzinfo=datetime.timezone.utc).timestamp()
-        except ValueError:
-            bad.bad(reviews, lineno, "bad_time", repr(date))
+        ok, time = parse_utc_time(date, reviews, lineno, bad)
+        if not ok:
             continue
         item = items.get(biz) or items.setdefault(biz, Item(biz))
         yield Interaction(user, item, time=time, rating=rating, review=clean_text(obj.get("text")), seq=seq)
