@@ -33,11 +33,11 @@ import time
 import torch
 from tqdm import tqdm
 
+from evaluation.benchmark import REQUIRED_KEYS, read_catalog, read_examples, read_train_stats, sample_examples
 from evaluation.generate import GenerationConfig, generate_text
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
 log = logging.getLogger("evaluate")
-REQUIRED_KEYS = {"next_item": ("user", "prompt", "target_item_id"), "rating": ("user", "prompt", "target_rating")}
 
 
 def parse_args(argv=None):
@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: the checkpoint's dtype")
     p.add_argument("--limit", type=int, help="evaluate only the first N examples (a quick look)")
+    p.add_argument("--sample", type=int, help="evaluate a seeded random sample of N examples (the same N and "
+                   "--sample-seed give the same examples to every checkpoint and to evaluation.baselines)")
+    p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, help="default: 128 (next_item), 16 (rating)")
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); EOS always stops")
     g = p.add_argument_group("next_item")
@@ -70,54 +73,10 @@ def parse_args(argv=None):
     g.add_argument("--top-p", type=float, default=0.9)
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--fallback-rating", type=float,
-                   help="prediction for unparsable outputs: the training split's mean rating (required for rating)")
+                   help="prediction for unparsable outputs; default: the training split's mean rating "
+                   "(BENCHMARK/train_stats.json)")
     g.add_argument("--rating-scale", type=float, nargs=2, default=[1.0, 5.0], metavar=("LOW", "HIGH"))
     return p.parse_args(argv)
-
-
-# ---------------------------------------------------------------------------------------------
-# reading the benchmark
-
-
-def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file {path} not found (run `python -m data.prepare`, or check "
-                                f"--benchmark/--task/--split)")
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not JSON ({e})") from None
-            missing = [k for k in REQUIRED_KEYS[task] if record.get(k) is None]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing key(s) {missing} for task '{task}'")
-            examples.append(record)
-            if limit is not None and len(examples) >= limit:
-                break
-    if not examples:
-        raise ValueError(f"{path}: no examples")
-    return examples
-
-
-def read_catalog(path: pathlib.Path) -> tuple:
-    if not path.is_file():
-        raise FileNotFoundError(f"catalog {path} not found (next_item needs BENCHMARK/catalog.jsonl)")
-    ids, texts = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            for key in ("item_id", "text"):
-                if not isinstance(record.get(key), str):
-                    raise ValueError(f"{path}:{lineno}: key '{key}' must be a string, got {record.get(key)!r}")
-            ids.append(record["item_id"])
-            texts.append(record["text"])
-    return ids, texts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,9 +186,13 @@ def _rank(target, ranked):
 
 
 def evaluate_rating(args, model, tokenizer, examples) -> tuple:
-    if args.fallback_rating is None:
-        raise ValueError("--fallback-rating is required for the rating task: the training split's mean rating, "
-                         "used for unparsable outputs (spec §8)")
+    if args.fallback_rating is None:  # the training split's mean rating (spec §8), from the data build
+        try:
+            args.fallback_rating = read_train_stats(args.benchmark)["mean_rating"]
+        except FileNotFoundError as e:
+            raise ValueError(f"--fallback-rating is required when the benchmark has no training statistics: {e}") from None
+        if args.fallback_rating is None:
+            raise ValueError(f"--fallback-rating is required: {args.benchmark}/train_stats.json has no rated interaction")
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens or 16, do_sample=True, temperature=args.temperature,
                            top_p=args.top_p, top_k=args.top_k, eos_token_id=tokenizer.token_to_id("<|endoftext|>"),
                            stop_strings=args.stop)
@@ -287,6 +250,7 @@ def _no_nan(x):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
     from data.tokenizer import load as load_tokenizer
     from model.checkpoint import load_model
 
@@ -295,7 +259,9 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = load_model(args.checkpoint, device=args.device, dtype=dtype).eval()
     examples = read_examples(pathlib.Path(args.benchmark) / f"{args.task}_{args.split}.jsonl", args.task, args.limit)
-    log.info("%d %s examples from %s", len(examples), args.task, args.benchmark)
+    n_file = len(examples)
+    examples = sample_examples(examples, args.sample, args.sample_seed)
+    log.info("%d of %d %s examples from %s", len(examples), n_file, args.task, args.benchmark)
 
     run = evaluate_next_item if args.task == "next_item" else evaluate_rating
     predictions, metrics = run(args, model, tokenizer, examples)

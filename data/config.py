@@ -24,6 +24,10 @@ DEFAULTS = {
     "sources": [],
 }
 SOURCE_DEFAULTS = {"name": None, "reader": None, "domain": None, "benchmark": False, "rating_split": True,
+                   # benchmark only: also make fine-tuning pairs from every user's training history (its last
+                   # training item is the answer); the paper's pairs come from other users (recgpt.md §5), but
+                   # a benchmark used alone (the miniature ablation, docs/results.md) has no other users
+                   "finetune_from_train": False,
                    "exclude_users_of": [], "options": {}}
 
 
@@ -91,6 +95,8 @@ def resolve(cfg: dict, path=None) -> dict:
         for key in ("name", "reader", "domain"):
             if not s[key]:
                 raise ConfigError(f"{where}sources[{i}] needs '{key}'")
+        if s["finetune_from_train"] and not s["benchmark"]:
+            raise ConfigError(f"{where}sources[{i}].finetune_from_train needs benchmark: true")
         sources.append(s)
     if len({s["name"] for s in sources}) != len(sources):
         raise ConfigError(f"{where}source names must be unique")

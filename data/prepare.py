@@ -51,6 +51,7 @@ class SourcePlan:
     heldout: list = field(default_factory=list)
     catalog: Optional[dict] = None
     users: frozenset = frozenset()
+    train_stats: Optional[dict] = None  # benchmarks: per-item counts/ratings of the training split (baselines)
 
 
 def build_plan(cfg: dict, s: dict, users_of: dict[str, frozenset]) -> SourcePlan:
@@ -73,6 +74,7 @@ def build_plan(cfg: dict, s: dict, users_of: dict[str, frozenset]) -> SourcePlan
                   "interactions": ledger.read}
         train, heldout, heldout_keys = recipe.benchmark_split(histories, seed, name, s["rating_split"])
         ledger.kept["heldout_validation_test"] = len(heldout_keys)
+        train_stats = training_item_stats(train)
         train = {u: recipe.drop_untitled(h, ledger, "train_item_without_title") for u, h in train.items()}
         ledger.users_dropped["no_training_interaction_left"] = sum(1 for h in train.values() if not h)
         order = recipe.user_order([u for u, h in train.items() if h], seed, name)
@@ -80,7 +82,10 @@ def build_plan(cfg: dict, s: dict, users_of: dict[str, frozenset]) -> SourcePlan
         ledger.kept["pretrain"] = sum(len(h) for h in pretrain)
         catalog = reader.catalog(bad=bad, **s["options"]) if hasattr(reader, "catalog") else \
             {x.item.id: x.item for h in histories.values() for x in h}
-        plan = SourcePlan(s, domain, bad, ledger, table4, pretrain, [], heldout, catalog, frozenset(histories))
+        # the same training interactions, so not a ledger destination of their own; never a held-out one
+        finetune = [(u, train[u]) for u in order if len(train[u]) >= 2] if s["finetune_from_train"] else []
+        plan = SourcePlan(s, domain, bad, ledger, table4, pretrain, finetune, heldout, catalog, frozenset(histories),
+                          train_stats)
     else:
         cleaned = recipe.clean(histories, ledger, cfg["min_interactions"], exclude)
         pre_users, ft_users = recipe.split_users(cleaned, seed, name, cfg["finetune_fraction"])
@@ -92,6 +97,23 @@ def build_plan(cfg: dict, s: dict, users_of: dict[str, frozenset]) -> SourcePlan
                           [(u, cleaned[u]) for u in ft_users], users=frozenset(histories))
     ledger.check()
     return plan
+
+
+def training_item_stats(train: dict) -> dict:
+    """What the simple baselines need from a benchmark's training split (every training interaction, untitled
+    items included): per item [interactions, rated interactions, sum of ratings], and the global mean rating."""
+    items = collections.defaultdict(lambda: [0, 0, 0.0])
+    for h in train.values():
+        for x in h:
+            s = items[x.item.id]
+            s[0] += 1
+            if x.rating is not None:
+                s[1] += 1
+                s[2] += x.rating
+    rated = sum(s[1] for s in items.values())
+    return {"interactions": sum(s[0] for s in items.values()), "rated_interactions": rated,
+            "mean_rating": sum(s[2] for s in items.values()) / rated if rated else None,
+            "items": {i: items[i] for i in sorted(items)}}
 
 
 def iter_plans(cfg: dict):
@@ -513,8 +535,10 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
         fit = []
         for (h, history, build, _), (prompt, response), e in zip(todo, firsts, encoded.result()):
             n = len(e)
-            count = prompt_counter(enc, prompt, e, templates.NEXT_ITEM_TASK, d, len(history)) \
-                if n > budget and h.task == "next_item" else None
+            count = None
+            if n > budget:  # a rating prompt's body is the history lines, then the target's line
+                count = prompt_counter(enc, prompt, e, templates.NEXT_ITEM_TASK, d, len(history)) \
+                    if h.task == "next_item" else prompt_counter(enc, prompt, e, templates.RATING_TASK, d, len(history) + 1)
             fit.append((build, history, (prompt, response, n), count))
         fitted = fit_prompts(enc, fit, budget)
         for (h, history, build, extra), (prompt, response, dropped) in zip(todo, fitted):
@@ -541,9 +565,11 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
             item = plan.catalog[i]
             f.write(json.dumps({"item_id": i, "text": templates.item_text(d, catalog_item(item, cfg)),
                                 "title_missing": not item.title}, ensure_ascii=False) + "\n")
+    (eval_dir / "train_stats.json").write_text(json.dumps(plan.train_stats, sort_keys=True) + "\n")
     counts["catalog_items"] = len(ids)
     counts["catalog_items_without_title"] = sum(1 for i in ids if not plan.catalog[i].title)
-    return {"dir": f"eval/{name}", "files": {k: files[k] for k in sorted(files)}, "catalog": f"eval/{name}/catalog.jsonl"}
+    return {"dir": f"eval/{name}", "files": {k: files[k] for k in sorted(files)}, "catalog": f"eval/{name}/catalog.jsonl",
+            "train_stats": f"eval/{name}/train_stats.json"}
 
 
 # -- a part and the merge --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""README demo, last step: hand the fine-tuned model to the Hugging Face layout and back, then recommend.
+"""README demo, step 4: hand the fine-tuned model to the Hugging Face layout and back, then recommend.
 
-    python scripts/demo_generate.py out/demo/finetune/model out/demo/data
+    python scripts/demo_generate.py out/demo/finetune/model out/demo/data [N_PROMPTS]
 
 1. `to-hf` then `from-hf` (the same code paths as for MPT-7B / RecGPT-7B) and checks that the round trip
    returns bit-identical weights and logits.
@@ -40,7 +40,7 @@ def main(model_dir="out/demo/finetune/model", data_dir="out/demo/data", n_prompt
     meta = json.loads((data_dir / "meta.json").read_text())
     tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
     pairs = [json.loads(line) for part in sorted(data_dir.glob("parts/*/instructions.jsonl")) for line in open(part)]
-    pairs = [p for p in pairs if p["task"] == "next_item"][:n_prompts]
+    pairs = [p for p in pairs if p["task"] == "next_item"][: int(n_prompts)]
     eos = meta["instructions"]["eos_id"]
     cfg = GenerationConfig(num_beams=10, num_return_sequences=10, max_new_tokens=48, eos_token_id=eos,
                            pad_token_id=eos, length_penalty=0.0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from data import audit, prepare
+from data.config import ConfigError
 from data.instructions import IGNORE_INDEX, InstructionDataset, read_jsonl
 from data.packed import PackedDataset
 
@@ -112,6 +113,39 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
     assert ml["interactions_dropped"]["item_without_title"] > 0
     assert "| beauty (*) |" in (out / "stats.md").read_text()
     assert audit.audit(out)["ok"]
+
+
+def test_benchmark_finetune_from_train_and_training_stats(tmp_path, inputs):
+    """A benchmark alone (the miniature ablation): fine-tuning pairs from each user's training history, whose
+    last training item is the answer; no held-out interaction anywhere (audit); train_stats counts training."""
+    ml, beauty = inputs
+    out = build(tmp_path, "ft", (ml, beauty), sources=[{"name": "beauty", "reader": "p5", "domain": "amazon",
+                                                        "benchmark": True, "finetune_from_train": True,
+                                                        "rating_split": False, "options": {"path": str(beauty)}}])
+    meta = json.loads((out / "meta.json").read_text())
+    inst = InstructionDataset(out)
+    records = [inst.record(i) for i in range(len(inst))]
+    assert len(records) == 30 and {r["task"] for r in records} == {"next_item"}  # P5 has no ratings
+    test = {r["user"]: r for r in read_jsonl(out / "eval/beauty/next_item_test.jsonl")}
+    valid = {r["user"]: r for r in read_jsonl(out / "eval/beauty/next_item_validation.jsonl")}
+    sequences = {line.split()[0]: line.split()[1:] for line in (beauty / "sequential_data.txt").read_text().splitlines()}
+    for r in records:
+        seq = [i for i in sequences[r["user"]][:-2] if i != "7"]  # training part, untitled item 7 dropped
+        assert r["target_item_id"] == seq[-1] not in (test[r["user"]]["target_item_id"], valid[r["user"]]["target_item_id"])
+    result = audit.audit(out)
+    assert result["ok"] and result["leaked_interactions"] == 0
+    stats = json.loads((out / meta["eval"]["beauty"]["train_stats"]).read_text())
+    train_items = [i for seq in sequences.values() for i in seq[:-2]]  # untitled item 7 included
+    assert stats["interactions"] == len(train_items)
+    assert {i: c for i, (c, _, _) in stats["items"].items()} == {i: train_items.count(i) for i in set(train_items)}
+    assert stats["mean_rating"] is None and stats["rated_interactions"] == 0
+
+
+def test_finetune_from_train_needs_a_benchmark(tmp_path, inputs):
+    ml, beauty = inputs
+    with pytest.raises(ConfigError, match=r"sources\[0\].finetune_from_train needs benchmark"):
+        build(tmp_path, "bad", inputs, sources=[{"name": "ml", "reader": "movielens", "domain": "movielens",
+                                                 "finetune_from_train": True, "options": {"path": str(ml)}}])
 
 
 def test_same_inputs_same_bytes(tmp_path, inputs):

@@ -53,6 +53,18 @@ def test_movielens_csv_layout(tmp_path):
     assert xs[1].item.genres is None and xs[0].rating == 3.5
 
 
+def test_movielens_recbole_layout(tmp_path):
+    write(tmp_path / "ml-100k.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+          "1\tToy Story\t1995\tAnimation Children's Comedy\n267\tunkonwn\tunkonwn\tunknown\n")
+    write(tmp_path / "ml-100k.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+          "196\t1\t3\t881250949\n196\t267\t4\t881250950\n")
+    xs = list(movielens.read(tmp_path, BadLines()))
+    assert [(x.user, x.item.id, x.rating, x.time) for x in xs] == [("196", "1", 3.0, 881250949.0),
+                                                                 ("196", "267", 4.0, 881250950.0)]
+    assert xs[0].item.title == "Toy Story (1995)" and xs[0].item.genres == "Animation, Children's, Comedy"
+    assert xs[1].item.title == "unknown" and xs[1].item.genres is None  # as u.item has item 267
+
+
 def test_movielens_non_numeric_rating(tmp_path):
     write(tmp_path / "u.data", "1\t10\t4\t5\n1\t10\tfour\t6\n")
     write(tmp_path / "u.item", "10|A|d||u|" + "|".join(["0"] * 19) + "\n")
@@ -124,3 +136,19 @@ def test_real_movielens_100k_reader(shared_data):
     assert len(xs) == 100_000 and len({x.user for x in xs}) == 943 and len({x.item.id for x in xs}) == 1682
     toy = next(x.item for x in xs if x.item.id == "1")
     assert toy.title == "Toy Story (1995)" and toy.genres == "Animation, Children's, Comedy"
+
+
+def test_real_recbole_copy_equals_grouplens_ml100k(shared_data, tmp_path):
+    """The README's fallback source (the recbole wheel from PyPI) gives u.data's interactions exactly."""
+    from data import fetch_movielens
+    try:
+        fetch_movielens.fetch(tmp_path)
+    except Exception as e:  # noqa: BLE001 - no PyPI from this machine
+        pytest.skip(f"could not download {fetch_movielens.WHEEL}: {e}")
+    ours = list(movielens.read(tmp_path, BadLines()))
+    grouplens = list(movielens.read(shared_data / "movielens-100k", BadLines()))
+    assert [(x.user, x.item.id, x.rating, x.time) for x in ours] == \
+        [(x.user, x.item.id, x.rating, x.time) for x in grouplens]
+    a, b = ({x.item.id: x.item for x in xs} for xs in (ours, grouplens))
+    assert all(a[i].genres == b[i].genres for i in b)
+    assert sum(a[i].title != b[i].title for i in b) == 10  # accents RecBole kept and u.item dropped

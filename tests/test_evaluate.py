@@ -8,6 +8,7 @@ import torch
 import evaluate
 from data.tokenizer import train_bpe
 from evaluation.matching import default_model_path
+from evaluation import benchmark
 from evaluation.metrics import ranking_metrics, rating_metrics
 from model.checkpoint import save_model
 from model.config import MPTConfig
@@ -98,8 +99,14 @@ def test_rating_end_to_end(setup):
         assert json.dumps(recomputed) == json.dumps(per_seed[seed])
     saved = json.loads((out / "metrics.json").read_text())  # strict JSON: NaN written as null
     assert saved["per_seed"]["0"]["RMSE"] == pytest.approx(per_seed["0"]["RMSE"])
-    again = evaluate.main(args[:7] + [str(setup / "rating2")] + args[8:])
-    assert json.dumps(again["per_seed"]) == json.dumps(per_seed)  # seeded: the same numbers again
+    # seeded: the same numbers again, with the fallback now read from the data build's train_stats.json
+    stats = setup / "bench" / "train_stats.json"
+    stats.write_text(json.dumps({"interactions": 9, "mean_rating": 3.5, "items": {}}))
+    try:
+        again = evaluate.main(args[:7] + [str(setup / "rating2")] + args[8:-2])
+    finally:
+        stats.unlink()
+    assert json.dumps(again["per_seed"]) == json.dumps(per_seed)
     assert "| RMSE |" in (out / "metrics.md").read_text()
 
 
@@ -109,9 +116,9 @@ def test_bad_inputs_name_file_and_line(setup, tmp_path):
     (bad / "rating_test.jsonl").write_text(json.dumps({"user": "u", "prompt": "p", "target_rating": 3}) + "\n"
                                            + json.dumps({"user": "u", "prompt": "p"}) + "\n")
     with pytest.raises(ValueError, match=r"rating_test.jsonl:2: missing key\(s\) \['target_rating'\]"):
-        evaluate.read_examples(bad / "rating_test.jsonl", "rating")
-    with pytest.raises(ValueError, match="--fallback-rating is required"):
+        benchmark.read_examples(bad / "rating_test.jsonl", "rating")
+    with pytest.raises(ValueError, match=r"--fallback-rating is required.*train_stats.json not found"):
         evaluate.main(["--checkpoint", str(setup / "ckpt"), "--benchmark", str(setup / "bench"), "--task", "rating",
                        "--out", str(tmp_path / "o"), "--device", "cpu"])
     with pytest.raises(FileNotFoundError, match="not found"):
-        evaluate.read_examples(bad / "next_item_test.jsonl", "next_item")
+        benchmark.read_examples(bad / "next_item_test.jsonl", "next_item")

@@ -1,0 +1,100 @@
+"""Simple baselines on a prepared benchmark, scored by the same metric code as the models:
+
+    python -m evaluation.baselines --benchmark out/data/beauty-mini/eval/amazon-beauty-2014 --out out/eval/baselines \
+        [--split test] [--sample 1000 | --next-item-sample 200 --rating-sample 300] [--sample-seed 0]
+
+- next item, most popular: every user gets the same 10 items, the most frequent in the training split
+  (ties: smaller item id first); HR/NDCG@5/10 as in evaluate.py.
+- rating, global mean: every prediction is the training split's mean rating.
+- rating, per-item mean: the item's mean training rating, the global mean for an item never rated in training.
+Training statistics come from BENCHMARK/train_stats.json (every training interaction: validation/test of both
+tasks removed, untitled items included). With a sample size, the examples are those evaluate.py picks with the
+same --sample/--sample-seed for that task.
+"""
+import argparse
+import json
+import pathlib
+
+from evaluation.benchmark import read_examples, read_train_stats, sample_examples
+from evaluation.metrics import ranking_metrics, rating_metrics
+
+
+def _id_key(item_id: str):
+    return (not item_id.isdigit(), int(item_id) if item_id.isdigit() else 0, item_id)
+
+
+def most_popular(stats: dict, k: int = 10) -> list:
+    """The k items with the most training interactions, ties broken by item id."""
+    return sorted(stats["items"], key=lambda i: (-stats["items"][i][0], _id_key(i)))[:k]
+
+
+def per_item_mean(stats: dict, item_id: str) -> float:
+    count, rated, total = stats["items"].get(item_id, (0, 0, 0.0))
+    return total / rated if rated else stats["mean_rating"]
+
+
+def run(benchmark, split="test", samples=None, sample_seed=0, scale=(1.0, 5.0)) -> dict:
+    """samples: {"next_item": n or None, "rating": n or None}; None = every example."""
+    samples = samples or {}
+    bench = pathlib.Path(benchmark)
+    stats = read_train_stats(bench)
+    results = {}
+    path = bench / f"next_item_{split}.jsonl"
+    if path.is_file():
+        examples = sample_examples(read_examples(path, "next_item"), samples.get("next_item"), sample_seed)
+        top = most_popular(stats)
+        results["next_item"] = {"most_popular": ranking_metrics([top] * len(examples),
+                                                                [x["target_item_id"] for x in examples]),
+                                "most_popular_items": top}
+    path = bench / f"rating_{split}.jsonl"
+    if path.is_file() and stats["mean_rating"] is not None:
+        examples = sample_examples(read_examples(path, "rating"), samples.get("rating"), sample_seed)
+        targets = [float(x["target_rating"]) for x in examples]
+        glob = stats["mean_rating"]
+        predictions = {"global_mean": [glob] * len(examples),
+                       "per_item_mean": [per_item_mean(stats, x["target_item_id"]) for x in examples]}
+        results["rating"] = {name: rating_metrics([repr(p) for p in preds], targets, glob, tuple(scale))
+                             for name, preds in predictions.items()}
+    if not results:
+        raise FileNotFoundError(f"{bench}: neither next_item_{split}.jsonl nor a rated rating_{split}.jsonl")
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    if "next_item" in results:
+        m = results["next_item"]["most_popular"]
+        lines += ["| next item | HR@5 | NDCG@5 | HR@10 | NDCG@10 | users |", "|---|---:|---:|---:|---:|---:|",
+                  f"| most popular | {m['HR@5']:.4f} | {m['NDCG@5']:.4f} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} "
+                  f"| {m['n_users']} |", ""]
+    if "rating" in results:
+        lines += ["| rating | RMSE | MAE | examples |", "|---|---:|---:|---:|"]
+        lines += [f"| {name.replace('_', ' ')} | {m['RMSE']:.4f} | {m['MAE']:.4f} | {m['n']} |"
+                  for name, m in results["rating"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--benchmark", required=True, help="folder with {task}_{split}.jsonl and train_stats.json")
+    p.add_argument("--split", default="test")
+    p.add_argument("--sample", type=int, help="sample size for both tasks")
+    p.add_argument("--next-item-sample", type=int, help="overrides --sample for next item")
+    p.add_argument("--rating-sample", type=int, help="overrides --sample for rating")
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--rating-scale", type=float, nargs=2, default=[1.0, 5.0])
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    samples = {"next_item": args.next_item_sample or args.sample, "rating": args.rating_sample or args.sample}
+    results = run(args.benchmark, args.split, samples, args.sample_seed, args.rating_scale)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({**results, "settings": vars(args)}, indent=2) + "\n")
+    table = markdown(results)
+    (out / "metrics.md").write_text(table)
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Baselines and example sampling against hand-worked cases."""
+import json
+import math
+
+import pytest
+
+from evaluation import baselines
+from evaluation.benchmark import sample_examples
+
+STATS = {"interactions": 11, "rated_interactions": 3, "mean_rating": 11 / 3,
+         "items": {"1": [3, 2, 9.0], "2": [5, 0, 0.0], "3": [3, 1, 2.0], "10": [3, 0, 0.0]}}
+
+
+def write_benchmark(root):
+    root.mkdir()
+    (root / "train_stats.json").write_text(json.dumps(STATS))
+    rows = {"next_item_test.jsonl": [{"user": "a", "prompt": "p", "target_item_id": "1"},
+                                     {"user": "b", "prompt": "p", "target_item_id": "4"}],
+            "rating_test.jsonl": [{"user": "a", "prompt": "p", "target_item_id": "1", "target_rating": 5.0},
+                                  {"user": "b", "prompt": "p", "target_item_id": "2", "target_rating": 3.0}]}
+    for name, records in rows.items():
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+def test_most_popular_ties_by_item_id():
+    assert baselines.most_popular(STATS, k=3) == ["2", "1", "3"]  # 1, 3 and 10 tie at 3: numeric id order
+
+
+def test_baselines_hand_worked(tmp_path):
+    r = baselines.run(write_benchmark(tmp_path / "b"))
+    pop = r["next_item"]["most_popular"]  # list [2, 1, 3, 10]: user a's target at rank 2, user b's absent
+    assert pop["HR@5"] == 0.5 and pop["NDCG@5"] == pytest.approx(0.5 / math.log2(3))
+    glob, item = r["rating"]["global_mean"], r["rating"]["per_item_mean"]
+    # global mean 11/3 for both: errors 4/3 and 2/3
+    assert glob["RMSE"] == pytest.approx(math.sqrt((16 / 9 + 4 / 9) / 2)) and glob["MAE"] == pytest.approx(1.0)
+    # item 1: 9/2 = 4.5 (error 0.5); item 2 was never rated in training: global mean (error 2/3)
+    assert item["RMSE"] == pytest.approx(math.sqrt((0.25 + 4 / 9) / 2)) and item["MAE"] == pytest.approx(7 / 12)
+
+
+def test_missing_train_stats_names_the_file(tmp_path):
+    (tmp_path / "next_item_test.jsonl").write_text(json.dumps({"user": "a", "prompt": "p", "target_item_id": "1"}))
+    with pytest.raises(FileNotFoundError, match="train_stats.json"):
+        baselines.run(tmp_path)
+
+
+def test_sample_is_seeded_ordered_and_a_subset():
+    xs = list(range(100))
+    a, b = sample_examples(xs, 10, seed=3), sample_examples(xs, 10, seed=3)
+    assert a == b == sorted(a) and len(set(a)) == 10 and a != sample_examples(xs, 10, seed=4)
+    assert sample_examples(xs, None) == xs and sample_examples(xs, 500) == xs
+    with pytest.raises(ValueError, match="--sample"):
+        sample_examples(xs, 0)
