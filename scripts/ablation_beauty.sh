@@ -3,13 +3,13 @@
 #   (a) pre-train from scratch on the training histories, then fine-tune;  (b) fine-tune alone from the same init.
 # Both are evaluated on P5's leave-one-out test split beside the most-popular baseline.
 #   bash scripts/ablation_beauty.sh [all|data|train|eval]     (CPU, about 1.5 hours on 2 cores)
-# EVAL_USERS (default 1000): test users evaluated, a seeded sample (the full 22,363 take ~20x longer).
+# EVAL_USERS (default 2000): test users evaluated, a seeded sample (the full 22,363 take ~20x longer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
-EVAL_USERS=${EVAL_USERS:-1000}
+EVAL_USERS=${EVAL_USERS:-2000}
 OUT=out/beauty-mini
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p $OUT/logs
@@ -36,7 +36,7 @@ if [[ $STAGE == all || $STAGE == eval ]]; then
       --sample $EVAL_USERS --out $OUT/eval/baselines
   LOG=report run "report" $PY scripts/report.py --title "Amazon Beauty, P5 leave-one-out test, $EVAL_USERS sampled users" \
       --model "(a) pre-train + fine-tune=$OUT/eval/finetune" --model "(b) fine-tune only=$OUT/eval/sft-only" \
-      --baselines $OUT/eval/baselines \
+      --baselines $OUT/eval/baselines --compare \
       --reference "RecGPT-7B-Instruct (paper, all users)=.0364,.0236,.0527,.0288" \
       --reference "MPT-7B + SFT (paper, all users)=.0063,.0041,.0088,.0050" \
       --curve "(a) pre-train=$OUT/pretrain/metrics.jsonl" --curve "(a) fine-tune=$OUT/finetune/metrics.jsonl" \

@@ -46,7 +46,7 @@ step "4/5 Hugging Face round trip"; $PY scripts/demo_generate.py "$OUT/finetune/
 
 step "5/5 evaluate"
 BENCH=$OUT/data/eval/movielens-100k
-EVAL=(--checkpoint "$OUT/finetune/model" --tokenizer "$OUT/data/tokenizer.json" --benchmark "$BENCH" --device cpu
+EVAL=(--checkpoint "$OUT/finetune/model" --benchmark "$BENCH" --device cpu
       --embedding-cache "$OUT/embedding_cache" "${MAX_NEW[@]}")
 $PY evaluate.py "${EVAL[@]}" --task next_item --sample $NEXT_N --out "$OUT/eval/next_item" --batch-size 8 > /dev/null
 $PY evaluate.py "${EVAL[@]}" --task rating --sample $RATING_N --seeds "${SEEDS[@]}" --out "$OUT/eval/rating" \

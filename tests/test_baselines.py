@@ -51,3 +51,24 @@ def test_sample_is_seeded_ordered_and_a_subset():
     assert sample_examples(xs, None) == xs and sample_examples(xs, 500) == xs
     with pytest.raises(ValueError, match="--sample"):
         sample_examples(xs, 0)
+
+
+def test_report_tables_and_paired_difference(tmp_path):
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("report", pathlib.Path(__file__).parents[1] / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    for name, ranks in (("a", [1, 3, None, None]), ("b", [None, 3, 2, None])):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "predictions.jsonl").write_text("".join(json.dumps({"user": str(u), "rank": r}) + "\n"
+                                                     for u, r in enumerate(ranks)))
+        (d / "metrics.json").write_text(json.dumps({"settings": {"task": "next_item", "n_examples": 4},
+                                                    "grounded": {"HR@5": 0.5, "NDCG@5": 0.1, "HR@10": 0.5, "NDCG@10": 0.1}}))
+    # per user, a - b: HR@5 (1, 0, -1, 0) -> mean 0; NDCG@5 (1, 0, -1/log2(3), 0) -> 0.25 * (1 - 0.6309)
+    text = report.paired_difference([("A", tmp_path / "a"), ("B", tmp_path / "b")])
+    assert "| +0.0000 [" in text and f"| {0.25 * (1 - 1 / math.log2(3)):+.4f} [" in text
+    table = report.tables([("A", tmp_path / "a")], None, [("paper", ".1,.2,.3,.4")], "T")
+    assert "| A | 0.5000 | 0.1000 | 0.5000 | 0.1000 | 4 |" in table and "| paper | 0.1000 | 0.2000 |" in table

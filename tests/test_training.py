@@ -16,6 +16,7 @@ import train
 from model.checkpoint import load_model, save_model
 from model.config import MPTConfig
 from model.mpt import build_model
+from training import checkpoint as ckpt
 from training.config import ConfigError, load_config, parse_overrides
 from training.data import (IGNORE_INDEX, FilteredDataset, GlobalBatchSampler, fit_example, open_instructions,
                            open_packed, pretrain_batch, sft_batch)
@@ -238,6 +239,25 @@ def test_tiny_finetune_learns_its_prompts(tiny_data, tmp_path, one_thread):
     learned = target != IGNORE_INDEX
     assert torch.equal(pred[learned], target[learned])
     assert (out / "checkpoints").is_dir() and (out / "model" / "config.yaml").is_file()
+
+
+def test_exported_model_gets_the_builds_tokenizer(tmp_path):
+    from data.packed import FORMAT, FORMAT_VERSION
+    from data.tokenizer import sha256_file
+
+    build, out = tmp_path / "build", tmp_path / "model"
+    build.mkdir(), out.mkdir()
+    (build / "tokenizer.json").write_text('{"model": "a tokenizer"}')
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "tokenizer": {"path": "gone/tokenizer.json", "sha256": sha256_file(build / "tokenizer.json")}}
+    (build / "meta.json").write_text(json.dumps(meta))
+    assert ckpt.copy_tokenizer(build, out) == out / "tokenizer.json"
+    assert (out / "tokenizer.json").read_bytes() == (build / "tokenizer.json").read_bytes()
+    (build / "tokenizer.json").write_text("changed since the build")  # hash mismatch: not copied, and said so
+    (out / "tokenizer.json").unlink()
+    with pytest.warns(UserWarning, match="not found with sha256"):
+        assert ckpt.copy_tokenizer(build, out) is None
+    assert not (out / "tokenizer.json").exists()
 
 
 def test_benchmark_mode_reports_without_data(tmp_path, one_thread):

@@ -24,6 +24,7 @@ import random
 import re
 import shutil
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
@@ -127,6 +128,27 @@ def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
                           f"are resharded exactly")
         seed_rngs(seed + 1_000_003 * int(train_state["step"]) + rank)
     return train_state
+
+
+def copy_tokenizer(data_path, out_dir) -> Optional[pathlib.Path]:
+    """Put the data build's tokenizer beside an exported model (evaluate.py's default --tokenizer), so the
+    model folder is self-contained. The build's meta.json names the file and its sha256; the copy in the
+    build folder (a trained BPE) or the named path (e.g. GPT-NeoX's) is used when its hash matches."""
+    from data.packed import read_meta
+    from data.tokenizer import sha256_file
+
+    meta_path, meta = read_meta(data_path)
+    tok = meta.get("tokenizer") or {}
+    if not tok.get("sha256"):  # a synthetic build (training/testing.py) has no tokenizer file
+        return None
+    for candidate in (meta_path.parent / "tokenizer.json", pathlib.Path(tok.get("path") or "")):
+        if candidate.is_file() and sha256_file(candidate) == tok.get("sha256"):
+            out = pathlib.Path(out_dir) / "tokenizer.json"
+            shutil.copyfile(candidate, out)
+            return out
+    warnings.warn(f"{meta_path}: tokenizer {tok.get('path')!r} not found with sha256 {tok.get('sha256')}; "
+                  f"the exported model has no tokenizer.json (pass --tokenizer to evaluate.py)")
+    return None
 
 
 def export_model(model, config, out_dir, dtype: torch.dtype, rank: int):

@@ -223,6 +223,8 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
             if cfg.checkpoint.export_final:
                 out = pathlib.Path(cfg.run.out_dir) / "model"
                 ckpt.export_model(model, config, out, export_dtype, d.rank)
+                if d.is_main:
+                    ckpt.copy_tokenizer(cfg.data.path, out)
                 log.print(f"[{task}] exported the final model to {out} ({cfg.checkpoint.export_dtype})")
     log.close()
     return record
