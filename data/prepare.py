@@ -537,8 +537,9 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
             n = len(e)
             count = None
             if n > budget:  # a rating prompt's body is the history lines, then the target's line
-                count = prompt_counter(enc, prompt, e, templates.NEXT_ITEM_TASK, d, len(history)) \
-                    if h.task == "next_item" else prompt_counter(enc, prompt, e, templates.RATING_TASK, d, len(history) + 1)
+                task, n_lines = ((templates.NEXT_ITEM_TASK, len(history)) if h.task == "next_item"
+                                 else (templates.RATING_TASK, len(history) + 1))
+                count = prompt_counter(enc, prompt, e, task, d, n_lines)
             fit.append((build, history, (prompt, response, n), count))
         fitted = fit_prompts(enc, fit, budget)
         for (h, history, build, extra), (prompt, response, dropped) in zip(todo, fitted):

@@ -23,6 +23,8 @@ if [[ "${DEMO_QUICK:-0}" == 1 ]]; then
 else
   PRE=(); FT=(); NEXT_N=200; RATING_N=300; SEEDS=(0 1 2); MAX_NEW=()
 fi
+# a fresh run each time: the training loop would otherwise resume the last demo's checkpoints
+rm -rf "$OUT/pretrain" "$OUT/finetune" "$OUT/eval"
 T0=$SECONDS
 step() { echo; echo "== $1 ($((SECONDS - T0)) s)"; }
 

@@ -260,6 +260,17 @@ def test_exported_model_gets_the_builds_tokenizer(tmp_path):
     assert not (out / "tokenizer.json").exists()
 
 
+def test_resuming_with_another_config_says_what_changed(tiny_data, tmp_path, one_thread, capsys):
+    out = tmp_path / "run"
+    args = [TINY_FT, f"--data.path={tiny_data}", f"--run.out_dir={out}", "--checkpoint.export_final=false"]
+    finetune.main(args + ["--train.max_steps=8"])
+    capsys.readouterr()
+    finetune.main(args + ["--train.max_steps=10", "--optim.lr=0.0005"])
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "WARNING: this config differs from the checkpoint's" in printed
+    assert "train.max_steps: 8 -> 10" in printed and "optim.lr: 0.003 -> 0.0005" in printed
+
+
 def test_benchmark_mode_reports_without_data(tmp_path, one_thread):
     out = tmp_path / "bench"
     train.main([TINY, f"--run.out_dir={out}", "--data.path=null", "--benchmark.enabled=true",

@@ -130,6 +130,23 @@ def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
     return train_state
 
 
+def config_changes(path, config_yaml: str) -> list:
+    """["section.key: saved -> now", ...] between the run config saved in checkpoint `path` and this run's."""
+    import yaml
+
+    saved_file = pathlib.Path(path) / "config.yaml"
+    if not saved_file.is_file():
+        return []
+    saved, now = yaml.safe_load(saved_file.read_text()) or {}, yaml.safe_load(config_yaml) or {}
+    changes = []
+    for section in sorted(set(saved) | set(now)):
+        a, b = saved.get(section) or {}, now.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                changes.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return changes
+
+
 def copy_tokenizer(data_path, out_dir) -> Optional[pathlib.Path]:
     """Put the data build's tokenizer beside an exported model (evaluate.py's default --tokenizer), so the
     model folder is self-contained. The build's meta.json names the file and its sha256; the copy in the

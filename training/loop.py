@@ -151,6 +151,9 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
         step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
         sampler.load_state_dict(state["data"])
         log.print(f"[{task}] resumed from {path} at step {step} (written by {state['world_size']} ranks)")
+        changes = [c for c in ckpt.config_changes(path, dump(cfg)) if not c.startswith("checkpoint.resume")]
+        if changes:  # allowed (e.g. more steps), but never silent: the run is no longer the saved one
+            log.print(f"[{task}] WARNING: this config differs from the checkpoint's: " + "; ".join(changes))
 
     def save(step):
         train_state = {"step": step, "tokens_seen": tokens_seen, "data": sampler.state_dict(),
