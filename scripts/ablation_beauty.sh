@@ -3,14 +3,16 @@
 #   (a) pre-train from scratch on the training histories, then fine-tune;  (b) fine-tune alone from the same init.
 # Both are evaluated on P5's leave-one-out test split beside the most-popular baseline.
 #   bash scripts/ablation_beauty.sh [all|data|train|eval]     (CPU, about 1.5 hours on 2 cores)
-# EVAL_USERS (default 2000): test users evaluated, a seeded sample (the full 22,363 take ~20x longer).
+# EVAL_USERS (default 2000): test users evaluated, a seeded sample (the full 22,363 take ~10x longer).
+# ABLATION_OUT (default out/beauty-mini), ABLATION_PLOT (default docs/figures/beauty-mini-curves.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
 EVAL_USERS=${EVAL_USERS:-2000}
-OUT=out/beauty-mini
+OUT=${ABLATION_OUT:-out/beauty-mini}
+PLOT=${ABLATION_PLOT:-docs/figures/beauty-mini-curves.png}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p $OUT/logs
 run() { echo "== $1 ($(date +%H:%M:%S))"; shift; "$@" 2>&1 | tee "$OUT/logs/$LOG.log" | grep -v "it/s]\|batch/s]\|user/s]\|example/s]" || exit 1; }
@@ -21,9 +23,10 @@ if [[ $STAGE == all || $STAGE == data ]]; then
   LOG=audit run "audit" $PY -m data.audit out/data/beauty-mini
 fi
 if [[ $STAGE == all || $STAGE == train ]]; then
-  LOG=pretrain run "(a) pre-train" $PY train.py configs/train/beauty-mini-pretrain.yaml
-  LOG=finetune run "(a) fine-tune" $PY finetune.py configs/train/beauty-mini-finetune.yaml
-  LOG=sft-only run "(b) fine-tune only" $PY finetune.py configs/train/beauty-mini-sft-only.yaml
+  LOG=pretrain run "(a) pre-train" $PY train.py configs/train/beauty-mini-pretrain.yaml "--run.out_dir=$OUT/pretrain"
+  LOG=finetune run "(a) fine-tune" $PY finetune.py configs/train/beauty-mini-finetune.yaml \
+      "--run.out_dir=$OUT/finetune" "--model.init_from=$OUT/pretrain/model"
+  LOG=sft-only run "(b) fine-tune only" $PY finetune.py configs/train/beauty-mini-sft-only.yaml "--run.out_dir=$OUT/sft-only"
 fi
 if [[ $STAGE == all || $STAGE == eval ]]; then
   for arm in finetune sft-only; do
@@ -40,6 +43,6 @@ if [[ $STAGE == all || $STAGE == eval ]]; then
       --reference "RecGPT-7B-Instruct (paper, all users)=.0364,.0236,.0527,.0288" \
       --reference "MPT-7B + SFT (paper, all users)=.0063,.0041,.0088,.0050" \
       --curve "(a) pre-train=$OUT/pretrain/metrics.jsonl" --curve "(a) fine-tune=$OUT/finetune/metrics.jsonl" \
-      --curve "(b) fine-tune only=$OUT/sft-only/metrics.jsonl" --plot docs/figures/beauty-mini-curves.png
+      --curve "(b) fine-tune only=$OUT/sft-only/metrics.jsonl" --plot "$PLOT"
   cp $OUT/logs/report.log $OUT/results.md
 fi
