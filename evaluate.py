@@ -3,15 +3,19 @@
 
     # sequential recommendation: 10 beams, 10 outputs, each grounded to its nearest catalog item
     python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --task next_item \
-        --out out/eval/beauty-next --batch-size 8 --device cuda --dtype bfloat16 [--constrained] [--limit 200]
+        --out out/eval/beauty-next --batch-size 8 --device cuda --dtype bfloat16 [--constrained] [--sample 2000]
     # rating prediction: sampling (temperature 1.0, top-p 0.9, top-k 50), three seeds, mean +- std
-    python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/movielens-100k/eval/<source> --task rating \
-        --out out/eval/ml-rating --seeds 0 1 2 --fallback-rating 3.53
+    python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/movielens-100k/eval/movielens-100k --task rating \
+        --out out/eval/ml-rating --seeds 0 1 2
+    # the same examples for the simple baselines (most popular, global / per-item mean rating)
+    python -m evaluation.baselines --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --sample 2000 --out out/eval/base
 
 Input (written by `python -m data.prepare`: data/README.md "Evaluation files"):
     BENCHMARK/{task}_{split}.jsonl  one example a line: "user", "prompt", and "target_item_id" (next_item)
                                     or "target_rating" (rating); other keys are carried along
     BENCHMARK/catalog.jsonl         {"item_id", "text"} per catalog item (next_item only)
+    BENCHMARK/train_stats.json      the training split's mean rating: the default --fallback-rating
+    CHECKPOINT/tokenizer.json       written beside every exported model by train.py / finetune.py
 Output, in --out:
     predictions.jsonl   per example: the generated outputs with scores, grounded items and the rank
     metrics.json        metrics, settings and the logged edge cases (spec §6.7, §8)
@@ -21,7 +25,7 @@ Choices (spec §5, §8): outputs are ranked by the cumulative log-prob of the ge
 (--length-penalty 0, closest to RecGPT's vLLM setting); the length-normalised order is reported beside.
 Grounded lists are de-duplicated (first occurrence kept), never padded, and items from the user's history
 are not filtered out (spec §6.6).
-Unparsable ratings predict --fallback-rating (the training split's mean rating) and stay in the
+Unparsable ratings predict --fallback-rating (default: the training split's mean rating) and stay in the
 denominator; P5-style numbers that drop them are reported beside, with the count.
 """
 import argparse
