@@ -4,13 +4,15 @@
 # Both are evaluated on P5's leave-one-out test split beside the most-popular baseline.
 #   bash scripts/ablation_beauty.sh [all|data|train|eval]     (CPU, about 1.5 hours on 2 cores)
 # EVAL_USERS (default 2000): test users evaluated, a seeded sample (the full 22,363 take ~10x longer).
-# ABLATION_OUT (default out/beauty-mini), ABLATION_PLOT (default docs/figures/beauty-mini-curves.png).
+# ABLATION_OUT (default out/beauty-mini), ABLATION_PLOT (default docs/figures/beauty-mini-curves.png),
+# EVAL_DEVICE (default cpu; cuda on a GPU machine, where training picks the GPU by itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
 EVAL_USERS=${EVAL_USERS:-2000}
+EVAL_DEVICE=${EVAL_DEVICE:-cpu}
 OUT=${ABLATION_OUT:-out/beauty-mini}
 PLOT=${ABLATION_PLOT:-docs/figures/beauty-mini-curves.png}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -33,7 +35,7 @@ if [[ $STAGE == all || $STAGE == eval ]]; then
     LOG=eval-$arm run "evaluate $arm" $PY evaluate.py --checkpoint $OUT/$arm/model \
         --benchmark out/data/beauty-mini/eval/amazon-beauty-2014 --task next_item --split test \
         --tokenizer out/data/beauty-mini/tokenizer.json --embedding-cache $OUT/embedding_cache \
-        --sample $EVAL_USERS --out $OUT/eval/$arm --batch-size 16 --device cpu
+        --sample $EVAL_USERS --out $OUT/eval/$arm --batch-size 16 --device "$EVAL_DEVICE"
   done
   LOG=baselines run "baselines" $PY -m evaluation.baselines --benchmark out/data/beauty-mini/eval/amazon-beauty-2014 \
       --sample $EVAL_USERS --out $OUT/eval/baselines
