@@ -35,7 +35,7 @@ if [[ $STAGE == all || $STAGE == eval ]]; then
     LOG=eval-$arm run "evaluate $arm" $PY evaluate.py --checkpoint $OUT/$arm/model \
         --benchmark out/data/beauty-mini/eval/amazon-beauty-2014 --task next_item --split test \
         --tokenizer out/data/beauty-mini/tokenizer.json --embedding-cache $OUT/embedding_cache \
-        --sample $EVAL_USERS --out $OUT/eval/$arm --batch-size 16 --device "$EVAL_DEVICE"
+        --sample $EVAL_USERS --out $OUT/eval/$arm --batch-size 16 --device "$EVAL_DEVICE" --constrained
   done
   LOG=baselines run "baselines" $PY -m evaluation.baselines --benchmark out/data/beauty-mini/eval/amazon-beauty-2014 \
       --sample $EVAL_USERS --out $OUT/eval/baselines

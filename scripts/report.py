@@ -40,6 +40,8 @@ def tables(models, baselines, references, title) -> str:
         n = m["settings"]["n_examples"]
         if m["settings"]["task"] == "next_item":
             next_rows.append((label, [m["grounded"][k] for k in NEXT_KEYS], n))
+            if "constrained" in m:  # evaluate.py --constrained: beams restricted to catalog titles
+                next_rows.append((f"{label}, trie-constrained beams", [m["constrained"][k] for k in NEXT_KEYS], n))
         else:
             s = m["summary"]
             rating_rows.append((label, f"{s['RMSE']['mean']:.4f} ± {s['RMSE']['std']:.4f}",

@@ -70,5 +70,9 @@ def test_report_tables_and_paired_difference(tmp_path):
     # per user, a - b: HR@5 (1, 0, -1, 0) -> mean 0; NDCG@5 (1, 0, -1/log2(3), 0) -> 0.25 * (1 - 0.6309)
     text = report.paired_difference([("A", tmp_path / "a"), ("B", tmp_path / "b")])
     assert "| +0.0000 [" in text and f"| {0.25 * (1 - 1 / math.log2(3)):+.4f} [" in text
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    metrics["constrained"] = {"HR@5": 0.25, "NDCG@5": 0.2, "HR@10": 0.75, "NDCG@10": 0.3}
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps(metrics))
     table = report.tables([("A", tmp_path / "a")], None, [("paper", ".1,.2,.3,.4")], "T")
     assert "| A | 0.5000 | 0.1000 | 0.5000 | 0.1000 | 4 |" in table and "| paper | 0.1000 | 0.2000 |" in table
+    assert "| A, trie-constrained beams | 0.2500 | 0.2000 | 0.7500 | 0.3000 | 4 |" in table
