@@ -34,7 +34,7 @@ from data import tokenizer as tokenizer_lib
 from data.chunking import Chunker
 from data.instructions import InstructionWriter
 from data.packed import FORMAT, FORMAT_VERSION, PackWriter
-from data.records import BadLines, Item
+from data.records import BadLines, Item, item_id_order
 from data.sources import get_reader
 
 
@@ -560,7 +560,7 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
     bar.close()
     for f in handles.values():
         f.close()
-    ids = sorted(plan.catalog, key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
+    ids = sorted(plan.catalog, key=item_id_order)
     with open(eval_dir / "catalog.jsonl", "w", encoding="utf-8") as f:
         for i in ids:
             item = plan.catalog[i]

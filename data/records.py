@@ -123,6 +123,11 @@ def parse_rating(value, path, lineno: int, bad: BadLines, *, missing=()) -> tupl
     return True, (None if rating in missing else rating)
 
 
+def item_id_order(item_id: str) -> tuple:
+    """Sort key for item ids: numeric ids by value first ("2" < "10"), then the others as strings."""
+    return (not item_id.isdigit(), int(item_id) if item_id.isdigit() else 0, item_id)
+
+
 def json_lines(path, bad: BadLines) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line of a JSON-lines file; a line that is not a JSON
     object is reported as "broken_json"."""

@@ -15,17 +15,14 @@ import argparse
 import json
 import pathlib
 
+from data.records import item_id_order
 from evaluation.benchmark import read_examples, read_train_stats, sample_examples
 from evaluation.metrics import ranking_metrics, rating_metrics
 
 
-def _id_key(item_id: str):
-    return (not item_id.isdigit(), int(item_id) if item_id.isdigit() else 0, item_id)
-
-
 def most_popular(stats: dict, k: int = 10) -> list:
     """The k items with the most training interactions, ties broken by item id."""
-    return sorted(stats["items"], key=lambda i: (-stats["items"][i][0], _id_key(i)))[:k]
+    return sorted(stats["items"], key=lambda i: (-stats["items"][i][0], item_id_order(i)))[:k]
 
 
 def per_item_mean(stats: dict, item_id: str) -> float:

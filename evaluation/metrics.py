@@ -38,19 +38,25 @@ def rank_of(target: Hashable, ranked: Sequence[Hashable]) -> Optional[int]:
     return None
 
 
+def user_gains(rank: Optional[int], ks=(5, 10)) -> dict:
+    """One user's contributions: HR@k = 1[rank <= k], NDCG@k = 1[rank <= k] / log2(rank + 1); rank None = miss."""
+    out = {}
+    for k in ks:
+        hit = rank is not None and rank <= k
+        out[f"HR@{k}"] = 1.0 if hit else 0.0
+        out[f"NDCG@{k}"] = 1.0 / math.log2(rank + 1) if hit else 0.0
+    return out
+
+
 def ranking_metrics(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], ks=(5, 10)) -> dict:
     """HR@k and NDCG@k over all users; lists are de-duplicated here too, so callers cannot forget it."""
     if len(ranked_lists) != len(targets):
         raise ValueError(f"{len(ranked_lists)} ranked lists but {len(targets)} targets")
     if not targets:
         raise ValueError("no test users")
-    ranks = [rank_of(t, lst) for lst, t in zip(ranked_lists, targets)]
+    gains = [user_gains(rank_of(t, lst), ks) for lst, t in zip(ranked_lists, targets)]
     n = len(targets)
-    out = {}
-    for k in ks:
-        hits = [r for r in ranks if r is not None and r <= k]
-        out[f"HR@{k}"] = len(hits) / n
-        out[f"NDCG@{k}"] = sum(1.0 / math.log2(r + 1) for r in hits) / n
+    out = {key: sum(g[key] for g in gains) / n for key in gains[0]}
     out["n_users"] = n
     out["mean_unique_items"] = sum(len(dedupe_keep_first(lst)) for lst in ranked_lists) / n
     return out

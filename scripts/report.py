@@ -13,9 +13,12 @@ HR/NDCG@5/10 with a 95% paired bootstrap interval over users (2,000 resamples, s
 """
 import argparse
 import json
-import math
 import pathlib
 import random
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from evaluation.metrics import user_gains  # noqa: E402
 
 NEXT_KEYS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 
@@ -77,9 +80,8 @@ def per_user_gains(folder) -> dict:
     with open(pathlib.Path(folder) / "predictions.jsonl", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            rank = r["rank"]  # of the target in the grounded list; None = not in it
-            gains[r["user"]] = tuple(0.0 if rank is None or rank > k else 1.0 if hr else 1 / math.log2(rank + 1)
-                                     for k, hr in ((5, True), (5, False), (10, True), (10, False)))
+            g = user_gains(r["rank"])  # rank of the target in the grounded list; None = not in it
+            gains[r["user"]] = tuple(g[k] for k in NEXT_KEYS)
     return gains
 
 

@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import yaml
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -132,8 +133,6 @@ def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
 
 def config_changes(path, config_yaml: str) -> list:
     """["section.key: saved -> now", ...] between the run config saved in checkpoint `path` and this run's."""
-    import yaml
-
     saved_file = pathlib.Path(path) / "config.yaml"
     if not saved_file.is_file():
         return []

@@ -22,8 +22,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from model.checkpoint import (check_complete, check_tensor, expected_shapes, iter_safetensors, read_config,
-                              read_index)
+from model.checkpoint import expected_shapes, iter_checkpoint, read_config
 from model.config import MPTConfig
 from model.mpt import MPT, build_model
 
@@ -157,13 +156,14 @@ def fill_from_rank0(model, full_tensors, shapes: dict, rank: int):
     """
     local = {canonical_name(n): p for n, p in model.state_dict().items()}
     if rank == 0:
-        # a lazy source (_LazyShards) reads a safetensors shard when first asked for one of its tensors
+        # a lazy source (_ShardsOnDemand) reads a safetensors shard when first asked for one of its tensors
         pending = full_tensors if isinstance(full_tensors, dict) else dict(full_tensors)
     for name, target in local.items():
         if rank == 0:
-            if name not in pending:
-                raise KeyError(f"weights source lacks tensor '{name}'")
-            full = pending.pop(name)
+            try:
+                full = pending.pop(name)
+            except KeyError:
+                raise KeyError(f"weights source lacks tensor '{name}'") from None
         else:
             full = torch.empty(shapes[name])
         full = full.to(device=target.device, dtype=target.dtype)
@@ -176,23 +176,21 @@ def fill_from_rank0(model, full_tensors, shapes: dict, rank: int):
         del full
 
 
-class _LazyShards(dict):
-    """name -> tensor, read from a converted checkpoint one safetensors shard at a time on first access."""
+class _ShardsOnDemand(dict):
+    """name -> tensor of a converted checkpoint, read through model.checkpoint.iter_checkpoint (names, shapes and
+    completeness checked there): the next shard is read only when a requested name is not loaded yet."""
 
-    def __init__(self, index: dict, shapes: dict):
+    def __init__(self, model_dir, config: MPTConfig):
         super().__init__()
-        self.index, self.shapes = index, shapes  # read_index(model_dir), expected_shapes(config)
-
-    def __contains__(self, name):
-        return name in self.index
+        self._shards = iter_checkpoint(model_dir, config)
 
     def pop(self, name):
-        if not dict.__contains__(self, name):
-            shard = self.index[name]
-            wanted = [n for n, s in self.index.items() if s == shard]
-            for n, t in iter_safetensors(shard, wanted):
-                check_tensor(n, t.shape, self.shapes, shard)
-                dict.__setitem__(self, n, t)
+        while not dict.__contains__(self, name):
+            try:
+                _, tensors = next(self._shards)
+            except StopIteration:
+                raise KeyError(name) from None
+            self.update(tensors)
         return dict.pop(self, name)
 
 
@@ -210,9 +208,7 @@ def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: 
             if expected_shapes(read_config(init_from)) != shapes:
                 raise ValueError(f"model.init_from = {init_from}: its config.yaml has different shapes from the "
                                  f"model config of this run")
-            index = read_index(init_from)
-            check_complete(index, shapes, f"model.init_from = {init_from}")
-            source = _LazyShards(index, shapes)
+            source = _ShardsOnDemand(init_from, config)
     elif d.is_main:
         source = build_model(config, device="cpu", seed=seed).state_dict()  # MPT's init on rank 0's CPU
     fill_from_rank0(model, source, shapes, d.rank)
