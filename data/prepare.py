@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import operator
 import pathlib
 import sys
 import time
@@ -35,6 +36,7 @@ from data.chunking import Chunker
 from data.instructions import InstructionWriter
 from data.packed import FORMAT, FORMAT_VERSION, PackWriter
 from data.records import BadLines, Item, item_id_order
+from data.token_lines import LineSpans, joinable
 from data.sources import get_reader
 
 
@@ -159,12 +161,16 @@ class Encoder:
 
     def __init__(self, tok):
         self.tok = tok
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
         self.eos_id = tok.token_to_id(tokenizer_lib.EOS)
-        self.line_local = tokenizer_lib.line_local(tok)
+        nl = tok.encode("\n", add_special_tokens=False).ids
+        # cutting ids out of a whole text's ids (data/token_lines.py) needs a line-local tokenizer
+        self.nl_id = nl[0] if tokenizer_lib.line_local(tok) and len(nl) == 1 else None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
 
     def encode(self, texts: list[str]):
-        return self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
+        # encode_batch_fast (tokenizers >= 0.20) leaves out the character offsets, which nothing here reads
+        return self._encode_batch(texts, add_special_tokens=False) if texts else []
 
     def submit(self, texts: list[str]) -> concurrent.futures.Future:
         return self._pool.submit(self.encode, texts)
@@ -254,63 +260,32 @@ def prefetched(blocks, start):
 
 # -- stages ---------------------------------------------------------------------------------------
 
-class DocLines:
-    """Where each item line of a rendered pre-training document starts in the document's token ids
-    (from the encoding's character offsets).
+def manifest_lines(source: str, history) -> bytes:
+    """One "source<TAB>interaction key" line per interaction (data/README.md; the audit reads them)."""
+    if not history:
+        return b""
+    return (f"{source}\t" + f"\n{source}\t".join([x.key for x in history]) + "\n").encode()
 
-    `line_tokens` are the per-line token counts the chunker estimates with. When the tokenizer is
-    line-local (tokenizer.line_local) and every line boundary of this document is a token boundary
-    with the newline as its own token (checked here from the offsets), the ids of a chunk made of
-    lines [a, b) are the document's header ids followed by the ids of those lines, so a chunk is cut
-    out of the document's ids instead of being encoded again. Anything else is encoded.
-    """
 
-    def __init__(self, doc: str, encoding, body_start: int, line_local: bool):
-        self.ids = encoding.ids
-        offsets = encoding.offsets
-        starts = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))[::2]
-        line_starts = [body_start]
-        i = doc.find("\n", body_start)
-        while i >= 0:
-            line_starts.append(i + 1)
-            i = doc.find("\n", i + 1)
-        self.n = len(line_starts)
-        self.bounds = np.searchsorted(starts, np.asarray(line_starts + [len(doc) + 1])).tolist()
-        self.line_tokens = [max(1, b - a) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
-        self.sliceable = line_local and self._aligned(doc, offsets, line_starts)
+def run_finder(history):
+    """run(group) -> (a, b) when `group` is history[a:b] itself (the same interaction objects, so no
+    item was changed, e.g. a review cut to fit), else None."""
+    pos = dict(zip(map(id, history), range(len(history))))
 
-    def _aligned(self, doc: str, offsets, line_starts: list[int]) -> bool:
-        if not doc or doc[-1].isspace() or doc[line_starts[0] - 2: line_starts[0]] != "\n\n":
-            return False
-        for j, start in enumerate(line_starts):
-            b = self.bounds[j]
-            if start >= len(doc) or doc[start].isspace() or b >= len(offsets) or offsets[b][0] != start:
-                return False
-            if j == 0:
-                if b == 0 or offsets[b - 1][1] > start:
-                    return False
-                continue
-            nl = start - 1  # the newline ending line j - 1: a token of its own, after a non-space
-            if b < 2 or tuple(offsets[b - 1]) != (nl, start) or offsets[b - 2][1] > nl or doc[nl - 1].isspace():
-                return False
-        return True
-
-    def _end(self, b: int) -> int:
-        return self.bounds[b] - (1 if b < self.n else 0)  # without the newline after line b - 1
-
-    def chunk_len(self, a: int, b: int) -> int:
-        return self.bounds[0] + self._end(b) - self.bounds[a]
-
-    def chunk_ids(self, a: int, b: int) -> list[int]:
-        return self.ids[: self.bounds[0]] + self.ids[self.bounds[a]: self._end(b)]
+    def run(group):
+        a = pos.get(id(group[0])) if group else None
+        if a is None or a + len(group) > len(history) or not all(map(operator.is_, group, history[a: a + len(group)])):
+            return None
+        return a, a + len(group)
+    return run
 
 
 def write_pretrain(plan: SourcePlan, histories, enc: Encoder, limit: int, writer: PackWriter, manifest,
                    batch: int, counts: collections.Counter, keep_texts: Optional[list] = None) -> None:
     d, name = plan.domain, plan.cfg["name"]
     chunker = Chunker(enc.lengths, limit)
-    overhead = enc.lengths([d.header + "\n\n"])[0]
-    body_start = len(d.header) + 2
+    head = templates.document_head(d)
+    overhead = enc.lengths([head])[0]
 
     def render(groups):
         return [templates.pretrain_document(d, g) for g in groups]
@@ -321,7 +296,7 @@ def write_pretrain(plan: SourcePlan, histories, enc: Encoder, limit: int, writer
         counts["tokens"] += len(ids) + 1  # + EOS
         counts["interactions_in_documents"] += len(history)
         if manifest:
-            manifest.write("".join(f"{name}\t{x.key}\n" for x in history).encode())
+            manifest.write(manifest_lines(name, history))
         if keep_texts is not None:
             keep_texts.append((d, history))  # rendered by the benchmark, outside its timing
 
@@ -337,30 +312,23 @@ def write_pretrain(plan: SourcePlan, histories, enc: Encoder, limit: int, writer
             if len(ids) < limit:
                 emit(h, ids)
                 continue
-            # long history: per-line token counts from the document's own offsets; a chunk of
-            # unchanged consecutive lines is cut out of the document's ids (DocLines), anything else
-            # (a review cut to fit) is encoded once and cached, so no text is encoded twice
-            lines = DocLines(doc, e, body_start, enc.line_local)
-            pos = {id(x): j for j, x in enumerate(h)}
+            # long history: a chunk of unchanged consecutive lines is cut out of the document's ids
+            # (LineSpans), with the per-line counts for the chunker's estimate; anything else (a review
+            # cut to fit, a tokenizer that is not line-local) is encoded once and cached
+            spans = LineSpans.of(doc, ids, head, "", enc.nl_id, len(h))
+            run = run_finder(h) if spans else lambda g: None
             cache: dict[str, list[int]] = {}
 
-            def span(g):
-                a = pos.get(id(g[0])) if g else None
-                if not lines.sliceable or a is None or a + len(g) > lines.n:
-                    return None
-                return (a, a + len(g)) if all(x is h[a + i] for i, x in enumerate(g)) else None
-
             def measure(groups):
-                spans = [span(g) for g in groups]
-                texts = render([g for g, s in zip(groups, spans) if s is None])
-                encoded = iter(enc.cached_ids(texts, cache))
-                return [lines.chunk_len(*s) if s else len(next(encoded)) for s in spans]
+                runs = [run(g) for g in groups]
+                encoded = iter(enc.cached_ids(render([g for g, r in zip(groups, runs) if r is None]), cache))
+                return [spans.length(*r) if r else len(next(encoded)) for r in runs]
 
             groups = chunker.split(h, lambda x: templates.pretrain_line(d, x), overhead, measure,
-                                   line_tokens=lines.line_tokens)
+                                   line_tokens=spans.line_tokens() if spans else None)
             for g in groups:
-                s = span(g)
-                emit(g, lines.chunk_ids(*s) if s else enc.cached_ids(render([g]), cache)[0])
+                r = run(g)
+                emit(g, spans.join(*r) if r else enc.cached_ids(render([g]), cache)[0])
     counts.update(chunker.counts)
     counts["pretrain_users"] += len(histories)
 
@@ -383,6 +351,74 @@ def make_pairs(d: templates.Domain, group, counts: collections.Counter) -> list[
     return pairs
 
 
+TASKS = {"rating": templates.RATING_TASK, "next_item": templates.NEXT_ITEM_TASK}
+
+
+class PairCutter:
+    """The ids of the fine-tuning pairs (make_pairs) of runs of one long history, cut out of the whole
+    history's two prompts (LineSpans) instead of encoding every candidate chunk's prompts: the next-item
+    prompt of history[a:b] is the whole one's lines [a, b - 1); its rating prompt is the whole one's
+    full lines [a, b - 2) and item b - 2's hidden-rating line, encoded alone. Only such lines and the
+    responses are encoded, once (`encode` caches). A group that is not a run of the history, or a whole
+    prompt that cannot be cut, is rendered and encoded."""
+
+    def __init__(self, d: templates.Domain, history, whole_pairs, whole_ids, nl_id, encode):
+        self.d, self.encode, self.run = d, encode, run_finder(history)
+        self.spans = {task: LineSpans.of(prompt, ids, templates.prompt_head(TASKS[task], d), templates.PROMPT_TAIL,
+                                         nl_id, len(history) - 1)
+                      for (task, prompt, _, _), (ids, _) in zip(whole_pairs, whole_ids)}
+
+    def line_tokens(self, history, line) -> Optional[list[int]]:
+        """The chunker's per-item estimate, tokens of line(x) + 1, taken from the whole prompt whose lines
+        are line(x) (the rating prompt's full lines where the domain has ratings, else the next-item
+        prompt's); the few items it lacks are encoded. None: the chunker encodes every line."""
+        task = "rating" if self.d.rating else "next_item"
+        spans = self.spans.get(task)
+        if spans is None:
+            return None
+        covered = spans.n - 1 if task == "rating" else spans.n  # the rating prompt's last line is hidden
+        return spans.line_tokens()[:covered] + [len(ids) + 1 for ids in self.encode([line(x) for x in history[covered:]])]
+
+    def _pieces(self, g) -> list[tuple]:
+        """Per pair of make_pairs(g): (spans, a, b, last line or None, response) to cut, or (None, prompt,
+        response) to encode."""
+        d, r = self.d, self.run(g)
+        if r is not None and len(g) >= 2:
+            (a, b), pieces = r, []
+            if d.rating is not None and g[-2].rating is not None:
+                hidden = templates.rating_line(d, g[-2], hide=True)
+                if self.spans.get("rating") is None or not joinable(hidden):
+                    pieces = None
+                else:
+                    pieces.append((self.spans["rating"], a, b - 2, hidden, templates.format_rating(g[-2].rating, d.scale)))
+            if pieces is not None and self.spans.get("next_item") is not None:
+                return pieces + [(self.spans["next_item"], a, b - 1, None, templates.item_text(d, g[-1].item))]
+        return [(None, prompt, response) for _, prompt, response, _ in make_pairs(d, g, collections.Counter())]
+
+    def pair_ids(self, groups) -> list[list[tuple[list[int], list[int]]]]:
+        """(prompt ids, response ids) of each group's pairs, in make_pairs order."""
+        pieces = [self._pieces(g) for g in groups]
+        texts = [t for ps in pieces for p in ps for t in p[-2:] if t is not None]  # one batch
+        ids = dict(zip(texts, self.encode(texts)))
+        out = []
+        for ps in pieces:
+            pairs = []
+            for spans, *rest in ps:
+                if spans is None:
+                    prompt, response = rest
+                    pairs.append((ids[prompt], ids[response]))
+                else:
+                    a, b, last, response = rest
+                    pairs.append((spans.join(a, b, ids[last] if last is not None else None), ids[response]))
+            out.append(pairs)
+        return out
+
+
+def longest_pair(pair_ids) -> int:
+    """What must stay under max_seq_len: the longest pair's prompt + response tokens."""
+    return max((len(p) + len(r) for p, r in pair_ids), default=0)
+
+
 def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: InstructionWriter, manifest,
                    counts: collections.Counter, batch: int = 256, keep_texts: Optional[list] = None) -> None:
     d, name = plan.domain, plan.cfg["name"]
@@ -390,38 +426,39 @@ def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: In
     line = (lambda x: templates.rating_line(d, x)) if d.rating else (lambda x: templates.next_item_line(d, d.history, x))
     overhead = max(enc.lengths([templates.wrap_prompt(t, d, []) for t in
                                 (templates.RATING_TASK, templates.NEXT_ITEM_TASK)])) + 8
-    cache: dict[str, list[int]] = {}  # text -> ids: every prompt/response is encoded once
+    cache: dict[str, list[int]] = {}  # text -> ids within a block: no text is encoded twice
 
-    def texts_of(pairs):
-        return [p[1] for p in pairs] + [p[2] for p in pairs]
-
-    def measure(groups):
-        pairs = [make_pairs(d, g, collections.Counter()) for g in groups]
-        ids = iter(enc.cached_ids([t for ps in pairs for t in texts_of(ps)], cache))
-        out = []
-        for ps in pairs:
-            lens = [len(next(ids)) for _ in range(2 * len(ps))]
-            out.append(max((lens[i] + lens[i + len(ps)] for i in range(len(ps))), default=0))
-        return out
+    def encode(texts):
+        return enc.cached_ids(texts, cache)
 
     bar = tqdm(total=len(users), desc=f"finetune {name}", unit="user", leave=False)
     for block in batched(users, batch):
         cache.clear()
-        measure([history for _, history in block])  # the whole histories' pairs, in one batch
-        for user, history in block:
-            groups = [history] if measure([history])[0] < limit else chunker.split(history, line, overhead, measure)
-            for j, g in enumerate(groups):
-                pairs = make_pairs(d, g, counts)
-                texts = enc.cached_ids(texts_of(pairs), cache)
-                for i, (task, prompt, response, target) in enumerate(pairs):
+        wholes = []  # the whole histories' pairs, encoded in one batch
+        for _, history in block:
+            whole_counts = collections.Counter()
+            wholes.append((make_pairs(d, history, whole_counts), whole_counts))
+        ids = iter(encode([t for pairs, _ in wholes for p in pairs for t in p[1:3]]))
+        for (user, history), (pairs, whole_counts) in zip(block, wholes):
+            pair_ids = [(next(ids), next(ids)) for _ in pairs]
+            if longest_pair(pair_ids) < limit:
+                chunks = [(history, pairs, pair_ids)]
+                counts.update(whole_counts)
+            else:
+                cutter = PairCutter(d, history, pairs, pair_ids, enc.nl_id, encode)
+                groups = chunker.split(history, line, overhead, lambda gs: [longest_pair(p) for p in cutter.pair_ids(gs)],
+                                       line_tokens=cutter.line_tokens(history, line))
+                chunks = [(g, make_pairs(d, g, counts), g_ids) for g, g_ids in zip(groups, cutter.pair_ids(groups))]
+            for j, (g, g_pairs, g_ids) in enumerate(chunks):
+                for (task, prompt, response, target), (prompt_ids, response_ids) in zip(g_pairs, g_ids):
                     record = {"task": task, "source": name, "domain": d.name, "user": user, "chunk": j,
                               "n_history": len(g) - 1, "prompt": prompt, "response": response, **target}
-                    writer.add(record, texts[i], texts[i + len(pairs)])
+                    writer.add(record, prompt_ids, response_ids)
                     counts[f"pairs_{task}"] += 1
                     if keep_texts is not None:
                         keep_texts += [prompt, response]
                 if manifest:
-                    manifest.write("".join(f"{name}\t{x.key}\n" for x in g).encode())
+                    manifest.write(manifest_lines(name, g))
             bar.update()
     bar.close()
     counts.update(chunker.counts)
@@ -433,7 +470,7 @@ def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
     drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4) ->
     (prompt, response, items dropped). The prompts being cut step by step are re-encoded together, one
     encode_batch call per step for all of them. `count(dropped)`, where not None, is the token count
-    of build(history[dropped:])'s prompt, or None where it has to be encoded (prompt_counter)."""
+    of build(history[dropped:])'s prompt, or None where it has to be encoded."""
     state = [[prompt, response, n, 0, build, history, count]  # [prompt, response, n, dropped, ...]
              for build, history, (prompt, response, n), count in todo]
     active = [s for s in state if s[2] > budget and s[3] < len(s[5])]
@@ -451,28 +488,6 @@ def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
             s[2] = n
         active = [s for s in active if s[2] > budget and s[3] < len(s[5])]
     return [(s[0], s[1], s[3]) for s in state]
-
-
-PROMPT_END = "\n\n### Response:"
-
-
-def prompt_counter(enc: Encoder, prompt: str, encoding, task: str, d: templates.Domain, n_lines: int):
-    """For a prompt templates.wrap_prompt(task, d, lines) with `n_lines` history lines and its encoding:
-    count(m), the token count of the same prompt without its first m lines (m < n_lines), cut out of
-    this encoding as DocLines cuts a chunk out of a document (the same conditions, checked on the
-    prompt's own offsets; the text from a line's start to the prompt's end is unchanged, and so are
-    its tokens); None where that does not hold (the caller encodes)."""
-    empty = templates.wrap_prompt(task, d, [])  # the prompt's head and PROMPT_END
-    if not enc.line_local or not empty.endswith(PROMPT_END) or not prompt.endswith(PROMPT_END):
-        return None
-    body_start = len(empty) - len(PROMPT_END)
-    if not prompt.startswith(empty[:body_start]) or len(prompt) - len(PROMPT_END) <= body_start:
-        return None
-    lines = DocLines(prompt[: len(prompt) - len(PROMPT_END)], encoding, body_start, True)
-    if not lines.sliceable or lines.n != n_lines:
-        return None
-    n, head, bounds = len(encoding), lines.bounds[0], lines.bounds
-    return lambda m: head + n - bounds[m] if m < n_lines else None
 
 
 def catalog_item(item: Item, cfg: dict) -> Item:
@@ -539,7 +554,10 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
             if n > budget:  # a rating prompt's body is the history lines, then the target's line
                 task, n_lines = ((templates.NEXT_ITEM_TASK, len(history)) if h.task == "next_item"
                                  else (templates.RATING_TASK, len(history) + 1))
-                count = prompt_counter(enc, prompt, e, task, d, n_lines)
+                # the prompt without its oldest m lines, counted from this encoding (LineSpans)
+                spans = LineSpans.of(prompt, e.ids, templates.prompt_head(task, d), templates.PROMPT_TAIL, enc.nl_id,
+                                     n_lines)
+                count = (lambda m, spans=spans, n=n_lines: spans.length(m, n)) if spans else None
             fit.append((build, history, (prompt, response, n), count))
         fitted = fit_prompts(enc, fit, budget)
         for (h, history, build, extra), (prompt, response, dropped) in zip(todo, fitted):

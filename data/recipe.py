@@ -39,12 +39,13 @@ def group_histories(interactions: Iterable[Interaction]) -> dict[str, History]:
 def interaction_keys(history: History) -> list[str]:
     """A source-independent identity per interaction: user, item, time and the occurrence number of
     that (item, time) in the history (users may repeat an item, e.g. on Yelp)."""
-    seen: collections.Counter = collections.Counter()
+    seen: dict[tuple[str, str], int] = {}
     keys = []
     for x in history:
         t = "" if x.time is None else repr(x.time)
-        seen[(x.item.id, t)] += 1
-        keys.append(f"{x.user}\t{x.item.id}\t{t}\t{seen[(x.item.id, t)] - 1}")
+        k = (x.item.id, t)
+        n = seen[k] = seen.get(k, -1) + 1
+        keys.append(f"{x.user}\t{x.item.id}\t{t}\t{n}")
     return keys
 
 

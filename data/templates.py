@@ -16,6 +16,7 @@ Paper quirks kept on purpose (§7.5): Amazon Books uses `Brand:` in B.1, `Author
 omit Genres. Amazon's metadata has no author field, so Amazon Books' "Author" shows `brand` (the
 paper's own B.2.2 placeholder is `{brand}`). ".." and "...Title" in the paper are typos for "...".
 """
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -80,6 +81,7 @@ def render_fields(fields: Fields, x: Interaction) -> str:
     return "; ".join(parts)
 
 
+@functools.lru_cache(maxsize=4096)  # a few distinct values, formatted for every line of every text
 def format_rating(rating: float, scale: float) -> str:
     return f"{rating:.1f}/{scale:.1f}"
 
@@ -91,12 +93,24 @@ def pretrain_line(d: Domain, x: Interaction) -> str:
     return line
 
 
+# Every text is a head, item lines joined by "\n", and a tail (data/token_lines.py relies on this shape).
+PROMPT_TAIL = "\n\n### Response:"
+
+
+def document_head(d: Domain) -> str:
+    return d.header + "\n\n"
+
+
+def prompt_head(task: str, d: Domain) -> str:
+    return f"### Instruction:\n{task}\n{d.header}\n\n"
+
+
 def pretrain_document(d: Domain, history: Sequence[Interaction]) -> str:
-    return d.header + "\n\n" + "\n".join(pretrain_line(d, x) for x in history)
+    return document_head(d) + "\n".join(pretrain_line(d, x) for x in history)
 
 
 def wrap_prompt(task: str, d: Domain, lines: Sequence[str]) -> str:
-    return f"### Instruction:\n{task}\n{d.header}\n\n" + "\n".join(lines) + "\n\n### Response:"
+    return prompt_head(task, d) + "\n".join(lines) + PROMPT_TAIL
 
 
 def rating_line(d: Domain, x: Interaction, hide: bool = False) -> str:

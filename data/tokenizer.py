@@ -50,25 +50,29 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path) -> Tokenizer:
 
 
 def line_local(tok: Tokenizer) -> bool:
-    """True when the ids of a text that is cut between lines are the ids of its parts, i.e. when
-    encode(header + "\\n\\n" + lines[a:b] joined) can be cut out of the whole document's ids.
+    """True when the ids of a text made of lines are the ids of its parts, i.e. when the ids of
+    head + lines[a:b] + tail can be cut out of the whole text's ids (data/token_lines.py).
 
     That holds for a byte-level BPE without dropout whose pre-tokenizer is the GPT-2 regex (GPT-NeoX,
     and the BPE this module trains), with no normaliser or NFC, and no added token containing a
     newline: the regex never joins a newline with the non-space characters around it, and BPE merges
-    stay inside a pre-token. The per-document conditions (a newline is a token of its own between two
-    non-space characters) are checked by data.prepare.DocLines; with anything else the pipeline
-    encodes every chunk instead.
+    stay inside a pre-token. The per-text conditions (a newline is a token of its own between two
+    non-space characters) are checked by data.token_lines.LineSpans.of; with anything else the
+    pipeline encodes every chunk instead.
     """
-    spec = json.loads(tok.to_str())
-    model, pre, norm = spec.get("model") or {}, spec.get("pre_tokenizer") or {}, spec.get("normalizer")
-    if model.get("type") != "BPE" or model.get("dropout") not in (None, 0, 0.0):
+    # the components' own JSON (serialising the whole tokenizer would copy its vocabulary and merges)
+    model, pre, norm = tok.model, _spec(tok.pre_tokenizer), _spec(tok.normalizer)
+    if type(model).__name__ != "BPE" or getattr(model, "dropout", None) not in (None, 0, 0.0):
         return False
     if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
         return False
-    if norm is not None and norm.get("type") != "NFC":
+    if norm and norm.get("type") != "NFC":
         return False
-    return not any("\n" in t.get("content", "") for t in spec.get("added_tokens") or [])
+    return not any("\n" in t.content for t in tok.get_added_tokens_decoder().values())
+
+
+def _spec(component) -> dict:
+    return json.loads(component.__getstate__()) if component is not None else {}
 
 
 def token_dtype(vocab_size: int) -> str:

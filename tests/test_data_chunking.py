@@ -74,27 +74,6 @@ def test_real_gpt_neox_tokenizer_chunks_under_2048(shared_data):
     assert len(chunks) > 1 and max(measure([h[a:b] for a, b in near_equal_groups(300, len(chunks) - 1)])) >= 2048
 
 
-def test_chunk_ids_cut_from_the_document_equal_encoding_the_chunk(shared_data):
-    """data.prepare.DocLines: a chunk's ids are cut out of the whole document's ids instead of encoding the
-    chunk again; they must be exactly the ids of encoding the chunk's own text (GPT-NeoX tokenizer)."""
-    from data.prepare import DocLines
-    from data.tokenizer import line_local
-    tok = load(shared_data / "tokenizer" / "gpt-neox-20b.json")
-    assert line_local(tok)
-    d = templates.get_domain("amazon")
-    reviews = ["Great!!  Would buy   again...", "naïve café ﬁne 12,345.67 — ok", "it's 'quoted' don't", "日本語のレビュー",
-               "<|endoftext|> inside", "emoji 👍🏽 end."]
-    h = [Interaction("u", Item(str(i), title=f"Item {i}", brand="Acme" if i % 2 else None), rating=float(i % 5 + 1),
-                     review=reviews[i % len(reviews)]) for i in range(40)]
-    doc = templates.pretrain_document(d, h)
-    e = tok.encode(doc, add_special_tokens=False)
-    lines = DocLines(doc, e, len(d.header) + 2, True)
-    assert lines.sliceable and lines.n == 40
-    for a, b in [(0, 40), (0, 1), (0, 13), (13, 27), (27, 40), (39, 40), (5, 6)]:
-        want = tok.encode(templates.pretrain_document(d, h[a:b]), add_special_tokens=False).ids
-        assert lines.chunk_ids(a, b) == want and lines.chunk_len(a, b) == len(want)
-
-
 def test_tokenizer_that_is_not_line_local_is_detected():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from data.tokenizer import line_local

@@ -6,7 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from data import audit, prepare
+from data import audit, prepare, templates
+from data import config as config_lib
+from data import tokenizer as tokenizer_lib
 from data.config import ConfigError
 from data.instructions import IGNORE_INDEX, InstructionDataset, read_jsonl
 from data.packed import PackedDataset
@@ -113,6 +115,49 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
     assert ml["interactions_dropped"]["item_without_title"] > 0
     assert "| beauty (*) |" in (out / "stats.md").read_text()
     assert audit.audit(out)["ok"]
+
+
+@pytest.mark.parametrize("tokenizer", ["trained-bpe", "gpt-neox-20b"])
+def test_cut_ids_equal_encoded_ids(tmp_path, inputs, tokenizer, request, monkeypatch):
+    """Chunks, fine-tuning pairs and trimmed evaluation prompts take their ids (or counts) from the whole
+    texts' ids (data/token_lines.py). Every id sequence written must be the encoding of its text, and the
+    build must be byte for byte the one that encodes everything (a tokenizer taken as not line-local)."""
+    ml, beauty = inputs
+    tok_cfg = {"train": {"vocab_size": 400}}
+    if tokenizer == "gpt-neox-20b":  # skips, with the reason, without ../shared/data
+        tok_cfg = {"path": str(request.getfixturevalue("shared_data") / "tokenizer" / "gpt-neox-20b.json")}
+    extra = dict(tokenizer=tok_cfg, eval={"max_new_tokens": 40, "missing_title": "unknown title"}, sources=[
+        {"name": "ml", "reader": "movielens", "domain": "movielens", "benchmark": True, "rating_split": True,
+         "finetune_from_train": True, "options": {"path": str(ml)}},
+        {"name": "beauty", "reader": "p5", "domain": "amazon", "options": {"path": str(beauty)}}])
+    out = tmp_path / "cut"
+    cfg = config_lib.load(config(tmp_path, out, ml, beauty, **extra))
+    kept: list = []
+    prepare.run_part(cfg, 0, 1, keep_texts=kept)
+    meta = prepare.merge(cfg, 1)
+    counts = meta["sources"]["ml"]["part"]
+    assert counts["histories_chunked"] > 0 and counts["eval_prompts_truncated"] > 0  # every path is taken
+    tok = tokenizer_lib.load(meta["tokenizer"]["path"])
+    eos = meta["pretrain"]["eos_id"]
+
+    def encode(text):
+        return tok.encode(text, add_special_tokens=False).ids
+    written = np.concatenate([d for d in PackedDataset(out)]).tolist()
+    want = [i for k in kept if isinstance(k, tuple) for i in encode(templates.pretrain_document(*k)) + [eos]]
+    assert written[: len(want)] == want and set(written[len(want):]) <= {eos}  # then the last row's padding
+    inst = InstructionDataset(out)
+    assert any(inst.record(i)["chunk"] > 0 for i in range(len(inst)))  # chunked fine-tuning histories
+    for i in range(len(inst)):
+        rec, ex = inst.record(i), inst[i]
+        prompt = encode(rec["prompt"])
+        assert ex["input_ids"].tolist() == prompt + encode(rec["response"]) + [eos]
+        assert (ex["labels"][: len(prompt)] == IGNORE_INDEX).all() and (ex["labels"][len(prompt):] != IGNORE_INDEX).all()
+    monkeypatch.setattr(tokenizer_lib, "line_local", lambda tok: False)
+    encoded = build(tmp_path, "encoded", inputs, **extra)
+    cut, enc = files_of(out), files_of(encoded)
+    assert cut.keys() == enc.keys() and "eval/ml/rating_test.jsonl" in cut
+    for k in cut:  # meta.json, part.json and stats.md name the out_dir
+        assert cut[k].replace(str(out).encode(), b"OUT") == enc[k].replace(str(encoded).encode(), b"OUT"), k
 
 
 def test_benchmark_finetune_from_train_and_training_stats(tmp_path, inputs):
