@@ -23,7 +23,9 @@ class PackWriter:
     def __init__(self, out_dir, prefix: str, seq_len: int, dtype: str, rows_per_shard: int, eos_id: int):
         self.out_dir, self.prefix = pathlib.Path(out_dir), prefix
         self.seq_len, self.dtype, self.rows_per_shard, self.eos_id = seq_len, np.dtype(dtype), rows_per_shard, eos_id
-        self.buffer: list[int] = []
+        self._eos = np.full(1, eos_id, dtype=self.dtype)
+        self.pending: list[np.ndarray] = []  # documents and EOS not yet written, in order
+        self.pending_tokens = 0
         self.shards: list[dict] = []  # {"file": name relative to out_dir, "rows": n}
         self._file = None
         self._rows_in_file = 0
@@ -32,23 +34,25 @@ class PackWriter:
 
     def add(self, ids: list[int]) -> None:
         """One document; EOS is appended here."""
-        self.buffer.extend(ids)
-        self.buffer.append(self.eos_id)
+        # one array per document (fromiter: the quickest way from a list of ints), joined when written
+        self.pending += [np.fromiter(ids, dtype=self.dtype, count=len(ids)), self._eos]
+        self.pending_tokens += len(ids) + 1
         self.documents += 1
         self.tokens += len(ids) + 1
-        if len(self.buffer) >= 64 * self.seq_len:
+        if self.pending_tokens >= 64 * self.seq_len:
             self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
-        n_rows = len(self.buffer) // self.seq_len
-        if final and len(self.buffer) % self.seq_len:
-            pad = self.seq_len - len(self.buffer) % self.seq_len
-            self.buffer.extend([self.eos_id] * pad)
+        tokens = np.concatenate(self.pending) if self.pending else np.zeros(0, self.dtype)
+        n_rows = len(tokens) // self.seq_len
+        if final and len(tokens) % self.seq_len:
+            pad = self.seq_len - len(tokens) % self.seq_len
+            tokens = np.concatenate([tokens, np.full(pad, self.eos_id, dtype=self.dtype)])
             self.padding_tokens += pad
             n_rows += 1
-        n = n_rows * self.seq_len  # fromiter: the quickest way from a list of ints to an array
-        rows = np.fromiter(self.buffer[:n], dtype=self.dtype, count=n).reshape(n_rows, self.seq_len)
-        del self.buffer[: n_rows * self.seq_len]
+        rest = tokens[n_rows * self.seq_len:]
+        self.pending, self.pending_tokens = ([rest] if len(rest) else []), len(rest)
+        rows = tokens[: n_rows * self.seq_len].reshape(n_rows, self.seq_len)
         while len(rows):
             if self._file is None:
                 name = f"{self.prefix}-{len(self.shards):05d}.bin"

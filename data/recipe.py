@@ -39,13 +39,14 @@ def group_histories(interactions: Iterable[Interaction]) -> dict[str, History]:
 def interaction_keys(history: History) -> list[str]:
     """A source-independent identity per interaction: user, item, time and the occurrence number of
     that (item, time) in the history (users may repeat an item, e.g. on Yelp)."""
-    seen: dict[tuple[str, str], int] = {}
+    heads = [f"{x.user}\t{x.item.id}\t{'' if x.time is None else repr(x.time)}\t" for x in history]
+    if len(set(heads)) == len(heads):  # the usual case: no (item, time) repeats
+        return [k + "0" for k in heads]
+    seen: dict[str, int] = {}
     keys = []
-    for x in history:
-        t = "" if x.time is None else repr(x.time)
-        k = (x.item.id, t)
+    for k in heads:
         n = seen[k] = seen.get(k, -1) + 1
-        keys.append(f"{x.user}\t{x.item.id}\t{t}\t{n}")
+        keys.append(f"{k}{n}")
     return keys
 
 

@@ -24,7 +24,9 @@ def test_stable_chronological_sort_keeps_file_order_on_ties():
 
 def test_keys_distinguish_repeated_items():
     h = recipe.group_histories(make([("u", "a", 1), ("u", "a", 1), ("u", "a", 2)]))["u"]
-    assert len({x.key for x in h}) == 3
+    assert [x.key for x in h] == ["u\ta\t1\t0", "u\ta\t1\t1", "u\ta\t2\t0"]
+    h = recipe.group_histories(make([("u", "a", None), ("u", "b", None), ("u", "a", None)]))["u"]
+    assert [x.key for x in h] == ["u\ta\t\t0", "u\tb\t\t0", "u\ta\t\t1"]
 
 
 def test_clean_counts_add_up():

@@ -92,3 +92,15 @@ def test_refuses_what_it_cannot_cut(tok):
     i = bad.index(nl, len(ids(tok, head)))
     assert LineSpans.of(good, bad[:i] + bad[i + 1:], head, "", nl) is None
     assert not joinable("a\nb") and not joinable(" a") and not joinable("") and joinable("Title: x; Rating:")
+
+
+def test_find_runs_of_chunker_groups():
+    """prepare.find_runs: which groups are unchanged runs of the history (those are cut, the rest encoded)."""
+    import dataclasses
+    from data.prepare import find_runs
+    h = history(10)
+    assert find_runs(h, [h[0:4], h[4:7], h[7:10]]) == [(0, 4), (4, 7), (7, 10)]
+    cut = dataclasses.replace(h[5], review="cut")  # a review cut to fit: a new object
+    assert find_runs(h, [h[0:4], [h[4], cut, h[6]], h[7:10]]) == [(0, 4), None, (7, 10)]
+    assert find_runs(h, [h[0:4], h[5:7], h[7:10]]) == [(0, 4), (5, 7), (7, 10)]  # item 4 dropped
+    assert find_runs(h, [[cut], h[6:8], []]) == [None, (6, 8), None]
