@@ -5,7 +5,8 @@ import json
 import pytest
 
 from data.records import BadLines, DataError
-from data.sources import anime, bookcrossing, food, goodreads, hotelrec, netflix, steam
+from data import templates
+from data.sources import anime, bookcrossing, food, goodreads, hotelrec, netflix, steam, wikirec
 
 
 def test_steam_purchase_rows_only(tmp_path):
@@ -79,3 +80,44 @@ def test_goodreads_reader(tmp_path):
                                       "date_added": "Fri Aug 25 13:55:02 -0700 2017"}])
     (x,) = goodreads.read(reviews, BadLines(), books=books, authors=authors, genres=genres)
     assert (x.item.title, x.item.author, x.item.genres, x.rating) == ("Dune", "Frank Herbert", "sci-fi, fiction", 5.0)
+
+
+def wikirec_fixture(tmp_path, bad_row=""):
+    items = tmp_path / "Items_content_of_Wikidata_14M.csv"
+    items.write_text('item_id,label,description\nQ42,Douglas Adams,"English writer, humorist"\n'
+                     'Q1,Universe,totality of space and all contents\nQ7,,no label\n')
+    inter = tmp_path / "Wikidata_14M.csv"
+    inter.write_text("user_id,item_id,frequence\n12,Q42,3\n12,Q1,1\n" + bad_row + "12,Q99,2\n5,Q7,1\n")
+    return inter, items
+
+
+def test_wikirec_reader_file_order_titles_descriptions(tmp_path):
+    inter, items = wikirec_fixture(tmp_path)
+    xs = list(wikirec.read(inter, items, BadLines()))
+    assert [(x.user, x.item.id, x.seq) for x in xs] == [("12", "Q42", 0), ("12", "Q1", 1), ("12", "Q99", 2), ("5", "Q7", 3)]
+    assert xs[0].item.title == "Douglas Adams" and xs[0].item.description == "English writer, humorist"
+    assert xs[0].time is None and xs[0].rating is None  # no timestamps (file order), no rating task
+    assert xs[2].item.title is None and xs[3].item.title is None  # not in the item file / no label: untitled
+    d = templates.get_domain("wikirec")
+    assert templates.pretrain_document(d, xs[:2]).endswith(
+        "Title: Douglas Adams; Description: English writer, humorist\n"
+        "Title: Universe; Description: totality of space and all contents")
+    # the columns by header name, and swapped
+    xs = list(wikirec.read(inter, items, BadLines(), title_column="description", description_column="label"))
+    assert xs[0].item.title == "English writer, humorist" and xs[0].item.description == "Douglas Adams"
+    with pytest.raises(DataError, match=r"Items_content_of_Wikidata_14M.csv:1: option title_column='name'.*"
+                                        r"\['item_id', 'label', 'description'\]"):
+        list(wikirec.read(inter, items, BadLines(), title_column="name"))
+    with pytest.raises(DataError, match=r"option description_column=0"):
+        list(wikirec.read(inter, items, BadLines(), description_column=0))
+
+
+def test_wikirec_bad_row_stops_or_is_counted(tmp_path):
+    inter, items = wikirec_fixture(tmp_path, bad_row="12,Q5\n")
+    with pytest.raises(DataError, match=r"Wikidata_14M.csv:4: wrong_field_count"):
+        list(wikirec.read(inter, items, BadLines()))
+    bad = BadLines(skip_bad=True)
+    assert len(list(wikirec.read(inter, items, bad))) == 4 and bad.counts == {"wrong_field_count": 1}
+    (tmp_path / "x.csv").write_text("uid,item\n1,Q1\n")
+    with pytest.raises(DataError, match=r"x.csv:1: unexpected header"):
+        list(wikirec.read(tmp_path / "x.csv", items, BadLines()))

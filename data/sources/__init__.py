@@ -18,13 +18,8 @@ READERS = {
     "food": "data.sources.food",
     "hotelrec": "data.sources.hotelrec",
     "netflix": "data.sources.netflix",
+    "wikirec": "data.sources.wikirec",
 }
-# Not implemented: WikiRec (AlGhamdi et al. 2021, "Learning to Recommend Items to Wikidata Editors",
-# ISWC 2021; data at github.com/WikidataRec-developer/Wikidata_Recommender). The released CSVs are Git
-# LFS objects whose contents could not be read here. The authors' code shows the interaction file
-# (Wikidata_14M.csv: header, then user_id,item_id,frequence; no timestamp) but not which of the item
-# file's two text columns (Items_content_of_Wikidata_14M.csv: item id + 2 text columns) is the label
-# (the template's Title) and which the description, so no reader is written on a guess (docs/data.md).
 
 
 def get_reader(name: str):
