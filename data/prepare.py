@@ -637,6 +637,9 @@ def run_part(cfg: dict, i: int, n: int, keep_texts: Optional[list] = None) -> di
         heldout_manifest = background_gzip_writer(out_dir / "eval" / "heldout.tsv.gz")
     sources, evals, timings = {}, {}, {"tokenizer_s": time.perf_counter() - t0}
     for plan in iter_plans(cfg):
+        # the source's interactions live until its part is written: keep the cyclic collector from
+        # walking them again at every full collection (8% of an Amazon Beauty build); undone below
+        gc.freeze()
         name = plan.cfg["name"]
         t1 = time.perf_counter()
         counts: collections.Counter = collections.Counter()
@@ -657,6 +660,7 @@ def run_part(cfg: dict, i: int, n: int, keep_texts: Optional[list] = None) -> di
             "interactions_kept": dict(sorted(plan.ledger.kept.items())),
             "part": dict(sorted(counts.items())),
         }
+    gc.unfreeze()
     shards = writer.close()
     n_pairs = instr.close()
     for m in (manifest, ft_manifest, heldout_manifest):
