@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import gc
 import gzip
-import itertools
 import json
 import operator
 import pathlib
@@ -28,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 from tqdm import tqdm
 
 from data import config as config_lib
@@ -388,7 +386,7 @@ class PairCutter:
                                          nl_id, len(history) - 1)
                       for (task, prompt, _, _), (ids, _) in zip(whole_pairs, whole_ids)}
 
-    def line_tokens(self, history, line) -> Optional[list[int]]:
+    def line_tokens(self, line) -> Optional[list[int]]:
         """The chunker's per-item estimate, tokens of line(x) + 1, taken from the whole prompt whose lines
         are line(x) (the rating prompt's full lines where the domain has ratings, else the next-item
         prompt's); the few items it lacks are encoded. None: the chunker encodes every line."""
@@ -397,7 +395,8 @@ class PairCutter:
         if spans is None:
             return None
         covered = spans.n - 1 if task == "rating" else spans.n  # the rating prompt's last line is hidden
-        return spans.line_tokens()[:covered] + [len(ids) + 1 for ids in self.encode([line(x) for x in history[covered:]])]
+        rest = self.encode([line(x) for x in self.history[covered:]])
+        return spans.line_tokens()[:covered] + [len(ids) + 1 for ids in rest]
 
     def _pieces(self, g, r) -> list[tuple]:
         """Per pair of make_pairs(g): (spans, a, b, last line or None, response) to cut, or (None, prompt,
@@ -418,7 +417,8 @@ class PairCutter:
     def pair_ids(self, groups) -> list[list[tuple[list[int], list[int]]]]:
         """(prompt ids, response ids) of each group's pairs, in make_pairs order."""
         pieces = [self._pieces(g, r) for g, r in zip(groups, find_runs(self.history, groups))]
-        texts = [t for ps in pieces for p in ps for t in p[-2:] if t is not None]  # one batch
+        # what is encoded, in one batch: (last line, response) of a cut pair, (prompt, response) of the others
+        texts = [t for ps in pieces for p in ps for t in p[-2:] if t is not None]
         ids = dict(zip(texts, self.encode(texts)))
         out = []
         for ps in pieces:
@@ -467,7 +467,7 @@ def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: In
             else:
                 cutter = PairCutter(d, history, pairs, pair_ids, enc.nl_id, encode)
                 groups = chunker.split(history, line, overhead, lambda gs: [longest_pair(p) for p in cutter.pair_ids(gs)],
-                                       line_tokens=cutter.line_tokens(history, line))
+                                       line_tokens=cutter.line_tokens(line))
                 chunks = [(g, make_pairs(d, g, counts), g_ids) for g, g_ids in zip(groups, cutter.pair_ids(groups))]
             for j, (g, g_pairs, g_ids) in enumerate(chunks):
                 for (task, prompt, response, target), (prompt_ids, response_ids) in zip(g_pairs, g_ids):
@@ -577,7 +577,7 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
                 # the prompt without its oldest m lines, counted from this encoding (LineSpans)
                 spans = LineSpans.of(prompt, e.ids, templates.prompt_head(task, d), templates.PROMPT_TAIL, enc.nl_id,
                                      n_lines)
-                count = (lambda m, spans=spans, n=n_lines: spans.length(m, n)) if spans else None
+                count = (lambda m, spans=spans, n=n_lines: spans.length(m, n) if m < n else None) if spans else None
             fit.append((build, history, (prompt, response, n), count))
         fitted = fit_prompts(enc, fit, budget)
         for (h, history, build, extra), (prompt, response, dropped) in zip(todo, fitted):

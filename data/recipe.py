@@ -9,7 +9,7 @@ import collections
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable
 
 from data.records import Interaction
 

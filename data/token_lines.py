@@ -80,6 +80,7 @@ class LineSpans:
 
     def length(self, a: int, b: int, last: int = 0) -> int:
         """len(join(a, b, last=<ids of length last>)): head + lines [a, b) (+ one more line) + tail."""
+        _at_least_one_line(a, b, last)
         n = self.head + len(self.ids) - self.tail_start
         if b > a:
             n += self.ends[b - 1] - self.starts[a] + (1 if last else 0)
@@ -88,6 +89,7 @@ class LineSpans:
     def join(self, a: int, b: int, last: Optional[list[int]] = None) -> list[int]:
         """ids of head + lines [a, b) + tail; `last`: the ids of one more line (encoded alone, see
         `joinable`) after line b - 1."""
+        _at_least_one_line(a, b, last)
         ids = self.ids[: self.head]
         if b > a:
             ids += self.ids[self.starts[a]: self.ends[b - 1]]
@@ -96,3 +98,8 @@ class LineSpans:
                 ids.append(self.nl_id)
             ids += last
         return ids + self.ids[self.tail_start:]
+
+
+def _at_least_one_line(a: int, b: int, last) -> None:
+    if b <= a and not last:  # head and tail would meet: their whitespace runs join into other tokens
+        raise ValueError(f"lines [{a}, {b}) and no last line: a text without lines is encoded, not cut")

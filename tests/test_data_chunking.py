@@ -1,6 +1,4 @@
 """Chunking of long histories: fewest near-equal chunks, every rendered chunk under the limit."""
-import pytest
-
 from data import templates
 from data.chunking import Chunker, smallest_k
 from data.recipe import near_equal_groups
