@@ -104,3 +104,15 @@ def test_find_runs_of_chunker_groups():
     assert find_runs(h, [h[0:4], [h[4], cut, h[6]], h[7:10]]) == [(0, 4), None, (7, 10)]
     assert find_runs(h, [h[0:4], h[5:7], h[7:10]]) == [(0, 4), (5, 7), (7, 10)]  # item 4 dropped
     assert find_runs(h, [[cut], h[6:8], []]) == [None, (6, 8), None]
+
+
+def test_no_text_without_lines_is_cut(tok):
+    """head + tail alone: their newlines would join into other tokens ("\\n\\n\\n\\n"), so it is never cut."""
+    d = templates.get_domain("food")
+    prompt, _ = templates.next_item_pair(d, history(3), history(4)[-1].item)
+    spans = LineSpans.of(prompt, ids(tok, prompt), templates.prompt_head(templates.NEXT_ITEM_TASK, d),
+                         templates.PROMPT_TAIL, nl_id(tok), 3)
+    assert spans.length(2, 3) == len(ids(tok, templates.next_item_pair(d, history(3)[2:], history(4)[-1].item)[0]))
+    for call in (lambda: spans.join(3, 3), lambda: spans.length(3, 3), lambda: spans.length(1, 1)):
+        with pytest.raises(ValueError, match="without lines"):
+            call()
