@@ -487,27 +487,31 @@ def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: In
 
 def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
     """For each (build, history, (prompt, response, n_tokens) of the whole history, count) of `todo`:
-    drop the oldest history items until the prompt leaves `budget` tokens (evaluation.md §4) ->
-    (prompt, response, items dropped). The prompts being cut step by step are re-encoded together, one
-    encode_batch call per step for all of them. `count(dropped)`, where not None, is the token count
-    of build(history[dropped:])'s prompt, or None where it has to be encoded."""
-    state = [[prompt, response, n, 0, build, history, count]  # [prompt, response, n, dropped, ...]
-             for build, history, (prompt, response, n), count in todo]
-    active = [s for s in state if s[2] > budget and s[3] < len(s[5])]
+    the fewest oldest history items to drop so that the prompt leaves `budget` tokens (evaluation.md
+    §4) -> (prompt, response, items dropped). Found by bisection on the prompt's token count, which
+    only falls as items are dropped: `count(m)` is the count of build(history[m:])'s prompt where the
+    whole prompt's spans give it, or None, and then the candidates of all prompts are encoded
+    together, one encode_batch call per bisection step."""
+    out = [[prompt, response, 0] for _, _, (prompt, response, _), _ in todo]
+    # [lo, hi, ...]: dropping lo items leaves too many tokens; dropping hi fits (or drops everything)
+    state = [[0, len(history), i, build, history, count] for i, (build, history, (_, _, n), count) in enumerate(todo)
+             if n > budget and history]
+    active = state
     while active:
-        todo_n = []
+        encode = []
         for s in active:
-            n, history = s[2], s[5]
-            step = max(1, (n - budget) * len(history) // max(n, 1) // 2)  # jump by an estimate, then refine
-            s[3] = min(len(history), s[3] + step)
-            s[0], s[1] = s[4](history[s[3]:])
-            s[2] = s[6](s[3]) if s[6] is not None else None
-            if s[2] is None:
-                todo_n.append(s)
-        for s, n in zip(todo_n, enc.lengths([s[0] for s in todo_n])):
-            s[2] = n
-        active = [s for s in active if s[2] > budget and s[3] < len(s[5])]
-    return [(s[0], s[1], s[3]) for s in state]
+            mid = (s[0] + s[1]) // 2
+            n = s[5](mid) if s[5] is not None else None
+            if n is None:
+                encode.append((s, mid, s[3](s[4][mid:])[0]))
+            else:
+                s[:2] = (s[0], mid) if n <= budget else (mid, s[1])
+        for (s, mid, _), n in zip(encode, enc.lengths([prompt for _, _, prompt in encode])):
+            s[:2] = (s[0], mid) if n <= budget else (mid, s[1])
+        active = [s for s in active if s[1] - s[0] > 1]
+    for _, hi, i, build, history, _ in state:
+        out[i] = [*build(history[hi:]), hi]
+    return [tuple(o) for o in out]
 
 
 def catalog_item(item: Item, cfg: dict) -> Item:

@@ -256,3 +256,30 @@ def test_packed_reader_validates_metadata(tmp_path, inputs):
         PackedDataset(out)
     with pytest.raises(FileNotFoundError, match="meta.json"):
         PackedDataset(tmp_path)
+
+
+def test_eval_prompts_drop_the_fewest_oldest_items():
+    """evaluation.md §4: the oldest history items are dropped until the prompt fits, and no more. The oldest
+    items here are long, so a jump proportional to the excess would overshoot; both ways of counting (from
+    the whole prompt's spans, or by encoding each candidate) must find exactly the fewest."""
+    from data.records import Interaction, Item
+
+    class Words:  # a tokenizer stand-in: one token per word
+        def lengths(self, texts):
+            return [len(t.split()) for t in texts]
+    d = templates.get_domain("netflix")
+    h = [Interaction("u", Item(str(i), title=" ".join(["long"] * 40 if i < 5 else ["short"] * 3))) for i in range(30)]
+
+    def build(hist):
+        return templates.next_item_pair(d, hist, Item("t", title="target"))
+
+    def words(hist):
+        return Words().lengths([build(hist)[0]])[0]
+    for fewest in (0, 1, 3, 5, 12, 29, 30):
+        budget = words(h[fewest:])
+        assert fewest == 0 or words(h[fewest - 1:]) > budget
+        for count in (None, lambda m: words(h[m:]) if m < len(h) else None):
+            ((prompt, response, dropped),) = prepare.fit_prompts(Words(), [(build, h, (*build(h), words(h)), count)], budget)
+            assert dropped == fewest and (prompt, response) == build(h[fewest:]), (fewest, count)
+    ((_, _, dropped),) = prepare.fit_prompts(Words(), [(build, h, (*build(h), words(h)), None)], 1)
+    assert dropped == 30  # nothing fits: every history item is dropped
