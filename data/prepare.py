@@ -514,6 +514,10 @@ def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
     return [tuple(o) for o in out]
 
 
+# tokens of the prompts here average 2.7-4 characters, so such a suffix almost never fits
+EVAL_SUFFIX_CHARS_PER_TOKEN = 6
+
+
 def catalog_item(item: Item, cfg: dict) -> Item:
     return item if item.title else dataclasses.replace(item, title=cfg["eval"]["missing_title"])
 
@@ -544,10 +548,22 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
     def rating_build(target):
         return lambda hist: templates.rating_pair(d, list(hist) + [target])
 
+    # A prompt is first encoded from the most recent items whose history lines add up to
+    # EVAL_SUFFIX_CHARS_PER_TOKEN characters per token of the budget, not from the whole history: if
+    # that does not fit, what fits (fit_prompts: the longest fitting suffix) lies inside it; if it fits
+    # after all, the whole history is encoded. Next-item lines stand in for rating lines (longer).
+    def suffix_start(history) -> int:
+        chars = 0
+        for i in range(len(history) - 1, -1, -1):
+            chars += len(history_line(history[i])) + 1
+            if chars > EVAL_SUFFIX_CHARS_PER_TOKEN * budget:
+                return i
+        return 0
+
     bar = tqdm(total=len(plan.heldout), desc=f"eval {name}", unit="example", leave=False)
 
     def start(block):
-        todo = []  # (example, history, build, extra), in held-out order
+        todo = []  # (example, history, build, extra, first item encoded), in held-out order
         for h in block:
             if heldout_manifest:
                 heldout_manifest.write(f"{name}\t{h.task}\t{h.split}\t{h.key}\n".encode())
@@ -566,14 +582,19 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
                     continue
                 build = rating_build(h.target if h.target.item.title else dataclasses.replace(h.target, item=target_item))
                 extra = {"target_item_id": target_item.id, "target_rating": h.target.rating}
-            todo.append((h, history, build, extra))
-        firsts = [build(history) for _, history, build, _ in todo]
-        return block, todo, firsts, enc.submit([p for p, _ in firsts])  # the whole histories' prompts
+            todo.append([h, history, build, extra, suffix_start(history)])
+        firsts = [build(history[first:]) for _, history, build, _, first in todo]
+        return block, todo, firsts, enc.submit([p for p, _ in firsts])
 
     for block, todo, firsts, encoded in prefetched(batched(plan.heldout, 4096), start):
+        encoded = encoded.result()
+        again = [i for i, (t, e) in enumerate(zip(todo, encoded)) if t[4] and len(e) <= budget]
+        wholes = [todo[i][2](todo[i][1]) for i in again]  # these fit from their first item: the whole history
+        for i, whole, e in zip(again, wholes, enc.encode([prompt for prompt, _ in wholes])):
+            todo[i][4], firsts[i], encoded[i] = 0, whole, e
         fit = []
-        for (h, history, build, _), (prompt, response), e in zip(todo, firsts, encoded.result()):
-            n = len(e)
+        for (h, history, build, _, first), (prompt, response), e in zip(todo, firsts, encoded):
+            n, history = len(e), history[first:]
             count = None
             if n > budget:  # a rating prompt's body is the history lines, then the target's line
                 task, n_lines = ((templates.NEXT_ITEM_TASK, len(history)) if h.task == "next_item"
@@ -584,7 +605,8 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
                 count = (lambda m, spans=spans, n=n_lines: spans.length(m, n) if m < n else None) if spans else None
             fit.append((build, history, (prompt, response, n), count))
         fitted = fit_prompts(enc, fit, budget)
-        for (h, history, build, extra), (prompt, response, dropped) in zip(todo, fitted):
+        for (h, history, build, extra, first), (prompt, response, dropped) in zip(todo, fitted):
+            dropped += first
             counts["eval_prompts_truncated"] += dropped > 0
             fname = f"{h.task}_{h.split}.jsonl"
             if fname not in handles:

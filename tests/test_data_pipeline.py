@@ -121,7 +121,8 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
 def test_cut_ids_equal_encoded_ids(tmp_path, inputs, tokenizer, request, monkeypatch):
     """Chunks, fine-tuning pairs and trimmed evaluation prompts take their ids (or counts) from the whole
     texts' ids (data/token_lines.py). Every id sequence written must be the encoding of its text, and the
-    build must be byte for byte the one that encodes everything (a tokenizer taken as not line-local)."""
+    build must be byte for byte the one that encodes everything (a tokenizer taken as not line-local), and
+    the one that starts every evaluation prompt from its whole history."""
     ml, beauty = inputs
     tok_cfg = {"train": {"vocab_size": 400}}
     if tokenizer == "gpt-neox-20b":  # skips, with the reason, without ../shared/data
@@ -152,12 +153,21 @@ def test_cut_ids_equal_encoded_ids(tmp_path, inputs, tokenizer, request, monkeyp
         prompt = encode(rec["prompt"])
         assert ex["input_ids"].tolist() == prompt + encode(rec["response"]) + [eos]
         assert (ex["labels"][: len(prompt)] == IGNORE_INDEX).all() and (ex["labels"][len(prompt):] != IGNORE_INDEX).all()
+    cut = files_of(out)
+    assert "eval/ml/rating_test.jsonl" in cut
+
+    def same_build(name):  # meta.json, part.json and stats.md name the out_dir
+        other = files_of(build(tmp_path, name, inputs, **extra))
+        assert other.keys() == cut.keys()
+        for k in cut:
+            assert other[k].replace(str(tmp_path / name).encode(), b"OUT") == cut[k].replace(str(out).encode(), b"OUT"), k
+    # evaluation prompts first encoded from a suffix that always fits (so: again, whole) or from the
+    # whole history: the same prompts, the fewest items dropped
+    for chars_per_token in (0.5, 10_000):
+        monkeypatch.setattr(prepare, "EVAL_SUFFIX_CHARS_PER_TOKEN", chars_per_token)
+        same_build(f"suffix-{chars_per_token}")
     monkeypatch.setattr(tokenizer_lib, "line_local", lambda tok: False)
-    encoded = build(tmp_path, "encoded", inputs, **extra)
-    cut, enc = files_of(out), files_of(encoded)
-    assert cut.keys() == enc.keys() and "eval/ml/rating_test.jsonl" in cut
-    for k in cut:  # meta.json, part.json and stats.md name the out_dir
-        assert cut[k].replace(str(out).encode(), b"OUT") == enc[k].replace(str(encoded).encode(), b"OUT"), k
+    same_build("encoded")
 
 
 def test_benchmark_finetune_from_train_and_training_stats(tmp_path, inputs):
