@@ -174,7 +174,6 @@ class Encoder:
     are the same as `encode`'s, only the timing differs."""
 
     def __init__(self, tok):
-        self.tok = tok
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
         self.eos_id = tok.token_to_id(tokenizer_lib.EOS)
         nl = tok.encode("\n", add_special_tokens=False).ids
@@ -486,16 +485,20 @@ def write_finetune(plan: SourcePlan, users, enc: Encoder, limit: int, writer: In
 
 
 def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
-    """For each (build, history, (prompt, response, n_tokens) of the whole history, count) of `todo`:
-    the fewest oldest history items to drop so that the prompt leaves `budget` tokens (evaluation.md
-    §4) -> (prompt, response, items dropped). Found by bisection on the prompt's token count, which
-    only falls as items are dropped: `count(m)` is the count of build(history[m:])'s prompt where the
-    whole prompt's spans give it, or None, and then the candidates of all prompts are encoded
-    together, one encode_batch call per bisection step."""
-    out = [[prompt, response, 0] for _, _, (prompt, response, _), _ in todo]
-    # [lo, hi, ...]: dropping lo items leaves too many tokens; dropping hi fits (or drops everything)
-    state = [[0, len(history), i, build, history, count] for i, (build, history, (_, _, n), count) in enumerate(todo)
-             if n > budget and history]
+    """For each (build, history, (first, prompt, response, n_tokens), count) of `todo`, where the prompt
+    is build(history[first:]) with n_tokens tokens: the fewest oldest history items to drop so that the
+    prompt leaves `budget` tokens (evaluation.md §4) -> (prompt, response, items dropped). Found by
+    bisection on the token count, which only falls as items are dropped, starting from what the given
+    prompt tells: the answer is above `first` if it does not fit, at most `first` if it does.
+    `count(m)`, where not None, is the count of build(history[m:])'s prompt (from the given prompt's
+    spans); otherwise the candidates of all prompts are encoded together, one encode_batch call per
+    bisection step."""
+    out = [[prompt, response, first] for _, _, (first, prompt, response, _), _ in todo]
+    # [lo, hi, ...]: dropping lo items leaves too many tokens (lo -1: none known), dropping hi fits (or
+    # drops everything); the answer is hi once they meet
+    state = [[first, len(history)] if n > budget else [-1, first] for _, history, (first, _, _, n), _ in todo]
+    state = [s + [i, build, history, count] for i, (s, (build, history, _, count)) in enumerate(zip(state, todo))
+             if s[1] - s[0] > 1]
     active = state
     while active:
         encode = []
@@ -510,7 +513,8 @@ def fit_prompts(enc: Encoder, todo, budget: int) -> list[tuple[str, str, int]]:
             s[:2] = (s[0], mid) if n <= budget else (mid, s[1])
         active = [s for s in active if s[1] - s[0] > 1]
     for _, hi, i, build, history, _ in state:
-        out[i] = [*build(history[hi:]), hi]
+        if hi != out[i][2]:
+            out[i] = [*build(history[hi:]), hi]
     return [tuple(o) for o in out]
 
 
@@ -549,9 +553,9 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
         return lambda hist: templates.rating_pair(d, list(hist) + [target])
 
     # A prompt is first encoded from the most recent items whose history lines add up to
-    # EVAL_SUFFIX_CHARS_PER_TOKEN characters per token of the budget, not from the whole history: if
-    # that does not fit, what fits (fit_prompts: the longest fitting suffix) lies inside it; if it fits
-    # after all, the whole history is encoded. Next-item lines stand in for rating lines (longer).
+    # EVAL_SUFFIX_CHARS_PER_TOKEN characters per token of the budget, not from the whole history: when
+    # that does not fit (almost always), what fits lies inside it (fit_prompts). Next-item lines stand
+    # in for rating lines, which are longer.
     def suffix_start(history) -> int:
         chars = 0
         for i in range(len(history) - 1, -1, -1):
@@ -582,31 +586,26 @@ def write_eval(plan: SourcePlan, enc: Encoder, cfg: dict, out_dir: pathlib.Path,
                     continue
                 build = rating_build(h.target if h.target.item.title else dataclasses.replace(h.target, item=target_item))
                 extra = {"target_item_id": target_item.id, "target_rating": h.target.rating}
-            todo.append([h, history, build, extra, suffix_start(history)])
+            todo.append((h, history, build, extra, suffix_start(history)))
         firsts = [build(history[first:]) for _, history, build, _, first in todo]
         return block, todo, firsts, enc.submit([p for p, _ in firsts])
 
     for block, todo, firsts, encoded in prefetched(batched(plan.heldout, 4096), start):
-        encoded = encoded.result()
-        again = [i for i, (t, e) in enumerate(zip(todo, encoded)) if t[4] and len(e) <= budget]
-        wholes = [todo[i][2](todo[i][1]) for i in again]  # these fit from their first item: the whole history
-        for i, whole, e in zip(again, wholes, enc.encode([prompt for prompt, _ in wholes])):
-            todo[i][4], firsts[i], encoded[i] = 0, whole, e
         fit = []
-        for (h, history, build, _, first), (prompt, response), e in zip(todo, firsts, encoded):
-            n, history = len(e), history[first:]
-            count = None
+        for (h, history, build, _, first), (prompt, response), e in zip(todo, firsts, encoded.result()):
+            n, count = len(e), None
             if n > budget:  # a rating prompt's body is the history lines, then the target's line
-                task, n_lines = ((templates.NEXT_ITEM_TASK, len(history)) if h.task == "next_item"
-                                 else (templates.RATING_TASK, len(history) + 1))
-                # the prompt without its oldest m lines, counted from this encoding (LineSpans)
+                n_lines = len(history) - first + (1 if h.task == "rating" else 0)
+                task = templates.NEXT_ITEM_TASK if h.task == "next_item" else templates.RATING_TASK
+                # the prompt without its oldest m items, counted from this encoding (LineSpans)
                 spans = LineSpans.of(prompt, e.ids, templates.prompt_head(task, d), templates.PROMPT_TAIL, enc.nl_id,
                                      n_lines)
-                count = (lambda m, spans=spans, n=n_lines: spans.length(m, n) if m < n else None) if spans else None
-            fit.append((build, history, (prompt, response, n), count))
+                if spans:
+                    count = lambda m, spans=spans, first=first, n=n_lines: (  # noqa: E731
+                        spans.length(m - first, n) if first <= m < first + n else None)
+            fit.append((build, history, (first, prompt, response, n), count))
         fitted = fit_prompts(enc, fit, budget)
-        for (h, history, build, extra, first), (prompt, response, dropped) in zip(todo, fitted):
-            dropped += first
+        for (h, history, build, extra, _), (prompt, response, dropped) in zip(todo, fitted):
             counts["eval_prompts_truncated"] += dropped > 0
             fname = f"{h.task}_{h.split}.jsonl"
             if fname not in handles:

@@ -99,7 +99,8 @@ def paired_difference(models, resamples: int = 2000, seed: int = 0) -> str:
             boots[i].append(sum(diffs[i][j] for j in idx) / len(users))
     cells = []
     for i in range(4):
-        lo, hi = sorted(boots[i])[int(0.025 * resamples)], sorted(boots[i])[int(0.975 * resamples) - 1]
+        boot = sorted(boots[i])
+        lo, hi = boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
         cells.append(f"{sum(diffs[i]) / len(users):+.4f} [{lo:+.4f}, {hi:+.4f}]")
     return "\n".join([f"Paired difference, {label_a} minus {label_b} ({len(users)} users; 95% bootstrap interval):", "",
                       "| HR@5 | NDCG@5 | HR@10 | NDCG@10 |", "|---:|---:|---:|---:|", "| " + " | ".join(cells) + " |", ""])

@@ -289,7 +289,9 @@ def test_eval_prompts_drop_the_fewest_oldest_items():
         budget = words(h[fewest:])
         assert fewest == 0 or words(h[fewest - 1:]) > budget
         for count in (None, lambda m: words(h[m:]) if m < len(h) else None):
-            ((prompt, response, dropped),) = prepare.fit_prompts(Words(), [(build, h, (*build(h), words(h)), count)], budget)
-            assert dropped == fewest and (prompt, response) == build(h[fewest:]), (fewest, count)
-    ((_, _, dropped),) = prepare.fit_prompts(Words(), [(build, h, (*build(h), words(h)), None)], 1)
+            for first in (0, 2, 6, 20):  # the first prompt given: too long, or fitting with more to drop
+                probe = (first, *build(h[first:]), words(h[first:]))
+                ((prompt, response, dropped),) = prepare.fit_prompts(Words(), [(build, h, probe, count)], budget)
+                assert dropped == fewest and (prompt, response) == build(h[fewest:]), (fewest, first, count)
+    ((_, _, dropped),) = prepare.fit_prompts(Words(), [(build, h, (0, *build(h), words(h)), None)], 1)
     assert dropped == 30  # nothing fits: every history item is dropped
