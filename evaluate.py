@@ -10,7 +10,7 @@
     # the same examples for the simple baselines (most popular, global / per-item mean rating)
     python -m evaluation.baselines --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --sample 2000 --out out/eval/base
 
-Input (written by `python -m data.prepare`: data/README.md "Evaluation files"):
+Input (written by `python -m data.build`: data/README.md "Evaluation files"):
     BENCHMARK/{task}_{split}.jsonl  one example a line: "user", "prompt", and "target_item_id" (next_item)
                                     or "target_rating" (rating); other keys are carried along
     BENCHMARK/catalog.jsonl         {"item_id", "text"} per catalog item (next_item only)
@@ -37,7 +37,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from evaluation.benchmark import REQUIRED_KEYS, read_catalog, read_examples, read_train_stats, sample_examples
+from data.formats.evalfiles import REQUIRED_KEYS, read_catalog, read_examples, read_train_stats, sample_examples
 from evaluation.generate import GenerationConfig, generate_text
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
@@ -255,7 +255,7 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
-    from data.tokenizer import load as load_tokenizer
+    from data.formats.tokenizer import load as load_tokenizer
     from model.checkpoint import load_model
 
     tok_path = pathlib.Path(args.tokenizer or pathlib.Path(args.checkpoint) / "tokenizer.json")

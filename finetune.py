@@ -5,7 +5,7 @@ ablation is the same config with a different model.init_from).
         --model.init_from=out/tiny-pretrain/model
     torchrun --standalone --nproc_per_node 8 finetune.py configs/train/recgpt-7b-instruct.yaml
 
-Data: the instruction pairs of a data build (data/instructions.py): input_ids = prompt + response + EOS, labels -100
+Data: the instruction pairs of a data build (data/formats/instructions.py): input_ids = prompt + response + EOS, labels -100
 over the prompt, so the loss covers only the response and EOS (llm-foundry's decoder-only format). Examples whose
 prompt alone fills max_seq_len are dropped (and counted); a longer response keeps its first tokens and ends in EOS.
 Sequences are right-padded with EOS (MPT's tokenizer has no pad token) to max_seq_len (llm-foundry,
@@ -41,7 +41,7 @@ def train(cfg, d):
     raw = open_instructions(cfg.data.path)
     eos_id = cfg.data.eos_id
     if eos_id is None:
-        from data.packed import read_meta
+        from data.formats.packed import read_meta
 
         eos_id = int(read_meta(cfg.data.path)[1]["instructions"]["eos_id"])
     dataset = FilteredDataset(raw, max_seq_len)

@@ -1,4 +1,9 @@
-"""RecGPT data: raw recommendation datasets -> pre-training shards and instruction data.
+"""Data for RecGPT, in two rooms (data/README.md):
 
-See data/README.md for the pipeline, the commands and the exact output formats.
+- `data.formats`: the small on-disk formats that training, evaluation and the build share (packed
+  pre-training rows, instruction pairs, evaluation files, the tokenizer wrapper). It imports nothing else
+  of the project.
+- `data.build`: the offline corpus build, `python -m data.build` (readers, recipe, templates, chunking,
+  the build's stages, audit, statistics). It writes the formats; the trainer and the evaluator never
+  import it.
 """

@@ -15,8 +15,7 @@ import argparse
 import json
 import pathlib
 
-from data.records import item_id_order
-from evaluation.benchmark import read_examples, read_train_stats, sample_examples
+from data.formats.evalfiles import item_id_order, read_examples, read_train_stats, sample_examples
 from evaluation.metrics import ranking_metrics, rating_metrics
 
 

@@ -39,7 +39,7 @@ def main(model_dir="out/demo/finetune/model", data_dir="out/demo/data", n_prompt
 
     meta = json.loads((data_dir / "meta.json").read_text())
     tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
-    pairs = [json.loads(line) for part in sorted(data_dir.glob("parts/*/instructions.jsonl")) for line in open(part)]
+    pairs = [json.loads(line) for line in open(data_dir / meta["instructions"]["parts"][0]["jsonl"])]
     pairs = [p for p in pairs if p["task"] == "next_item"][: int(n_prompts)]
     eos = meta["instructions"]["eos_id"]
     cfg = GenerationConfig(num_beams=10, num_return_sequences=10, max_new_tokens=48, eos_token_id=eos,

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from evaluation import baselines
-from evaluation.benchmark import sample_examples
+from data.formats.evalfiles import sample_examples
 
 STATS = {"interactions": 11, "rated_interactions": 3, "mean_rating": 11 / 3,
          "items": {"1": [3, 2, 9.0], "2": [5, 0, 0.0], "3": [3, 1, 2.0], "10": [3, 0, 0.0]}}

@@ -1,9 +1,9 @@
 """Chunking of long histories: fewest near-equal chunks, every rendered chunk under the limit."""
-from data import templates
-from data.chunking import Chunker, smallest_k
-from data.recipe import near_equal_groups
-from data.records import Interaction, Item
-from data.tokenizer import load
+from data.build import templates
+from data.build.chunking import Chunker, smallest_k
+from data.build.recipe import near_equal_groups
+from data.build.records import Interaction, Item
+from data.formats.tokenizer import load
 
 
 def test_near_equal_groups():
@@ -70,11 +70,3 @@ def test_real_gpt_neox_tokenizer_chunks_under_2048(shared_data):
     chunks = Chunker(lengths, 2048).split(h, lambda x: templates.pretrain_line(d, x), lengths([d.header])[0], measure)
     check(chunks, 300, measure(chunks), 2048)
     assert len(chunks) > 1 and max(measure([h[a:b] for a, b in near_equal_groups(300, len(chunks) - 1)])) >= 2048
-
-
-def test_tokenizer_that_is_not_line_local_is_detected():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from data.tokenizer import line_local
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert not line_local(tok)

@@ -1,77 +1,26 @@
-"""End to end: prepare -> shards, instruction data, eval files, audit; determinism, sharding, bad input."""
-import gzip
+"""The corpus build end to end: outputs and their readers, what is written equals the encoding of its text,
+determinism whatever the buckets and workers, resuming after a crash, config changes, audit, bad input."""
 import json
-import random
+import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from data import audit, prepare, templates
-from data import config as config_lib
-from data import tokenizer as tokenizer_lib
-from data.config import ConfigError
-from data.instructions import IGNORE_INDEX, InstructionDataset, read_jsonl
-from data.packed import PackedDataset
-
-
-def movielens_fixture(root, n_users=40, bad_line=None):
-    root.mkdir()
-    rng = random.Random(0)
-    genres = ["0"] * 19
-    items = []
-    for i in range(1, 31):
-        g = genres.copy()
-        g[1 + i % 18] = "1"
-        items.append(f"{i}|Movie number {i} ({1990 + i % 10})|01-Jan-1995||http://x|" + "|".join(g))
-    items.append("31||01-Jan-1995||http://x|" + "|".join(genres))  # an item without a title
-    (root / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
-    lines = []
-    for u in range(1, n_users + 1):
-        for k in range(3 if u % 10 == 0 else 6 + u % 25):  # every 10th user has < 5 interactions
-            lines.append(f"{u}\t{rng.randint(1, 31)}\t{rng.randint(1, 5)}\t{1000 + k * 10 + rng.randint(0, 3)}")
-    if bad_line:
-        lines.insert(5, bad_line)
-    (root / "u.data").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def p5_fixture(root, n_users=30):
-    root.mkdir()
-    rng = random.Random(1)
-    (root / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "title": "" if i == 7 else f"Cream {i}"}) + "\n"
-                                              for i in range(1, 41)))
-    (root / "sequential_data.txt").write_text("".join(
-        f"{u} " + " ".join(str(i) for i in rng.sample(range(1, 41), 5 + u % 9)) + "\n" for u in range(1, n_users + 1)))
-    return root
-
-
-def config(tmp_path, out, ml, beauty, **extra):
-    cfg = {"name": "tiny", "out_dir": str(out), "seed": 5, "max_seq_len": 160, "finetune_fraction": 0.2,
-           "tokenizer": {"train": {"vocab_size": 400}}, "pack": {"rows_per_shard": 16}, "batch_users": 8,
-           "sources": [{"name": "beauty", "reader": "p5", "domain": "amazon", "benchmark": True,
-                        "options": {"path": str(beauty)}},
-                       {"name": "ml", "reader": "movielens", "domain": "movielens", "options": {"path": str(ml)}}]}
-    cfg.update(extra)
-    path = tmp_path / f"{out.name}.yaml"
-    import yaml
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+from data.build import audit, eval_prompts, jobs, pipeline, templates
+from data.build import encoder as encoder_lib
+from data.build.config import ConfigError
+from data.build.records import DataError
+from data.formats import tokenizer as tokenizer_lib
+from data.formats.instructions import IGNORE_INDEX, InstructionDataset, read_jsonl
+from data.formats.packed import PackedDataset
+from data_fixtures import amazon_fixture, build, files_of, movielens_fixture, p5_fixture, two_sources
 
 
 @pytest.fixture
 def inputs(tmp_path):
-    return movielens_fixture(tmp_path / "ml"), p5_fixture(tmp_path / "beauty")
-
-
-def build(tmp_path, name, inputs, *args, **extra):
-    out = tmp_path / name
-    assert prepare.main(["--config", str(config(tmp_path, out, *inputs, **extra)), *args]) == 0
-    return out
-
-
-def files_of(out):
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "timings.json"}
+    return two_sources(movielens_fixture(tmp_path / "ml"), p5_fixture(tmp_path / "beauty"))
 
 
 def test_end_to_end_outputs_and_readers(tmp_path, inputs):
@@ -86,7 +35,7 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
     # every document (between EOS) is shorter than max_seq_len: the chunking rule
     docs = np.split(flat, np.flatnonzero(flat == eos) + 1)
     assert max(len(d) for d in docs) <= 160
-    assert meta["sources"]["ml"]["part"]["histories_chunked"] > 0
+    assert meta["sources"]["ml"]["counts"]["histories_chunked"] > 0
     # instruction data: prompt masked, response + EOS supervised
     inst = InstructionDataset(out)
     assert len(inst) == meta["instructions"]["examples"] > 0
@@ -118,34 +67,32 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
 
 
 @pytest.mark.parametrize("tokenizer", ["trained-bpe", "gpt-neox-20b"])
-def test_cut_ids_equal_encoded_ids(tmp_path, inputs, tokenizer, request, monkeypatch):
-    """Chunks, fine-tuning pairs and trimmed evaluation prompts take their ids (or counts) from the whole
-    texts' ids (data/token_lines.py). Every id sequence written must be the encoding of its text, and the
-    build must be byte for byte the one that encodes everything (a tokenizer taken as not line-local), and
-    the one that starts every evaluation prompt from its whole history."""
-    ml, beauty = inputs
+def test_written_ids_are_the_encoding_of_the_written_text(tmp_path, tokenizer, request, monkeypatch):
+    """The build encodes each distinct line once and joins lines' ids (data/build/encoder.py). Every id sequence
+    written must be the encoding of its text, and the build must be byte for byte the one that encodes every
+    text whole (a tokenizer taken as not line-local). Long histories are chunked, evaluation prompts cut."""
+    ml, beauty = movielens_fixture(tmp_path / "ml"), p5_fixture(tmp_path / "beauty")
     tok_cfg = {"train": {"vocab_size": 400}}
     if tokenizer == "gpt-neox-20b":  # skips, with the reason, without ../shared/data
         tok_cfg = {"path": str(request.getfixturevalue("shared_data") / "tokenizer" / "gpt-neox-20b.json")}
-    extra = dict(tokenizer=tok_cfg, eval={"max_new_tokens": 40, "missing_title": "unknown title"}, sources=[
-        {"name": "ml", "reader": "movielens", "domain": "movielens", "benchmark": True, "rating_split": True,
-         "finetune_from_train": True, "options": {"path": str(ml)}},
-        {"name": "beauty", "reader": "p5", "domain": "amazon", "options": {"path": str(beauty)}}])
-    out = tmp_path / "cut"
-    cfg = config_lib.load(config(tmp_path, out, ml, beauty, **extra))
-    kept: list = []
-    prepare.run_part(cfg, 0, 1, keep_texts=kept)
-    meta = prepare.merge(cfg, 1)
-    counts = meta["sources"]["ml"]["part"]
+    sources = [{"name": "ml", "reader": "movielens", "domain": "movielens", "benchmark": True, "rating_split": True,
+                "finetune_from_train": True, "options": {"path": str(ml)}},
+               {"name": "beauty", "reader": "p5", "domain": "amazon", "options": {"path": str(beauty)}}]
+    extra = dict(tokenizer=tok_cfg, eval={"max_new_tokens": 40, "missing_title": "unknown title"})
+    out = build(tmp_path, "lines", sources, **extra)
+    meta = json.loads((out / "meta.json").read_text())
+    counts = meta["sources"]["ml"]["counts"]
     assert counts["histories_chunked"] > 0 and counts["eval_prompts_truncated"] > 0  # every path is taken
     tok = tokenizer_lib.load(meta["tokenizer"]["path"])
     eos = meta["pretrain"]["eos_id"]
 
     def encode(text):
         return tok.encode(text, add_special_tokens=False).ids
-    written = np.concatenate([d for d in PackedDataset(out)]).tolist()
-    want = [i for k in kept if isinstance(k, tuple) for i in encode(templates.pretrain_document(*k)) + [eos]]
-    assert written[: len(want)] == want and set(written[len(want):]) <= {eos}  # then the last row's padding
+    # documents: decoded back (a byte-level BPE round-trips exactly) and encoded whole
+    stream = np.concatenate([d for d in PackedDataset(out)])
+    docs = np.split(stream, np.flatnonzero(stream == eos) + 1)[: meta["pretrain"]["documents"]]
+    for d in docs:
+        assert encode(tok.decode(d[:-1].tolist(), skip_special_tokens=False)) == d[:-1].tolist()
     inst = InstructionDataset(out)
     assert any(inst.record(i)["chunk"] > 0 for i in range(len(inst)))  # chunked fine-tuning histories
     for i in range(len(inst)):
@@ -153,30 +100,50 @@ def test_cut_ids_equal_encoded_ids(tmp_path, inputs, tokenizer, request, monkeyp
         prompt = encode(rec["prompt"])
         assert ex["input_ids"].tolist() == prompt + encode(rec["response"]) + [eos]
         assert (ex["labels"][: len(prompt)] == IGNORE_INDEX).all() and (ex["labels"][len(prompt):] != IGNORE_INDEX).all()
-    cut = files_of(out)
-    assert "eval/ml/rating_test.jsonl" in cut
-
-    def same_build(name):  # meta.json, part.json and stats.md name the out_dir
-        other = files_of(build(tmp_path, name, inputs, **extra))
-        assert other.keys() == cut.keys()
-        for k in cut:
-            assert other[k].replace(str(tmp_path / name).encode(), b"OUT") == cut[k].replace(str(out).encode(), b"OUT"), k
-    # evaluation prompts first encoded from a suffix that always fits (so: again, whole) or from the
-    # whole history: the same prompts, the fewest items dropped
-    for chars_per_token in (0.5, 10_000):
-        monkeypatch.setattr(prepare, "EVAL_SUFFIX_CHARS_PER_TOKEN", chars_per_token)
-        same_build(f"suffix-{chars_per_token}")
-    monkeypatch.setattr(tokenizer_lib, "line_local", lambda tok: False)
-    same_build("encoded")
+    # evaluation prompts: at most max_seq_len - max_new_tokens tokens, and one more history item would not fit
+    budget = 160 - 40
+    for r in read_jsonl(out / "eval/ml/rating_test.jsonl") + read_jsonl(out / "eval/ml/next_item_test.jsonl"):
+        assert len(encode(r["prompt"])) <= budget or not r["history_item_ids"]
+    monkeypatch.setattr(encoder_lib, "line_local", lambda tok: False)
+    whole = build(tmp_path, "whole", sources, **extra)
+    assert files_of(whole).keys() == files_of(out).keys()
+    for k, v in files_of(out).items():
+        if k not in ("meta.json", "stats.md"):  # these name their out_dir
+            assert files_of(whole)[k] == v, k
 
 
-def test_benchmark_finetune_from_train_and_training_stats(tmp_path, inputs):
+def test_eval_prompts_drop_the_fewest_oldest_items():
+    """evaluation.md §4: the oldest history items are dropped until the prompt fits, and no more. The oldest items
+    here are long, so a jump proportional to the excess would overshoot."""
+    class Words:  # a tokenizer stand-in: one token per word
+        def counts(self, texts):
+            return [len(t.split()) for t in texts]
+    d = templates.get_domain("netflix")
+    from data.build.records import Interaction, Item
+    h = [Interaction("u", Item(str(i), title=" ".join(["long"] * 40 if i < 5 else ["short"] * 3))) for i in range(30)]
+    lines = [templates.next_item_line(d, d.history, x) for x in h]
+
+    def make(hist_lines):
+        return templates.wrap_prompt(templates.NEXT_ITEM_TASK, d, hist_lines), "target"
+
+    def words(m):
+        return Words().counts([make(lines[m:])[0]])[0]
+    for fewest in (0, 1, 3, 5, 12, 29, 30):
+        budget = words(fewest)
+        assert fewest == 0 or words(fewest - 1) > budget
+        assert eval_prompts.fewest_dropped(Words(), [(lines, make)], budget) == [fewest]
+    assert eval_prompts.fewest_dropped(Words(), [(lines, make)], 1) == [30]  # nothing fits: every item dropped
+    assert eval_prompts.fewest_dropped(Words(), [(lines[:1], make)], 1) == [1]  # one item, too long
+    # several prompts bisect together
+    assert eval_prompts.fewest_dropped(Words(), [(lines, make)] * 3 + [(lines[25:], make)], words(5)) == [5, 5, 5, 0]
+
+
+def test_benchmark_finetune_from_train_and_training_stats(tmp_path):
     """A benchmark alone (the miniature ablation): fine-tuning pairs from each user's training history, whose
     last training item is the answer; no held-out interaction anywhere (audit); train_stats counts training."""
-    ml, beauty = inputs
-    out = build(tmp_path, "ft", (ml, beauty), sources=[{"name": "beauty", "reader": "p5", "domain": "amazon",
-                                                        "benchmark": True, "finetune_from_train": True,
-                                                        "rating_split": False, "options": {"path": str(beauty)}}])
+    beauty = p5_fixture(tmp_path / "beauty")
+    out = build(tmp_path, "ft", [{"name": "beauty", "reader": "p5", "domain": "amazon", "benchmark": True,
+                                  "finetune_from_train": True, "rating_split": False, "options": {"path": str(beauty)}}])
     meta = json.loads((out / "meta.json").read_text())
     inst = InstructionDataset(out)
     records = [inst.record(i) for i in range(len(inst))]
@@ -196,63 +163,172 @@ def test_benchmark_finetune_from_train_and_training_stats(tmp_path, inputs):
     assert stats["mean_rating"] is None and stats["rated_interactions"] == 0
 
 
-def test_finetune_from_train_needs_a_benchmark(tmp_path, inputs):
-    ml, beauty = inputs
+def test_finetune_from_train_needs_a_benchmark(tmp_path):
+    ml = movielens_fixture(tmp_path / "ml")
     with pytest.raises(ConfigError, match=r"sources\[0\].finetune_from_train needs benchmark"):
-        build(tmp_path, "bad", inputs, sources=[{"name": "ml", "reader": "movielens", "domain": "movielens",
-                                                 "finetune_from_train": True, "options": {"path": str(ml)}}])
+        build(tmp_path, "bad", [{"name": "ml", "reader": "movielens", "domain": "movielens",
+                                 "finetune_from_train": True, "options": {"path": str(ml)}}])
 
 
-def test_same_inputs_same_bytes(tmp_path, inputs):
-    a = build(tmp_path, "a", inputs)
-    build(tmp_path, "b", inputs, out_dir=str(tmp_path / "a2"))  # the same build again, into a2
-    fa, fb = files_of(a), files_of(tmp_path / "a2")
-    assert fa.keys() == fb.keys()
-    for k in fa:
-        if k not in ("meta.json", "stats.md") and not k.endswith("part.json"):  # these name the out_dir
-            assert fa[k] == fb[k], k
-    ma, mb = (json.loads(fa["meta.json"]), json.loads(fb["meta.json"]))
-    assert ma["tokenizer"]["sha256"] == mb["tokenizer"]["sha256"] and ma["sources"] == mb["sources"]
-    c = build(tmp_path, "c", inputs, seed=6)
-    assert files_of(c)["parts/00000-of-00001/pretrain-00000.bin"] != fa["parts/00000-of-00001/pretrain-00000.bin"]
+def test_same_bytes_whatever_the_buckets_and_workers(tmp_path, inputs):
+    """The outputs do not depend on how the users are cut into jobs, nor on how many processes run them; another
+    seed gives other outputs."""
+    one = files_of(build(tmp_path, "one", inputs))
+    for name, extra in (("again", {}), ("buckets", {"bucket_interactions": 50}),
+                        ("buckets-2-workers", {"bucket_interactions": 50, "workers": 2})):
+        out = build(tmp_path, name, inputs, **extra)
+        if extra:
+            assert json.loads((out / "meta.json").read_text())["jobs"] > 10
+        other = files_of(out)
+        assert {k for k in other if not k.startswith("manifests/")} == {k for k in one if not k.startswith("manifests/")}
+        for k in one:
+            if not k.startswith("manifests/") and k not in ("meta.json", "stats.md"):
+                assert other[k] == one[k], (name, k)
+        assert audit.audit(out)["ok"]
+    seeded = files_of(build(tmp_path, "seed", inputs, seed=6))
+    assert seeded["pretrain/pretrain-00000.bin"] != one["pretrain/pretrain-00000.bin"]
 
 
-def test_sharded_build_merges_to_the_same_totals(tmp_path, inputs):
-    whole = json.loads((build(tmp_path, "whole", inputs) / "meta.json").read_text())
-    out = tmp_path / "sharded"
-    cfg = config(tmp_path, out, *inputs, tokenizer={"path": str(tmp_path / "whole" / "tokenizer.json")})
-    for i in range(3):
-        assert prepare.main(["--config", str(cfg), "--shard", f"{i}/3"]) == 0
-    assert prepare.main(["--config", str(cfg), "--merge"]) == 0
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["pretrain"]["documents"] == whole["pretrain"]["documents"]
-    assert meta["instructions"]["examples"] == whole["instructions"]["examples"]
-    assert meta["sources"]["ml"]["part"]["tokens"] == whole["sources"]["ml"]["part"]["tokens"]
-    assert len(PackedDataset(out)) >= len(PackedDataset(tmp_path / "whole"))  # each part pads its last row
-    assert audit.audit(out)["ok"]
+def test_a_build_killed_midway_resumes_where_it_stopped(tmp_path, inputs, monkeypatch):
+    """A crash in the fourth job: a rerun keeps the three finished jobs (and the read sources and the plan), redoes
+    the rest, discards the half-written folder, and writes what an uninterrupted build writes."""
+    want = files_of(build(tmp_path, "whole", inputs, bucket_interactions=50))
+    calls = []
+    real = jobs.write_train
+
+    def crash_at_the_fourth(cfg, job, tok_path, out):
+        calls.append(job.name)
+        if len(calls) == 4:
+            (out / "half-written").write_text("x")
+            raise KeyboardInterrupt("killed")
+        return real(cfg, job, tok_path, out)
+    monkeypatch.setattr(jobs, "write_train", crash_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):  # one worker: the jobs run in this process, where the crash is planted
+        build(tmp_path, "resumed", inputs, bucket_interactions=50, workers=1)
+    work = tmp_path / "resumed" / "work"
+    finished = {p: p.stat().st_mtime_ns for p in (work / "jobs").rglob("done.json")}
+    assert len(finished) == 3  # the three training jobs before the crash
+    assert list((work / "jobs").rglob("*.tmp")) and not (tmp_path / "resumed" / "meta.json").exists()
+    before = {p: p.stat().st_mtime_ns for d in ("sources", "plan") for p in (work / d).rglob("done.json")}
+    calls.clear()
+    monkeypatch.setattr(jobs, "write_train", real)
+    out = build(tmp_path, "resumed", inputs, bucket_interactions=50)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not redone
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert not list((work / "jobs").rglob("*.tmp"))
+    got = files_of(out)
+    assert got.keys() == want.keys()
+    for k in want:
+        if k not in ("meta.json", "stats.md"):
+            assert got[k] == want[k], k
+    # run again: already built, nothing is redone
+    mtime = (out / "meta.json").stat().st_mtime_ns
+    build(tmp_path, "resumed", inputs, bucket_interactions=50)
+    assert (out / "meta.json").stat().st_mtime_ns == mtime
+
+
+def test_a_changed_config_redoes_what_it_changes(tmp_path, inputs, capsys):
+    out = build(tmp_path, "a", inputs)
+    work = out / "work"
+    sources = {p: p.stat().st_mtime_ns for p in (work / "sources").rglob("done.json")}
+    plans = {p: p.stat().st_mtime_ns for p in (work / "plan").rglob("done.json")}
+    capsys.readouterr()
+    build(tmp_path, "a", inputs, max_seq_len=200)  # the same out_dir, another max_seq_len
+    assert "redoing it" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in sources} == sources and {p: p.stat().st_mtime_ns for p in plans} == plans
+    fresh = files_of(build(tmp_path, "b", inputs, max_seq_len=200))
+    got = files_of(out)
+    for k in fresh:
+        if k not in ("meta.json", "stats.md"):
+            assert got[k] == fresh[k], k
+    assert json.loads((out / "meta.json").read_text())["config"]["max_seq_len"] == 200
+    build(tmp_path, "a", inputs, seed=9)  # the seed changes the plan: the plan is redone, the sources are not
+    assert {p: p.stat().st_mtime_ns for p in sources} == sources and any(
+        p.stat().st_mtime_ns != t for p, t in plans.items())
+
+
+def test_stages_as_separate_commands(tmp_path, inputs):
+    """What scripts/build_slurm.sh runs: prepare, every job by number (any order), merge; the same outputs. A job
+    or a merge before its inputs are ready says what to run."""
+    from data_fixtures import write_config
+    want = files_of(build(tmp_path, "whole", inputs, bucket_interactions=80))
+    out = tmp_path / "staged"
+    cfg = str(write_config(tmp_path / "staged.yaml", out, inputs, bucket_interactions=80))
+    with pytest.raises(SystemExit, match="stage prepare"):
+        pipeline.main(["--config", cfg, "--job", "0"])
+    assert pipeline.main(["--config", cfg, "--stage", "prepare"]) == 0
+    n = len((out / "work" / "jobs.txt").read_text().split())
+    assert n > 2
+    with pytest.raises(SystemExit, match="--job 0"):
+        pipeline.main(["--config", cfg, "--stage", "merge"])
+    for k in reversed(range(n)):
+        assert pipeline.main(["--config", cfg, "--job", str(k)]) == 0
+    with pytest.raises(SystemExit, match=f"jobs 0..{n - 1}"):
+        pipeline.main(["--config", cfg, "--job", str(n)])
+    assert pipeline.main(["--config", cfg, "--stage", "merge"]) == 0
+    got = files_of(out)
+    for k in want:
+        if k not in ("meta.json", "stats.md"):
+            assert got[k] == want[k], k
+
+
+def _add_manifest_row(path, **changes):
+    """Append to a manifest a copy of its first row with `changes` (a planted leak)."""
+    table = pq.read_table(path)
+    row = {c: table.column(c)[0].as_py() for c in table.column_names}
+    row.update(changes)
+    pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)]), path)
 
 
 def test_audit_catches_a_planted_leak(tmp_path, inputs):
     out = build(tmp_path, "a", inputs)
     assert audit.main([str(out)]) == 0
-    with gzip.open(out / "eval" / "heldout.tsv.gz", "rt") as f:
-        source, task, split, *key = f.readline().rstrip("\n").split("\t")
-    manifest = out / "parts" / "00000-of-00001" / "manifest.tsv.gz"
-    with gzip.open(manifest, "rt") as f:
-        rows = f.read()
-    with gzip.open(manifest, "wt") as f:  # plant: one held-out interaction in the pre-training data
-        f.write(rows + "\t".join([source, *key]) + "\n")
+    held = pq.read_table(out / "manifests/beauty/eval-00000.parquet").to_pylist()[0]
+    _add_manifest_row(out / "manifests/beauty/train-00000.parquet", **{**held, "use": "pretrain", "task": None,
+                                                                       "split": None})
     result = audit.audit(out)
     assert not result["ok"] and result["leaked_interactions"] == 1
     assert any("held out" in p for p in result["problems"])
     assert audit.main([str(out)]) == 1
 
 
+def test_users_of_a_benchmark_are_excluded_by_raw_id_and_a_leak_across_id_spaces_is_caught(tmp_path, capsys):
+    """A P5 benchmark (integer ids) and the raw Amazon files of a newer version (reviewerIDs, ASINs) that share
+    users: with P5's datamaps.json the newer source's copies of the benchmark's users are removed, compared by raw
+    id; without it nothing matches, and the build says so loudly. The audit compares raw ids too: a held-out
+    (reviewer, ASIN) pair planted in the newer source's training data, under its own ids, is caught."""
+    beauty = p5_fixture(tmp_path / "beauty", datamaps=True)
+    raw = amazon_fixture(tmp_path / "amazon2018", [f"R{u}" for u in range(1, 11)] + [f"N{u}" for u in range(30)])
+    sources = [{"name": "beauty", "reader": "p5", "domain": "amazon", "benchmark": True,
+                "options": {"path": str(beauty), "datamaps": "datamaps.json"}},
+               {"name": "amazon2018", "reader": "amazon", "domain": "amazon", "exclude_users_of": ["beauty"],
+                "options": {"reviews": str(raw / "reviews.json"), "meta": str(raw / "meta.json")}}]
+    out = build(tmp_path, "raw", sources)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sources"]["amazon2018"]["excluded_users"] == 10 and not meta["warnings"]
+    assert meta["sources"]["amazon2018"]["users_dropped"]["user_in_benchmark_version"] == 10
+    assert audit.audit(out)["ok"]
+    held = pq.read_table(out / "manifests/beauty/eval-00000.parquet").to_pylist()[0]
+    assert held["raw_user"].startswith("R") and held["raw_item"].startswith("B")
+    _add_manifest_row(out / "manifests/amazon2018/train-00000.parquet", raw_user=held["raw_user"],
+                      raw_item=held["raw_item"], user=held["raw_user"], item=held["raw_item"], time=1.5e9)
+    result = audit.audit(out)
+    assert not result["ok"] and result["leaked_interactions"] == 0 and result["leaked_across_id_spaces"] == 1
+    assert any("trains on 1 users of beauty" in p for p in result["problems"])
+    # without the datamaps, the P5 users are integers: nobody is excluded, and the build warns
+    sources[0]["options"].pop("datamaps")
+    out = build(tmp_path, "no-maps", sources)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sources"]["amazon2018"]["excluded_users"] == 0
+    assert len(meta["warnings"]) == 1 and "removed no user" in meta["warnings"][0]
+    assert "WARNING" in capsys.readouterr().err and "**WARNING**" in (out / "stats.md").read_text()
+
+
 def test_bad_line_stops_or_is_skipped_and_counted(tmp_path):
-    inputs = (movielens_fixture(tmp_path / "ml", bad_line="1\t2\tNaNx\t5"), p5_fixture(tmp_path / "beauty"))
-    with pytest.raises(Exception, match=r"u.data:6: bad_rating"):
-        build(tmp_path, "a", inputs)
-    out = build(tmp_path, "b", inputs, "--skip-bad")
+    sources = two_sources(movielens_fixture(tmp_path / "ml", bad_line="1\t2\tNaNx\t5"), p5_fixture(tmp_path / "beauty"))
+    with pytest.raises(DataError, match=r"u.data:6: bad_rating"):
+        build(tmp_path, "a", sources)
+    out = build(tmp_path, "b", sources, "--skip-bad")
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sources"]["ml"]["bad_lines"] == {"bad_rating": 1}
     assert "u.data:6" in meta["sources"]["ml"]["bad_line_examples"]["bad_rating"]
@@ -260,38 +336,60 @@ def test_bad_line_stops_or_is_skipped_and_counted(tmp_path):
 
 def test_packed_reader_validates_metadata(tmp_path, inputs):
     out = build(tmp_path, "a", inputs)
-    shard = out / "parts" / "00000-of-00001" / "pretrain-00000.bin"
+    shard = out / "pretrain" / "pretrain-00000.bin"
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(ValueError, match="pretrain-00000.bin"):
         PackedDataset(out)
     with pytest.raises(FileNotFoundError, match="meta.json"):
         PackedDataset(tmp_path)
+    shutil.rmtree(out / "pretrain")
+    meta = json.loads((out / "meta.json").read_text())
+    meta["format_version"] = 1
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="v1, expected 'recgpt-packed' v2"):
+        PackedDataset(out)
 
 
-def test_eval_prompts_drop_the_fewest_oldest_items():
-    """evaluation.md §4: the oldest history items are dropped until the prompt fits, and no more. The oldest
-    items here are long, so a jump proportional to the excess would overshoot; both ways of counting (from
-    the whole prompt's spans, or by encoding each candidate) must find exactly the fewest."""
-    from data.records import Interaction, Item
+FAKE_SBATCH = r'''#!/usr/bin/env bash
+# sbatch stand-in: logs its arguments, runs the --wrap command at once (each task of an --array in turn)
+echo "$*" >> "$SBATCH_LOG"
+array=""; wrap=""
+while [[ $# -gt 0 ]]; do
+  case $1 in --array=*) array=${1#--array=}; array=${array%\%*};; --wrap) wrap=$2; shift;; esac; shift
+done
+if [[ -n $array ]]; then
+  for ((k = ${array%-*}; k <= ${array#*-}; k++)); do SLURM_ARRAY_TASK_ID=$k bash -c "$wrap" >&2 || exit 1; done
+else
+  bash -c "$wrap" >&2 || exit 1
+fi
+echo $RANDOM
+'''
 
-    class Words:  # a tokenizer stand-in: one token per word
-        def lengths(self, texts):
-            return [len(t.split()) for t in texts]
-    d = templates.get_domain("netflix")
-    h = [Interaction("u", Item(str(i), title=" ".join(["long"] * 40 if i < 5 else ["short"] * 3))) for i in range(30)]
 
-    def build(hist):
-        return templates.next_item_pair(d, hist, Item("t", title="target"))
-
-    def words(hist):
-        return Words().lengths([build(hist)[0]])[0]
-    for fewest in (0, 1, 3, 5, 12, 29, 30):
-        budget = words(h[fewest:])
-        assert fewest == 0 or words(h[fewest - 1:]) > budget
-        for count in (None, lambda m: words(h[m:]) if m < len(h) else None):
-            for first in (0, 2, 6, 20):  # the first prompt given: too long, or fitting with more to drop
-                probe = (first, *build(h[first:]), words(h[first:]))
-                ((prompt, response, dropped),) = prepare.fit_prompts(Words(), [(build, h, probe, count)], budget)
-                assert dropped == fewest and (prompt, response) == build(h[fewest:]), (fewest, first, count)
-    ((_, _, dropped),) = prepare.fit_prompts(Words(), [(build, h, (0, *build(h), words(h)), None)], 1)
-    assert dropped == 30  # nothing fits: every history item is dropped
+def test_slurm_launcher_runs_the_stages_as_jobs(tmp_path, inputs):
+    """scripts/build_slurm.sh with a stand-in sbatch that runs each job at once: prepare, then an array of one task
+    per job, then the merge after the array (afterok); the outputs are those of a local build."""
+    import os
+    import subprocess
+    import sys
+    from data_fixtures import REPO, write_config
+    want = files_of(build(tmp_path, "local", inputs, bucket_interactions=80))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    out = tmp_path / "slurm"
+    cfg = write_config(tmp_path / "slurm.yaml", out, inputs, bucket_interactions=80)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(tmp_path / "sbatch.log"),
+           "PY": sys.executable, "LOGS": str(tmp_path / "logs"), "PYTHONPATH": str(REPO)}
+    r = subprocess.run(["bash", "scripts/build_slurm.sh", str(cfg), "--seed=5"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    n = len((out / "work" / "jobs.txt").read_text().split())
+    assert len(calls) == 3 and f"--array=0-{n - 1}%64" in calls[1] and "--dependency=afterok:" in calls[2]
+    assert "--stage prepare" in calls[0] and "--job $SLURM_ARRAY_TASK_ID" in calls[1] and "--stage merge" in calls[2]
+    got = files_of(out)
+    for k in want:
+        if k not in ("meta.json", "stats.md"):
+            assert got[k] == want[k], k

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from data.records import BadLines, DataError
-from data import templates
-from data.sources import anime, bookcrossing, food, goodreads, hotelrec, netflix, steam, wikirec
+from data.build.records import BadLines, DataError
+from data.build import templates
+from data.build.sources import anime, bookcrossing, food, goodreads, hotelrec, netflix, steam, wikirec
 
 
 def test_steam_purchase_rows_only(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import evaluate
-from data.tokenizer import train_bpe
+from data.build.bpe import train_bpe
 from evaluation.matching import default_model_path
-from evaluation import benchmark
+from data.formats import evalfiles
 from evaluation.metrics import ranking_metrics, rating_metrics
 from model.checkpoint import save_model
 from model.config import MPTConfig
@@ -116,9 +116,9 @@ def test_bad_inputs_name_file_and_line(setup, tmp_path):
     (bad / "rating_test.jsonl").write_text(json.dumps({"user": "u", "prompt": "p", "target_rating": 3}) + "\n"
                                            + json.dumps({"user": "u", "prompt": "p"}) + "\n")
     with pytest.raises(ValueError, match=r"rating_test.jsonl:2: missing key\(s\) \['target_rating'\]"):
-        benchmark.read_examples(bad / "rating_test.jsonl", "rating")
+        evalfiles.read_examples(bad / "rating_test.jsonl", "rating")
     with pytest.raises(ValueError, match=r"--fallback-rating is required.*train_stats.json not found"):
         evaluate.main(["--checkpoint", str(setup / "ckpt"), "--benchmark", str(setup / "bench"), "--task", "rating",
                        "--out", str(tmp_path / "o"), "--device", "cpu"])
     with pytest.raises(FileNotFoundError, match="not found"):
-        benchmark.read_examples(bad / "next_item_test.jsonl", "next_item")
+        evalfiles.read_examples(bad / "next_item_test.jsonl", "next_item")

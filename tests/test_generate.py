@@ -293,7 +293,7 @@ def test_trie_over_real_item_texts_round_trips(shared_data):
     """With the GPT-NeoX tokenizer, a constrained output decodes back to exactly its catalog text."""
     import json
 
-    from data.tokenizer import load
+    from data.formats.tokenizer import load
     from evaluation.constrained import CatalogTrie
 
     tok_path = shared_data / "tokenizer" / "gpt-neox-20b.json"

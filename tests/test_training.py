@@ -242,8 +242,8 @@ def test_tiny_finetune_learns_its_prompts(tiny_data, tmp_path, one_thread):
 
 
 def test_exported_model_gets_the_builds_tokenizer(tmp_path):
-    from data.packed import FORMAT, FORMAT_VERSION
-    from data.tokenizer import sha256_file
+    from data.formats.packed import FORMAT, FORMAT_VERSION
+    from data.formats.tokenizer import sha256_file
 
     build, out = tmp_path / "build", tmp_path / "model"
     build.mkdir(), out.mkdir()

@@ -150,8 +150,8 @@ def copy_tokenizer(data_path, out_dir) -> Optional[pathlib.Path]:
     """Put the data build's tokenizer beside an exported model (evaluate.py's default --tokenizer), so the
     model folder is self-contained. The build's meta.json names the file and its sha256; the copy in the
     build folder (a trained BPE) or the named path (e.g. GPT-NeoX's) is used when its hash matches."""
-    from data.packed import read_meta
-    from data.tokenizer import sha256_file
+    from data.formats.packed import read_meta
+    from data.formats.tokenizer import sha256_file
 
     meta_path, meta = read_meta(data_path)
     tok = meta.get("tokenizer") or {}

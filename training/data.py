@@ -1,7 +1,7 @@
 """Per-rank, resumable batches for train.py (packed shards) and finetune.py (prompt/response pairs).
 
-Reads the data issue's formats through its own readers (data/packed.py `PackedDataset`, data/instructions.py
-`InstructionDataset`, both listed in the build's meta.json).
+Reads a data build through the formats' own readers (data/formats/packed.py `PackedDataset`,
+data/formats/instructions.py `InstructionDataset`, both listed in the build's meta.json).
 
 Sampling is defined on the *global* batch, independent of the number of ranks:
     epoch e order = permutation(len(dataset), seed + e) (or 0..n-1 without shuffle), drop_last;
@@ -18,7 +18,8 @@ Batches are dicts of int64 tensors: input_ids (B, S), labels (B, S) aligned with
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from data.formats.instructions import IGNORE_INDEX, InstructionDataset
+from data.formats.packed import PackedDataset
 
 
 class GlobalBatchSampler:
@@ -74,8 +75,6 @@ class GlobalBatchSampler:
 
 
 def open_packed(path):
-    from data.packed import PackedDataset
-
     return PackedDataset(path)
 
 
@@ -92,8 +91,6 @@ def pretrain_batch(dataset, indices, seq_len: int = None) -> dict:
 
 
 def open_instructions(path):
-    from data.instructions import InstructionDataset
-
     return InstructionDataset(path)
 
 

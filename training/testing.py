@@ -2,9 +2,9 @@
 
     python -m training.testing out/tiny-data        # then: python train.py configs/train/tiny-pretrain.yaml
 
-Writes, with data/'s own writers (data/packed.py PackWriter, data/instructions.py InstructionWriter), a meta.json
-with a `pretrain` section (documents of token ids packed into rows) and an `instructions` section (prompt/response
-pairs, prompt masked). Token ids are synthetic (vocab 512, EOS = 0): documents are noisy arithmetic sequences so
+Writes, with the formats' own writers (data/formats/packed.py PackWriter, data/formats/instructions.py
+InstructionWriter), a meta.json with a `pretrain` section (documents of token ids packed into rows) and an
+`instructions` section (prompt/response pairs, prompt masked). Token ids are synthetic (vocab 512, EOS = 0): documents are noisy arithmetic sequences so
 a model can learn something, and each instruction's response is a fixed function of its prompt.
 """
 import json
@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-from data.instructions import InstructionWriter
-from data.packed import FORMAT, FORMAT_VERSION, PackWriter
+from data.formats.instructions import IGNORE_INDEX, InstructionWriter
+from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
 
 EOS_ID = 0
 
@@ -43,26 +43,25 @@ def synthetic_pairs(n_pairs: int, vocab: int, seed: int, prompt_len=(6, 20), res
 def write_tiny_build(out_dir, seq_len: int = 32, n_docs: int = 200, n_pairs: int = 16, vocab: int = 512,
                      seed: int = 0, rows_per_shard: int = 50, pairs=None) -> pathlib.Path:
     out_dir = pathlib.Path(out_dir)
-    part = out_dir / "parts" / "0-of-1"
-    writer = PackWriter(part, "pretrain", seq_len, "uint16", rows_per_shard, EOS_ID)
+    writer = PackWriter(out_dir / "pretrain", "pretrain", seq_len, "uint16", rows_per_shard, EOS_ID)
     for doc in synthetic_documents(n_docs, vocab, seed):
         writer.add(doc)
     shards = writer.close()
-    iw = InstructionWriter(part, "uint16", EOS_ID)
+    iw = InstructionWriter(out_dir / "instructions", "uint16", EOS_ID)
     for prompt, response in (pairs if pairs is not None else synthetic_pairs(n_pairs, vocab, seed)):
         iw.add({"prompt": " ".join(map(str, prompt)), "response": " ".join(map(str, response))}, prompt, response)
     n = iw.close()
-    rel = "parts/0-of-1"
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "tokenizer": {"path": None, "vocab_size": vocab, "synthetic": True},
         "pretrain": {"dtype": "uint16", "seq_len": seq_len, "eos_id": EOS_ID,
-                     "shards": [{"file": f"{rel}/{s['file']}", "rows": s["rows"]} for s in shards],
+                     "shards": [{"file": f"pretrain/{s['file']}", "rows": s["rows"]} for s in shards],
                      "rows": sum(s["rows"] for s in shards), "documents": writer.documents, "tokens": writer.tokens,
                      "padding_tokens": writer.padding_tokens},
-        "instructions": {"dtype": "uint16", "eos_id": EOS_ID, "ignore_index": -100, "examples": n,
-                         "parts": [{"jsonl": f"{rel}/instructions.jsonl", "tokens": f"{rel}/instructions.tokens.bin",
-                                    "index": f"{rel}/instructions.index.npy", "examples": n}]},
+        "instructions": {"dtype": "uint16", "eos_id": EOS_ID, "ignore_index": IGNORE_INDEX, "examples": n,
+                         "parts": [{"jsonl": "instructions/instructions.jsonl",
+                                    "tokens": "instructions/instructions.tokens.bin",
+                                    "index": "instructions/instructions.index.npy", "examples": n}]},
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return out_dir

@@ -1,0 +1,29 @@
+"""Which interactions each output of a build holds, for the leakage audit (data/build/audit.py).
+
+One Parquet file per job, under <out_dir>/manifests/<source>/, one row per interaction used:
+
+    source, use ("pretrain" | "finetune" | "heldout"), task and split (held-out rows: "next_item" |
+    "rating", "validation" | "test"), user, item, time, occurrence (the interaction's identity in its
+    source), raw_user, raw_item (its identity across sources: P5's reviewerID and ASIN, or the ids).
+"""
+import pyarrow as pa
+
+from data.build import engine
+
+SCHEMA = pa.schema([("source", pa.string()), ("use", pa.string()), ("task", pa.string()), ("split", pa.string()),
+                    ("user", pa.string()), ("item", pa.string()), ("time", pa.float64()),
+                    ("occurrence", pa.int64()), ("raw_user", pa.string()), ("raw_item", pa.string())])
+
+
+class ManifestWriter:
+    def __init__(self, path, source: str):
+        self.source = source
+        self._rows = engine.ParquetRows(path, SCHEMA)
+
+    def add(self, use: str, history, task=None, split=None) -> None:
+        source = self.source
+        self._rows.extend([(source, use, task, split, x.user, x.item.id, x.time, x.occurrence, x.raw_user,
+                            x.item.raw_id or x.item.id) for x in history])
+
+    def close(self) -> int:
+        return self._rows.close()

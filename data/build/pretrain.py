@@ -1,0 +1,77 @@
+"""Stage 3a: the pre-training documents (App. B.1) of a bucket's users, as a stream of token ids.
+
+A document is one user's history (header, blank line, one line per item). A history of `max_seq_len`
+tokens or more is cut into the fewest near-equal chunks that fit (data/build/chunking.py, recgpt.md §6),
+each a document. The stream is the documents' ids, each followed by EOS; the merge cuts the streams of all
+buckets into fixed rows (data/build/merge.py).
+"""
+import collections
+import pathlib
+
+import numpy as np
+
+from data.build import templates
+from data.build.chunking import Chunker
+from data.build.encoder import Encoder
+from data.build.manifests import ManifestWriter
+
+
+class DocumentStream:
+    """Documents' ids, each followed by EOS, appended to one raw little-endian file."""
+
+    def __init__(self, path: pathlib.Path, dtype: str, eos_id: int):
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self._file = open(path, "wb")
+        self._eos = np.full(1, eos_id, dtype=self.dtype)
+        self._pending: list[np.ndarray] = []
+        self._pending_tokens = 0
+
+    def add(self, ids: list[int]) -> None:
+        self._pending += [np.fromiter(ids, dtype=self.dtype, count=len(ids)), self._eos]
+        self._pending_tokens += len(ids) + 1
+        if self._pending_tokens >= 1 << 20:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            np.concatenate(self._pending).tofile(self._file)
+        self._pending, self._pending_tokens = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._file.close()
+
+
+def write_documents(d: templates.Domain, users: list, enc: Encoder, chunker: Chunker, stream: DocumentStream,
+                    manifest: ManifestWriter | None, counts: collections.Counter) -> None:
+    """The documents of `users` (histories, in order), chunked where too long."""
+    limit = chunker.limit
+    overhead = enc.counts([templates.document_head(d)])[0]
+    lines: dict[int, tuple] = {}  # id(interaction) -> (interaction, its line): a long history's chunks, and
+    # every chunking tried, reuse its lines
+
+    def line(x) -> str:
+        hit = lines.get(id(x))
+        if hit is None or hit[0] is not x:
+            hit = lines[id(x)] = (x, templates.pretrain_line(d, x))
+        return hit[1]
+
+    def render(groups):
+        return [templates.join_document(d, [line(x) for x in g]) for g in groups]
+
+    docs = render(users)
+    out = []  # (chunk, its document), in order
+    for history, doc, n in zip(users, docs, enc.counts(docs)):
+        if n < limit:
+            out.append((history, doc))
+        else:
+            groups = chunker.split(history, line, overhead, lambda gs: enc.counts(render(gs)))
+            out += zip(groups, render(groups))
+    for (g, _), ids in zip(out, enc.ids([doc for _, doc in out])):
+        stream.add(ids)
+        counts["documents"] += 1
+        counts["tokens"] += len(ids) + 1  # + EOS
+        counts["interactions_in_documents"] += len(g)
+        if manifest:
+            manifest.add("pretrain", g)
+    counts["pretrain_users"] += len(users)

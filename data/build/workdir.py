@@ -1,0 +1,76 @@
+"""Resumable stages: each stage of the build writes one folder under the work dir, complete or not at all.
+
+A stage writes into `<dir>.tmp/`, then records `done.json` (its fingerprint: a hash of everything its
+output depends on) and renames the folder into place. A rerun reuses a folder whose fingerprint matches
+and redoes one whose fingerprint differs (the config or an input changed), saying which; a folder left
+by a killed run is a `.tmp` and is discarded. So a build killed at any moment and started again redoes
+only the unfinished stages, and never mixes outputs of two configs.
+"""
+import functools
+import hashlib
+import importlib.util
+import json
+import pathlib
+import shutil
+from typing import Callable, Optional
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(*modules: str) -> str:
+    """A hash of the source files of `modules` (e.g. "data.build.templates"): a stage's fingerprint includes
+    the code that writes it, so that editing a template or a reader redoes what it changes."""
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        h.update(name.encode())
+        h.update(pathlib.Path(importlib.util.find_spec(name).origin).read_bytes())
+    return h.hexdigest()[:20]
+
+
+def done_record(folder) -> Optional[dict]:
+    path = pathlib.Path(folder) / "done.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_done(folder, fp: str) -> bool:
+    record = done_record(folder)
+    return record is not None and record.get("fingerprint") == fp
+
+
+def run_stage(folder, fp: str, write: Callable[[pathlib.Path], Optional[dict]], what: str, log=print) -> dict:
+    """Reuse `folder` if it was finished with fingerprint `fp`; else run write(tmp folder), mark it done and
+    move it into place. Returns the done record (with what `write` returned under "result")."""
+    folder = pathlib.Path(folder)
+    record = done_record(folder)
+    if record is not None and record.get("fingerprint") == fp:
+        return record
+    if record is not None or folder.exists():
+        log(f"{what}: redoing it (its config or inputs changed since {folder} was written)")
+        shutil.rmtree(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed run
+    tmp.mkdir(parents=True)
+    result = write(tmp)
+    record = {"fingerprint": fp, "result": result}
+    (tmp / "done.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmp.rename(folder)
+    return record
+
+
+def input_stats(options: dict) -> list:
+    """(path, size, mtime) of the files a reader's options name, and of the files directly inside the folders
+    they name: an edited or replaced input changes the normalised source's fingerprint."""
+    out = []
+    for key, value in sorted(options.items()):
+        if not isinstance(value, str):
+            continue
+        path = pathlib.Path(value)
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+        for f in files:
+            st = f.stat()
+            out.append((key, str(f), st.st_size, st.st_mtime_ns))
+    return out

@@ -1,0 +1,79 @@
+"""Evaluation files of a data build (data/README.md "Evaluation files"): `eval/<source>/{task}_{split}.jsonl`,
+`catalog.jsonl` and `train_stats.json`. Read by evaluate.py and evaluation/baselines.py, so that both see the
+same examples; the build (data/build/eval_prompts.py) writes them."""
+import json
+import pathlib
+import random
+from typing import Optional
+
+REQUIRED_KEYS = {"next_item": ("user", "prompt", "target_item_id"), "rating": ("user", "prompt", "target_rating")}
+
+
+def item_id_order(item_id: str) -> tuple:
+    """Sort key for item ids (the catalog's order): numeric ids by value first ("2" < "10"), then the others as
+    strings."""
+    return (not item_id.isdigit(), int(item_id) if item_id.isdigit() else 0, item_id)
+
+
+def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {path} not found (run `python -m data.build`, or check "
+                                f"--benchmark/--task/--split)")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not JSON ({e})") from None
+            missing = [k for k in REQUIRED_KEYS[task] if record.get(k) is None]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing key(s) {missing} for task '{task}'")
+            examples.append(record)
+            if limit is not None and len(examples) >= limit:
+                break
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+def read_catalog(path: pathlib.Path) -> tuple:
+    if not path.is_file():
+        raise FileNotFoundError(f"catalog {path} not found (next_item needs BENCHMARK/catalog.jsonl)")
+    ids, texts = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            for key in ("item_id", "text"):
+                if not isinstance(record.get(key), str):
+                    raise ValueError(f"{path}:{lineno}: key '{key}' must be a string, got {record.get(key)!r}")
+            ids.append(record["item_id"])
+            texts.append(record["text"])
+    return ids, texts
+
+
+def sample_examples(examples: list, n: Optional[int], seed: int = 0) -> list:
+    """A seeded random sample of n examples, in file order; all of them when n is None or >= len(examples)."""
+    if n is None or n >= len(examples):
+        return examples
+    if n <= 0:
+        raise ValueError(f"--sample must be positive, got {n}")
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+
+def read_train_stats(benchmark_dir) -> dict:
+    """BENCHMARK/train_stats.json: the training split's per-item counts and ratings (data/build/plan.py)."""
+    path = pathlib.Path(benchmark_dir) / "train_stats.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: rebuild the data with `python -m data.build` (it writes "
+                                f"train_stats.json beside the evaluation files)")
+    stats = json.loads(path.read_text())
+    for key in ("interactions", "mean_rating", "items"):
+        if key not in stats:
+            raise ValueError(f"{path}: key '{key}' missing")
+    return stats
