@@ -56,9 +56,20 @@ def test_ids_and_counts_equal_whole_encoding(tok):
     texts = texts_of_every_shape() + ADVERSARIAL
     texts += ["\n".join(rng.sample(texts, 3)) for _ in range(200)]  # joins: empty lines, runs of newlines
     whole = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-    assert enc.ids(texts) == whole
+    assert [i.tolist() for i in enc.ids(texts)] == whole
     assert enc.counts(texts) == [len(w) for w in whole]
     assert enc.encoded_tokens < sum(map(len, whole))  # lines shared between texts were encoded once
+
+
+def test_a_full_cache_starts_again_and_gives_the_same_ids(tok, monkeypatch):
+    texts = texts_of_every_shape()
+    want = [i.tolist() for i in Encoder(tok).ids(texts)]
+    monkeypatch.setattr(encoder_lib, "MAX_CACHED_TOKENS", 50)  # smaller than one call's lines
+    enc = Encoder(tok)
+    assert [enc.ids([t])[0].tolist() for t in texts] == want
+    assert [enc.counts([t])[0] for t in texts] == list(map(len, want))
+    assert len(enc._cache) < len({line for t in texts for line in t.split("\n")})  # it did start again
+    assert [i.tolist() for i in enc.ids(texts)] == want and enc.counts(texts) == list(map(len, want))
 
 
 def test_texts_that_cannot_be_cut_at_newlines_are_encoded_whole():
@@ -80,7 +91,7 @@ def test_tokenizer_that_is_not_line_local_is_encoded_whole(tmp_path):
     enc = Encoder(bpe)
     assert enc.nl_id is None
     texts = texts_of_every_shape()
-    assert enc.ids(texts) == [e.ids for e in bpe.encode_batch(texts, add_special_tokens=False)]
+    assert [i.tolist() for i in enc.ids(texts)] == [e.ids for e in bpe.encode_batch(texts, add_special_tokens=False)]
 
 
 def test_spot_check_stops_a_tokenizer_that_breaks_the_rule(tmp_path, monkeypatch):

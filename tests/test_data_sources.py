@@ -24,6 +24,28 @@ def test_p5_reader(tmp_path):
     assert [x.seq for x in xs] == [0, 1, 2, 3, 4] and xs[0].time is None
 
 
+def test_p5_raw_ids_from_items_and_datamaps(tmp_path):
+    """Raw ids: the ASIN from items.jsonl (or P5's item2id), the reviewerID from P5's datamaps.json user2id."""
+    write(tmp_path / "sequential_data.txt", "1 1 2\n2 2 1\n")
+    write(tmp_path / "items.jsonl", "\n".join(json.dumps(r) for r in [
+        {"item_id": 1, "asin": "B0001", "title": "A"}, {"item_id": 2, "title": "B"}]) + "\n")
+    xs = list(p5.read(tmp_path, BadLines()))
+    assert [(x.raw_user, x.item.raw_id) for x in xs] == [(None, "B0001"), (None, None), (None, None), (None, "B0001")]
+    write(tmp_path / "datamaps.json", json.dumps({"user2id": {"AX1": "1", "AX2": "2"},
+                                                  "item2id": {"B0001": "1", "B0002": "2"}}))
+    bad = BadLines(skip_bad=True)
+    catalog = p5.read_catalog(tmp_path, bad, datamaps="datamaps.json")
+    xs = list(p5.read(tmp_path, bad, datamaps="datamaps.json", catalog=catalog))
+    assert [(x.user, x.raw_user, x.item.id, x.item.raw_id) for x in xs] == [
+        ("1", "AX1", "1", "B0001"), ("1", "AX1", "2", "B0002"), ("2", "AX2", "2", "B0002"), ("2", "AX2", "1", "B0001")]
+    write(tmp_path / "broken.json", "{")
+    with pytest.raises(DataError, match="broken.json: not JSON"):
+        list(p5.read(tmp_path, BadLines(), datamaps="broken.json"))
+    write(tmp_path / "broken.json", json.dumps({"id2user": {}}))
+    with pytest.raises(DataError, match="broken.json: no 'user2id' map"):
+        list(p5.read(tmp_path, BadLines(), datamaps="broken.json"))
+
+
 def test_p5_unknown_item_names_file_and_line(tmp_path):
     write(tmp_path / "sequential_data.txt", "1 1\n2 9\n")
     write(tmp_path / "items.jsonl", json.dumps({"item_id": 1, "title": "A"}) + "\n")

@@ -14,7 +14,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data.build import engine, histories, normalise, plan, templates
+from data.build import engine, histories, normalise, plan, templates, workdir
 from data.formats.tokenizer import EOS
 
 
@@ -52,22 +52,32 @@ def first_documents(cfg: dict, n: int) -> list[str]:
     return texts
 
 
-def tokenizer_path(cfg: dict, log=print) -> str:
-    """The path of the build's tokenizer; trains the BPE first when the config asks for one (after the plan)."""
-    tok_cfg = cfg["tokenizer"]
-    if tok_cfg.get("path"):
-        return tok_cfg["path"]
-    out = pathlib.Path(cfg["out_dir"]) / "tokenizer.json"
-    spec_path = out.with_suffix(".spec.json")
-    train = {"vocab_size": 4096, "max_documents": 20000, **tok_cfg["train"]}
+def _spec(cfg: dict) -> tuple[pathlib.Path, dict, str]:
+    """(where the trained tokenizer goes, its training settings, the spec of the corpus it learns from)."""
+    train = {"vocab_size": 4096, "max_documents": 20000, **cfg["tokenizer"]["train"]}
     spec = json.dumps({"train": train, "seed": cfg["seed"], "sources": cfg["sources"],
                        "min_interactions": cfg["min_interactions"],
                        "finetune_fraction": cfg["finetune_fraction"]}, sort_keys=True)
-    if out.is_file() and spec_path.is_file() and spec_path.read_text() == spec:
+    return pathlib.Path(cfg["out_dir"]) / "tokenizer.json", train, spec
+
+
+def is_trained(cfg: dict) -> bool:
+    """The trained tokenizer is there, learnt from this config's corpus."""
+    out, _, spec = _spec(cfg)
+    spec_path = out.with_suffix(".spec.json")
+    return out.is_file() and spec_path.is_file() and spec_path.read_text() == spec
+
+
+def tokenizer_path(cfg: dict) -> str:
+    """The path of the build's tokenizer; trains the BPE first when the config asks for one (after the plan)."""
+    if cfg["tokenizer"].get("path"):
+        return cfg["tokenizer"]["path"]
+    out, train, spec = _spec(cfg)
+    if is_trained(cfg):
         return str(out)  # the same corpus spec: the same tokenizer
-    log(f"training a {train['vocab_size']}-id BPE on the first {train['max_documents']} documents")
+    workdir.log(f"training a {train['vocab_size']}-id BPE on the first {train['max_documents']} documents")
     tmp = out.with_suffix(".tmp.json")
     train_bpe(first_documents(cfg, train["max_documents"]), train["vocab_size"], tmp)
     tmp.replace(out)
-    spec_path.write_text(spec)
+    out.with_suffix(".spec.json").write_text(spec)
     return str(out)

@@ -20,9 +20,9 @@ DEFAULTS = {
     "batch_users": 512,  # users rendered and tokenized together
     # Execution (not part of what is built: the outputs are the same for any values of these)
     "work_dir": None,  # default <out_dir>/work: normalised sources, the plan, the jobs' outputs, spill files
-    "bucket_interactions": 1_000_000,  # users of a source are rendered in jobs of about this many interactions
+    "bucket_interactions": 250_000,  # users of a source are rendered in jobs of about this many interactions
     "workers": None,  # processes that run the jobs; default: the machine's cores
-    "memory_limit": "1GB",  # the engine's (DuckDB's) memory budget per process; it spills to work_dir beyond it
+    "memory_limit": "512MB",  # the engine's (DuckDB's) memory budget per process; it spills to work_dir beyond it
     "tokenizer": {"path": None, "train": None},
     "pack": {"seq_len": None, "rows_per_shard": 65536},  # seq_len defaults to max_seq_len
     "eval": {"max_new_tokens": 128, "missing_title": "unknown title"},

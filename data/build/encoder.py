@@ -17,13 +17,15 @@ or any other tokenizer, is encoded whole. Nothing outside this module knows abou
 It is checked while the build runs: the first texts, and then one text in SPOT_CHECK_EVERY, are also
 encoded whole, and a difference stops the build with the text named.
 """
+import array
 import json
 
 SPOT_CHECK_FIRST = 32
 SPOT_CHECK_EVERY = 500
-# tokens kept in the cache of encoded lines (or texts), about 36 bytes each as Python ints: ~150 MB at most;
-# the cache starts again when it would grow beyond
-MAX_CACHED_TOKENS = 1 << 22
+# The cache of encoded lines (or texts) starts again when it would hold more than this many tokens (4 bytes each)
+# or entries (about 150 bytes each, with their text): ~100 MB at most.
+MAX_CACHED_TOKENS = 1 << 23
+MAX_CACHED = 1 << 19
 
 
 def line_local(tok) -> bool:
@@ -53,20 +55,23 @@ def _by_lines(text: str) -> list[str] | None:
         return None  # a final run of newlines, or a run of three or more, is not a pre-token per newline
     lines = text.split("\n")
     for line in lines:
+        # whitespace next to a newline joins it into one pre-token (str.isspace is a superset of the regex's
+        # Unicode White_Space, so this errs on the side of encoding whole)
         if line and (line[0].isspace() or line[-1].isspace()):
-            return None  # whitespace next to a newline joins it into one pre-token
+            return None
     return lines
 
 
 class Encoder:
-    """ids and token counts of texts, without special tokens; batch encoding on the tokenizer's threads."""
+    """ids (arrays of uint32) and token counts of texts, without special tokens; batch encoding on the tokenizer's
+    threads."""
 
     def __init__(self, tok):
         self.tok = tok
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: no character offsets
         nl = tok.encode("\n", add_special_tokens=False).ids
         self.nl_id = nl[0] if line_local(tok) else None
-        self._cache: dict[str, list[int]] = {}  # a line (or, without line-locality, a whole text) -> ids
+        self._cache: dict[str, array.array] = {}  # a line (or, without line-locality, a whole text) -> ids
         self._cached_tokens = 0
         self.encoded_tokens = 0  # tokens the tokenizer produced (the rest came from the cache)
         self._checked = 0
@@ -75,10 +80,10 @@ class Encoder:
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if not todo:
             return
-        encoded = [e.ids for e in self._encode_batch(todo, add_special_tokens=False)]
+        encoded = [array.array("I", e.ids) for e in self._encode_batch(todo, add_special_tokens=False)]
         n = sum(map(len, encoded))
         self.encoded_tokens += n
-        if self._cached_tokens + n > MAX_CACHED_TOKENS:
+        if self._cached_tokens + n > MAX_CACHED_TOKENS or len(self._cache) + len(todo) > MAX_CACHED:
             self._cache = {t: self._cache[t] for t in texts if t in self._cache}  # keep what this call needs
             self._cached_tokens = sum(map(len, self._cache.values()))
         self._cache.update(zip(todo, encoded))
@@ -90,24 +95,26 @@ class Encoder:
         self._encode([x for t, lines in zip(texts, split) for x in (lines if lines is not None else (t,))])
         return split
 
-    def ids(self, texts: list[str]) -> list[list[int]]:
-        cache, out = self._cache, []
-        for t, lines in zip(texts, self._lines(texts)):
+    def ids(self, texts: list[str]) -> list[array.array]:
+        split = self._lines(texts)
+        cache, nl, out = self._cache, array.array("I", [self.nl_id or 0]), []  # (after _lines: it may start again)
+        for t, lines in zip(texts, split):
             if lines is None:
-                out.append(list(cache[t]))
+                out.append(array.array("I", cache[t]))
                 continue
-            ids = list(cache[lines[0]])
+            ids = array.array("I", cache[lines[0]])
             for line in lines[1:]:
-                ids.append(self.nl_id)
+                ids += nl
                 ids += cache[line]
             out.append(ids)
-        self._spot_check(texts, out, lambda e: e.ids)
+        self._spot_check(texts, out, lambda e: array.array("I", e.ids))
         return out
 
     def counts(self, texts: list[str]) -> list[int]:
+        split = self._lines(texts)
         cache = self._cache
-        out = [len(cache[t]) if lines is None else sum(len(cache[x]) for x in lines) + len(lines) - 1
-               for t, lines in zip(texts, self._lines(texts))]
+        out = [len(cache[t]) if lines is None else sum(map(len, map(cache.__getitem__, lines))) + len(lines) - 1
+               for t, lines in zip(texts, split)]
         self._spot_check(texts, out, len)
         return out
 
@@ -122,6 +129,6 @@ class Encoder:
         whole = self._encode_batch([t for t, _ in picks], add_special_tokens=False) if picks else []
         for (t, g), e in zip(picks, whole):
             if of_encoding(e) != g:
-                raise RuntimeError(f"the line-by-line {'ids' if isinstance(g, list) else 'token count'} of a text "
+                raise RuntimeError(f"the line-by-line {'token count' if isinstance(g, int) else 'ids'} of a text "
                                    f"differ from its encoding (the tokenizer is not line-local as "
                                    f"data/build/encoder.py assumes); text: {t[:300]!r}")

@@ -46,28 +46,28 @@ def rows(con, sql: str, batch_rows: int = 65536) -> Iterator[dict[str, list]]:
         yield batch.to_pydict()
 
 
-class ParquetRows:
-    """Rows (tuples of Python values in schema order) written to a Parquet file in row groups of `batch_rows`."""
+class ParquetColumns:
+    """A Parquet file written from Python values: append to `columns` (one list per field of `schema`, in order),
+    then call `flush_if_full()`; written in row groups of about `batch_rows`."""
 
     def __init__(self, path, schema: pa.Schema, batch_rows: int = 65536):
         self.path, self.schema, self.batch_rows = pathlib.Path(path), schema, batch_rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pending: list[tuple] = []
+        self.columns: list[list] = [[] for _ in schema]
         self._writer = pq.ParquetWriter(self.path, schema, compression="zstd")
         self.rows = 0
 
-    def extend(self, rows) -> None:
-        self._pending += rows
-        if len(self._pending) >= self.batch_rows:
+    def flush_if_full(self) -> None:
+        if len(self.columns[0]) >= self.batch_rows:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending:
-            columns = zip(*self._pending)
-            self.rows += len(self._pending)
-            self._writer.write_table(pa.table([pa.array(c, f.type) for c, f in zip(columns, self.schema)],
+        if self.columns[0]:
+            self.rows += len(self.columns[0])
+            self._writer.write_table(pa.table([pa.array(c, f.type) for c, f in zip(self.columns, self.schema)],
                                               schema=self.schema))
-            self._pending = []
+            for c in self.columns:
+                c.clear()
 
     def close(self) -> int:
         self._flush()

@@ -69,7 +69,7 @@ def run_job(cfg: dict, job: Job, plan_fp: str, tok_path: str, tok_sha: str) -> d
     fp = job_fingerprint(cfg, job, plan_fp, tok_sha)
     write = write_train if job.kind == "train" else write_eval
     return workdir.run_stage(job_dir(cfg, job), fp, lambda out: write(cfg, job, tok_path, out), f"job {job.name}",
-                             log=lambda *_: None)
+                             announce=False)  # the pipeline says how many jobs are redone
 
 
 def _source(cfg: dict, name: str) -> dict:

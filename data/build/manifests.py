@@ -18,12 +18,22 @@ SCHEMA = pa.schema([("source", pa.string()), ("use", pa.string()), ("task", pa.s
 class ManifestWriter:
     def __init__(self, path, source: str):
         self.source = source
-        self._rows = engine.ParquetRows(path, SCHEMA)
+        self._rows = engine.ParquetColumns(path, SCHEMA)
 
     def add(self, use: str, history, task=None, split=None) -> None:
-        source = self.source
-        self._rows.extend([(source, use, task, split, x.user, x.item.id, x.time, x.occurrence, x.raw_user,
-                            x.item.raw_id or x.item.id) for x in history])
+        n = len(history)
+        source, kind, task_, split_, user, item, time, occurrence, raw_user, raw_item = self._rows.columns
+        source += [self.source] * n
+        kind += [use] * n
+        task_ += [task] * n
+        split_ += [split] * n
+        user += [x.user for x in history]
+        item += [x.item.id for x in history]
+        time += [x.time for x in history]
+        occurrence += [x.occurrence for x in history]
+        raw_user += [x.raw_user for x in history]
+        raw_item += [x.item.raw_id or x.item.id for x in history]
+        self._rows.flush_if_full()
 
     def close(self) -> int:
         return self._rows.close()

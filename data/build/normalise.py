@@ -42,29 +42,29 @@ def write_source(cfg: dict, s: dict, out: pathlib.Path) -> dict:
         stream = reader.read(bad=bad, catalog=items, **s["options"])
     else:
         stream = reader.read(bad=bad, **s["options"])
-    rows = engine.ParquetRows(out / "interactions.parquet", INTERACTIONS)
-    batch = []
-    for x in stream:
+    rows = engine.ParquetColumns(out / "interactions.parquet", INTERACTIONS)
+    user, item_id, time, rating, review, seq, raw_user = (c.append for c in rows.columns)
+    for k, x in enumerate(stream, 1):
         item = x.item
         if item.id not in items:
             items[item.id] = item
-        batch.append((x.user, item.id, x.time, x.rating, x.review, x.seq, x.raw_user))
-        if len(batch) == 8192:
-            rows.extend(batch)
-            batch = []
-    rows.extend(batch)
+        user(x.user), item_id(item.id), time(x.time), rating(x.rating), review(x.review), seq(x.seq)
+        raw_user(x.raw_user)
+        if not k % 8192:
+            rows.flush_if_full()
     n = rows.close()
-    table = engine.ParquetRows(out / "items.parquet", ITEMS)
-    table.extend([(item.id, *(getattr(item, f) for f in ITEM_FIELDS), item.raw_id) for item in items.values()])
+    table = engine.ParquetColumns(out / "items.parquet", ITEMS)
+    for column, name in zip(table.columns, ITEMS.names):
+        column += [getattr(item, name) for item in items.values()]
     table.close()
     return {"interactions_read": n, "items": len(items), "bad_lines": dict(sorted(bad.counts.items())),
             "bad_line_examples": bad.examples, "ignored_rows": dict(sorted(bad.ignored.items()))}
 
 
-def normalise(cfg: dict, s: dict, log=print) -> dict:
+def normalise(cfg: dict, s: dict) -> dict:
     """The normalised source (reused when its reader, options and input files are unchanged) -> its record."""
     fp = source_fingerprint(cfg, s)
     folder = source_dir(cfg, s["name"])
     if not workdir.is_done(folder, fp):
-        log(f"reading {s['name']} ({s['reader']})")
-    return workdir.run_stage(folder, fp, lambda out: write_source(cfg, s, out), f"source {s['name']}", log)
+        workdir.log(f"reading {s['name']} ({s['reader']})")
+    return workdir.run_stage(folder, fp, lambda out: write_source(cfg, s, out), f"source {s['name']}")

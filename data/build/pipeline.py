@@ -10,9 +10,10 @@ The stages, each resumable (data/build/workdir.py), in <work_dir> (default <out_
   2. plan.py       the recipe on each whole source, in DuckDB; buckets     tokenizer, and lists the jobs)
   3. jobs.py       per bucket: render, tokenize, write                     (--job K: one job, e.g. a Slurm task)
   4. merge.py      the jobs' outputs in order -> <out_dir>, meta.json last (--stage merge)
-Memory is bounded by `memory_limit` (the engine, which spills to disk) and by a batch of users per job, not
-by the size of the corpus; `workers` processes run the jobs. Same inputs + config -> byte-identical outputs,
-whatever the number of buckets, workers or restarts.
+Stages 1-3 run in `workers` processes (default: one per core): a process's memory is bounded by `memory_limit`
+(the engine, which spills to disk), a bucket and a batch of users, never by the size of the corpus, and is
+given back when its task ends. Same inputs + config -> byte-identical outputs, whatever the number of buckets,
+workers or restarts.
 """
 import argparse
 import concurrent.futures
@@ -26,105 +27,131 @@ import time
 from tqdm import tqdm
 
 from data.build import bpe, config as config_lib, jobs as jobs_lib, merge as merge_lib, normalise, plan, workdir
+from data.build.workdir import log
 from data.formats import tokenizer as tokenizer_lib
+from data.formats.packed import read_meta
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _init_worker(threads: int) -> None:
+    # a worker's tokenizer takes its share of the cores (read when its thread pool first starts)
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
 
 
-def prepare(cfg: dict, run: bool = True) -> dict:
-    """Stages 1-2 and the tokenizer -> what the jobs and the merge need. With run=False nothing is built: a
+class Runner:
+    """Runs the tasks of a stage: in this process with one worker (debugging, tests), else in a pool of `workers`
+    spawned processes (spawned: nothing is forked from a process holding engine and tokenizer threads)."""
+
+    def __init__(self, workers: int):
+        self.workers, self._pool = workers, None
+
+    def map(self, fn, tasks: list[tuple], desc: str) -> list:
+        """[fn(*task) for task in tasks], in task order, with a progress bar."""
+        results = [None] * len(tasks)
+        bar = tqdm(total=len(tasks), desc=desc, unit="task", leave=False, disable=len(tasks) < 2)
+        if self.workers <= 1:
+            for i, task in enumerate(tasks):
+                results[i] = fn(*task)
+                bar.update()
+        else:
+            if self._pool is None:
+                cores = os.cpu_count() or 1
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                    initargs=(max(1, cores // self.workers),))
+            futures = {self._pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+        bar.close()
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def prepare(cfg: dict, runner: Runner | None) -> dict:
+    """Stages 1-2 and the tokenizer -> what the jobs and the merge need. Without a runner nothing is built: a
     stage that is not done (with this config) is an error (a job of a Slurm array must not redo the plan)."""
-    def stage(folder, fp, what):
-        if not run and not workdir.is_done(folder, fp):
-            raise SystemExit(f"{what} is not prepared for this config: run `python -m data.build --config ... "
-                             f"--stage prepare` first ({folder})")
-    sources, plans, fps, plan_fps = {}, {}, {}, {}
-    for s in cfg["sources"]:
-        name = s["name"]
-        fps[name] = normalise.source_fingerprint(cfg, s)
-        stage(normalise.source_dir(cfg, name), fps[name], f"source {name}")
-        sources[name] = normalise.normalise(cfg, s, log)
+    names = [s["name"] for s in cfg["sources"]]
     for s in cfg["sources"]:
         for o in s["exclude_users_of"]:
-            if o not in fps or list(fps).index(o) >= list(fps).index(s["name"]):
+            if o not in names or names.index(o) >= names.index(s["name"]):
                 raise config_lib.ConfigError(f"source {s['name']}: exclude_users_of {o!r} must name an earlier source")
-        name = s["name"]
-        plan_fps[name] = plan.plan_fingerprint(cfg, s, fps)
-        stage(plan.plan_dir(cfg, name), plan_fps[name], f"plan of {name}")
-        plans[name] = plan.plan(cfg, s, fps, log)
-    if not run and not cfg["tokenizer"].get("path"):
-        tok_path = pathlib.Path(cfg["out_dir"]) / "tokenizer.json"
-        if not tok_path.is_file():
-            raise SystemExit(f"{tok_path}: the trained tokenizer is not there: run --stage prepare first")
-        tok_path = str(tok_path)
+    fps = {s["name"]: normalise.source_fingerprint(cfg, s) for s in cfg["sources"]}
+    plan_fps = {s["name"]: plan.plan_fingerprint(cfg, s, fps) for s in cfg["sources"]}
+
+    def stage(fn, folder, fp, tasks, desc):
+        """The done records of a stage's tasks, running those that are not done."""
+        todo = [i for i, s in enumerate(cfg["sources"]) if not workdir.is_done(folder(s), fp(s))]
+        if todo and runner is None:
+            s = cfg["sources"][todo[0]]
+            raise SystemExit(f"{desc} of {s['name']} is not prepared for this config: run `python -m data.build "
+                             f"--config ... --stage prepare` first ({folder(s)})")
+        done = runner.map(fn, [tasks[i] for i in todo], desc) if todo else []
+        records = [workdir.done_record(folder(s)) for s in cfg["sources"]]
+        for i, r in zip(todo, done):
+            records[i] = r
+        return dict(zip(names, records))
+    t0 = time.perf_counter()
+    sources = stage(normalise.normalise, lambda s: normalise.source_dir(cfg, s["name"]),
+                    lambda s: fps[s["name"]], [(cfg, s) for s in cfg["sources"]], "read")
+    # the engine uses the cores that the plans running side by side leave it
+    threads = max(1, (os.cpu_count() or 1) // min(runner.workers if runner else 1, len(names)))
+    t1 = time.perf_counter()
+    plans = stage(plan.plan, lambda s: plan.plan_dir(cfg, s["name"]), lambda s: plan_fps[s["name"]],
+                  [(cfg, s, fps, threads) for s in cfg["sources"]], "plan")
+    t2 = time.perf_counter()
+    if cfg["tokenizer"].get("path"):
+        tok_path = cfg["tokenizer"]["path"]
+    elif runner is not None:
+        tok_path = bpe.tokenizer_path(cfg)
     else:
-        tok_path = bpe.tokenizer_path(cfg, log)
+        tok_path = str(pathlib.Path(cfg["out_dir"]) / "tokenizer.json")
+        if not bpe.is_trained(cfg):
+            raise SystemExit(f"{tok_path}: the tokenizer is not trained for this config: run --stage prepare first")
     tok = jobs_lib.load_tokenizer(tok_path)
     tokenizer = {"path": tok_path, "sha256": tokenizer_lib.sha256_file(tok_path),
                  "vocab_size": tok.get_vocab_size(with_added_tokens=True)}
     jobs = jobs_lib.job_list(cfg, plans)
-    warnings = [w for name in plans for w in plans[name]["result"]["warnings"]]
+    warnings = [w for name in names for w in plans[name]["result"]["warnings"]]
+    for w in warnings:
+        log(f"WARNING: {w}")
+    if runner is not None:
+        log(f"read {t1 - t0:.1f} s, plan {t2 - t1:.1f} s, tokenizer {time.perf_counter() - t2:.1f} s")
     return {"sources": sources, "plans": plans, "plan_fps": plan_fps, "tokenizer": tokenizer, "jobs": jobs,
             "warnings": warnings}
 
 
-def _worker_init(threads: int) -> None:
-    # each worker's tokenizer gets its share of the cores (read when its thread pool starts)
-    os.environ["RAYON_NUM_THREADS"] = str(threads)
+def job_task(cfg: dict, state: dict, job) -> tuple:
+    return cfg, job, state["plan_fps"][job.source], state["tokenizer"]["path"], state["tokenizer"]["sha256"]
 
 
-def _run_job(cfg: dict, job, plan_fp: str, tok_path: str, tok_sha: str) -> tuple:
-    t0 = time.perf_counter()
-    record = jobs_lib.run_job(cfg, job, plan_fp, tok_path, tok_sha)
-    return job.name, record, time.perf_counter() - t0
+def job_fingerprint(cfg: dict, state: dict, job) -> str:
+    return jobs_lib.job_fingerprint(cfg, job, state["plan_fps"][job.source], state["tokenizer"]["sha256"])
 
 
-def run_jobs(cfg: dict, state: dict, workers: int) -> dict:
-    """Every job not done yet, `workers` at a time -> {job name: done record}."""
-    tok = state["tokenizer"]
-    args = [(cfg, j, state["plan_fps"][j.source], tok["path"], tok["sha256"]) for j in state["jobs"]]
-    records = [workdir.done_record(jobs_lib.job_dir(cfg, j)) for j in state["jobs"]]
-    fps = [jobs_lib.job_fingerprint(cfg, j, a[2], tok["sha256"]) for j, a in zip(state["jobs"], args)]
-    reused = sum(r is not None and r["fingerprint"] == fp for r, fp in zip(records, fps))
-    changed = sum(r is not None and r["fingerprint"] != fp for r, fp in zip(records, fps))
-    log(f"jobs: {len(args)}, {reused} done already" + (f", {changed} redoing it (their config or inputs changed)"
-                                                      if changed else ""))
-    done, seconds = {}, {}
-    bar = tqdm(total=len(args), desc="jobs", unit="job", leave=False)
-    if workers <= 1 or len(args) <= 1:
-        for a in args:
-            name, done[name], seconds[name] = _run_job(*a)
-            bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds engine and tokenizer threads
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                                    initargs=(threads,)) as pool:
-            for future in concurrent.futures.as_completed([pool.submit(_run_job, *a) for a in args]):
-                name, done[name], seconds[name] = future.result()
-                bar.update()
-    bar.close()
-    return done
+def run_jobs(cfg: dict, state: dict, runner: Runner) -> dict:
+    """Every job not done yet -> {job name: done record}."""
+    records = {j.name: workdir.done_record(jobs_lib.job_dir(cfg, j)) for j in state["jobs"]}
+    todo = [j for j in state["jobs"] if (records[j.name] or {}).get("fingerprint") != job_fingerprint(cfg, state, j)]
+    changed = sum(records[j.name] is not None for j in todo)
+    log(f"jobs: {len(state['jobs'])}, {len(state['jobs']) - len(todo)} done already"
+        + (f", {changed} redoing it (their config or inputs changed)" if changed else ""))
+    for j, r in zip(todo, runner.map(jobs_lib.run_job, [job_task(cfg, state, j) for j in todo], "jobs")):
+        records[j.name] = r
+    return records
 
 
 def merge_fingerprint(cfg: dict, state: dict) -> str:
-    tok = state["tokenizer"]
     code = workdir.code_fingerprint("data.build.merge", "data.build.stats", "data.formats.packed",
                                     "data.formats.instructions")
-    return workdir.fingerprint("merge", code, [jobs_lib.job_fingerprint(cfg, j, state["plan_fps"][j.source], tok["sha256"])
-                                         for j in state["jobs"]], cfg["pack"], cfg["write_manifests"], cfg["name"])
-
-
-def finish(cfg: dict, state: dict, done: dict) -> dict:
-    return merge_lib.merge(cfg, state["sources"], state["plans"], state["jobs"], done, state["tokenizer"],
-                           merge_fingerprint(cfg, state), state["warnings"])
+    return workdir.fingerprint("merge", code, [job_fingerprint(cfg, state, j) for j in state["jobs"]], cfg["pack"],
+                               cfg["write_manifests"], cfg["name"])
 
 
 def built(cfg: dict, state: dict) -> bool:
     """meta.json is there and was written by a merge of exactly these jobs."""
-    from data.formats.packed import read_meta
     try:
         return read_meta(cfg["out_dir"])[1].get("fingerprint") == merge_fingerprint(cfg, state)
     except (FileNotFoundError, ValueError):
@@ -150,38 +177,47 @@ def main(argv=None) -> int:
         shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if args.job is not None:
-        state = prepare(cfg, run=False)
+    if args.job is not None:  # one job of a prepared build, in this process
+        state = prepare(cfg, None)
         if not 0 <= args.job < len(state["jobs"]):
             raise SystemExit(f"--job {args.job}: this build has jobs 0..{len(state['jobs']) - 1}")
-        j = state["jobs"][args.job]
-        _run_job(cfg, j, state["plan_fps"][j.source], state["tokenizer"]["path"], state["tokenizer"]["sha256"])
-        log(f"job {args.job} ({j.name}) done")
+        job = state["jobs"][args.job]
+        jobs_lib.run_job(*job_task(cfg, state, job))
+        log(f"job {args.job} ({job.name}) done")
         return 0
-    state = prepare(cfg, run=args.stage != "merge")
-    if args.stage == "prepare":
-        (pathlib.Path(cfg["work_dir"]) / "jobs.txt").write_text("".join(f"{j.name}\n" for j in state["jobs"]))
-        print(len(state["jobs"]))
-        log(f"prepared: {len(state['jobs'])} jobs ({cfg['work_dir']}/jobs.txt); run each with --job K, then "
-            f"--stage merge")
-        return 0
-    if built(cfg, state):
-        log(f"{out_dir}/meta.json is already the build of this config: nothing to do")
-        return 0
-    if args.stage == "merge":
-        done = {}
-        for j in state["jobs"]:
-            record = workdir.done_record(jobs_lib.job_dir(cfg, j))
-            fp = jobs_lib.job_fingerprint(cfg, j, state["plan_fps"][j.source], state["tokenizer"]["sha256"])
-            if record is None or record["fingerprint"] != fp:
-                raise SystemExit(f"job {state['jobs'].index(j)} ({j.name}) is not done for this config: run --job "
-                                 f"{state['jobs'].index(j)}")
-            done[j.name] = record
-    else:
-        workers = cfg["workers"] or os.cpu_count() or 1
-        done = run_jobs(cfg, state, min(workers, len(state["jobs"])))
-    meta = finish(cfg, state, done)
+    runner = Runner(cfg["workers"] or os.cpu_count() or 1) if args.stage != "merge" else None
+    try:
+        state = prepare(cfg, runner)
+        if args.stage == "prepare":
+            (pathlib.Path(cfg["work_dir"]) / "jobs.txt").write_text("".join(f"{j.name}\n" for j in state["jobs"]))
+            print(len(state["jobs"]))
+            log(f"prepared: {len(state['jobs'])} jobs ({cfg['work_dir']}/jobs.txt); run each with --job K, then "
+                f"--stage merge")
+            return 0
+        if built(cfg, state):
+            log(f"{out_dir}/meta.json is already the build of this config: nothing to do")
+            return 0
+        if runner is None:  # --stage merge: every job must be done
+            done = {}
+            for k, j in enumerate(state["jobs"]):
+                done[j.name] = workdir.done_record(jobs_lib.job_dir(cfg, j))
+                if (done[j.name] or {}).get("fingerprint") != job_fingerprint(cfg, state, j):
+                    raise SystemExit(f"job {k} ({j.name}) is not done for this config: run --job {k}")
+        else:
+            t1 = time.perf_counter()
+            done = run_jobs(cfg, state, runner)
+            log(f"jobs {time.perf_counter() - t1:.1f} s")
+    finally:
+        if runner is not None:
+            runner.close()
+    t1 = time.perf_counter()
+    meta = merge_lib.merge(cfg, state["sources"], state["plans"], state["jobs"], done, state["tokenizer"],
+                           merge_fingerprint(cfg, state), state["warnings"])
+    shutil.rmtree(pathlib.Path(cfg["work_dir"]) / "tmp", ignore_errors=True)  # the engine's spill files
+    log(f"merge {time.perf_counter() - t1:.1f} s")
     print((out_dir / "stats.md").read_text())
+    for w in state["warnings"]:  # again, where they cannot be missed
+        log(f"WARNING: {w}")
     print(f"wrote {out_dir}/meta.json: {meta['pretrain']['rows']} rows x {meta['pretrain']['seq_len']} tokens, "
           f"{meta['instructions']['examples']} instruction pairs ({time.perf_counter() - t0:.1f} s)")
     return 0

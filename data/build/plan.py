@@ -48,17 +48,19 @@ def plan_fingerprint(cfg: dict, s: dict, source_fps: dict) -> str:
                                cfg["eval"]["missing_title"])
 
 
-def plan(cfg: dict, s: dict, source_fps: dict, log=print) -> dict:
+def plan(cfg: dict, s: dict, source_fps: dict, threads: int | None = None) -> dict:
+    """The plan of source `s` (reused when done with the same fingerprint) -> its record."""
     fp = plan_fingerprint(cfg, s, source_fps)
-    return workdir.run_stage(plan_dir(cfg, s["name"]), fp, lambda out: write_plan(cfg, s, out, log),
-                             f"plan of {s['name']}", log)
+    return workdir.run_stage(plan_dir(cfg, s["name"]), fp, lambda out: write_plan(cfg, s, out, threads),
+                             f"plan of {s['name']}")
 
 
-def write_plan(cfg: dict, s: dict, out: pathlib.Path, log=print) -> dict:
+def write_plan(cfg: dict, s: dict, out: pathlib.Path, threads: int | None = None) -> dict:
     name = s["name"]
+    workdir.log(f"planning {name}")
     src = normalise.source_dir(cfg, name)
     db = out / "plan.duckdb"  # a database file, so that the engine can move its tables out of memory
-    con = engine.connect(cfg["work_dir"], cfg["memory_limit"], database=db)
+    con = engine.connect(cfg["work_dir"], cfg["memory_limit"], threads, database=db)
     try:
         con.execute(f"""
             CREATE TABLE hist AS
@@ -74,7 +76,7 @@ def write_plan(cfg: dict, s: dict, out: pathlib.Path, log=print) -> dict:
         counts = {"read": read, "dropped": collections.Counter(), "users_dropped": collections.Counter(),
                   "kept": collections.Counter()}
         plan_users = benchmark_users if s["benchmark"] else corpus_users
-        result = plan_users(con, cfg, s, counts, log)
+        result = plan_users(con, cfg, s, counts)
         n_train = counts["kept"]["pretrain"] + counts["kept"].get("finetune", 0)
         if read != sum(counts["dropped"].values()) + sum(counts["kept"].values()):
             raise AssertionError(f"{name}: ledger does not add up: read {read} != dropped {dict(counts['dropped'])} "
@@ -118,7 +120,7 @@ def place_users(con, cfg: dict, name: str, where: str) -> int:
     return n
 
 
-def corpus_users(con, cfg: dict, s: dict, counts: dict, log) -> dict:
+def corpus_users(con, cfg: dict, s: dict, counts: dict) -> dict:
     """A non-benchmark source: exclusion, cleaning, the seeded user split."""
     name, min_n = s["name"], cfg["min_interactions"]
     others = [normalise.source_dir(cfg, o) / "interactions.parquet" for o in s["exclude_users_of"]]
@@ -145,7 +147,6 @@ def corpus_users(con, cfg: dict, s: dict, counts: dict, log) -> dict:
         warnings.append(f"source {name}: exclude_users_of {s['exclude_users_of']} removed no user. If these sources "
                         f"number users differently (a P5 benchmark next to the raw Amazon files it came from), give "
                         f"the P5 reader its datamaps.json (option datamaps) so that users are compared by raw id")
-        log("WARNING: " + warnings[-1])
     if n_other:  # items without a title are dropped from every user not excluded (the count may be 0)
         counts["dropped"]["item_without_title"] += _counts(con, """
             SELECT sum(n_read - n_titled) FROM users WHERE NOT excluded""")[0]
@@ -166,7 +167,7 @@ def corpus_users(con, cfg: dict, s: dict, counts: dict, log) -> dict:
             "excluded_users": n_ex, "warnings": warnings}
 
 
-def benchmark_users(con, cfg: dict, s: dict, counts: dict, log) -> dict:
+def benchmark_users(con, cfg: dict, s: dict, counts: dict) -> dict:
     """A benchmark: P5's splits on the full sequences (untitled items included), the leakage rule, the users
     with a training history left in seeded order."""
     name = s["name"]

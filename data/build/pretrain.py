@@ -5,6 +5,7 @@ tokens or more is cut into the fewest near-equal chunks that fit (data/build/chu
 each a document. The stream is the documents' ids, each followed by EOS; the merge cuts the streams of all
 buckets into fixed rows (data/build/merge.py).
 """
+import array
 import collections
 import pathlib
 
@@ -26,8 +27,10 @@ class DocumentStream:
         self._pending: list[np.ndarray] = []
         self._pending_tokens = 0
 
-    def add(self, ids: list[int]) -> None:
-        self._pending += [np.fromiter(ids, dtype=self.dtype, count=len(ids)), self._eos]
+    def add(self, ids) -> None:
+        """One document's ids (a sequence of ints, or an array('I'))."""
+        ids = np.frombuffer(ids, dtype=np.uint32) if isinstance(ids, array.array) else np.asarray(ids)
+        self._pending += [ids.astype(self.dtype), self._eos]
         self._pending_tokens += len(ids) + 1
         if self._pending_tokens >= 1 << 20:
             self._flush()
@@ -47,14 +50,15 @@ def write_documents(d: templates.Domain, users: list, enc: Encoder, chunker: Chu
     """The documents of `users` (histories, in order), chunked where too long."""
     limit = chunker.limit
     overhead = enc.counts([templates.document_head(d)])[0]
-    lines: dict[int, tuple] = {}  # id(interaction) -> (interaction, its line): a long history's chunks, and
-    # every chunking tried, reuse its lines
+    lines: dict[tuple, str] = {}  # what a line shows -> the line: items rated alike by many users, a long
+    # history's chunks and every chunking tried reuse it
 
     def line(x) -> str:
-        hit = lines.get(id(x))
-        if hit is None or hit[0] is not x:
-            hit = lines[id(x)] = (x, templates.pretrain_line(d, x))
-        return hit[1]
+        key = (x.item.id, x.rating, x.review)
+        hit = lines.get(key)
+        if hit is None:
+            hit = lines[key] = templates.pretrain_line(d, x)
+        return hit
 
     def render(groups):
         return [templates.join_document(d, [line(x) for x in g]) for g in groups]

@@ -12,7 +12,13 @@ import importlib.util
 import json
 import pathlib
 import shutil
+import sys
 from typing import Callable, Optional
+
+
+def log(msg: str) -> None:
+    """Progress of the build: one line on stderr (stdout is the command's result)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def fingerprint(*parts) -> str:
@@ -40,15 +46,17 @@ def is_done(folder, fp: str) -> bool:
     return record is not None and record.get("fingerprint") == fp
 
 
-def run_stage(folder, fp: str, write: Callable[[pathlib.Path], Optional[dict]], what: str, log=print) -> dict:
+def run_stage(folder, fp: str, write: Callable[[pathlib.Path], Optional[dict]], what: str, announce: bool = True) -> dict:
     """Reuse `folder` if it was finished with fingerprint `fp`; else run write(tmp folder), mark it done and
-    move it into place. Returns the done record (with what `write` returned under "result")."""
+    move it into place (saying so when it replaces an older one, if `announce`). Returns the done record (with
+    what `write` returned under "result")."""
     folder = pathlib.Path(folder)
     record = done_record(folder)
     if record is not None and record.get("fingerprint") == fp:
         return record
     if record is not None or folder.exists():
-        log(f"{what}: redoing it (its config or inputs changed since {folder} was written)")
+        if announce:
+            log(f"{what}: redoing it (its config or inputs changed since {folder} was written)")
         shutil.rmtree(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():

@@ -33,10 +33,12 @@ class InstructionWriter:
         self.index: list[tuple[int, int, int]] = []
         self.offset = 0
 
-    def add(self, record: dict, prompt_ids: list[int], response_ids: list[int]) -> None:
-        ids = prompt_ids + response_ids + [self.eos_id]
+    def add(self, record: dict, prompt_ids, response_ids) -> None:
+        """One pair; prompt_ids and response_ids are sequences of ints (lists, arrays); EOS is appended here."""
+        ids = np.concatenate([np.asarray(prompt_ids, self.dtype), np.asarray(response_ids, self.dtype),
+                              np.asarray([self.eos_id], self.dtype)])
         self.jsonl.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-        np.asarray(ids, dtype=self.dtype).tofile(self.tokens)
+        ids.tofile(self.tokens)
         self.index.append((self.offset, len(ids), len(prompt_ids)))
         self.offset += len(ids)
 
