@@ -58,6 +58,8 @@ def test_ids_and_counts_equal_whole_encoding(tok):
     whole = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
     assert [i.tolist() for i in enc.ids(texts)] == whole
     assert enc.counts(texts) == [len(w) for w in whole]
+    as_lines = [t.split("\n") for t in texts]  # the same texts, given as their lines
+    assert [i.tolist() for i in enc.ids(as_lines)] == whole and enc.counts(as_lines) == [len(w) for w in whole]
     assert enc.encoded_tokens < sum(map(len, whole))  # lines shared between texts were encoded once
 
 
@@ -68,15 +70,20 @@ def test_a_full_cache_starts_again_and_gives_the_same_ids(tok, monkeypatch):
     enc = Encoder(tok)
     assert [enc.ids([t])[0].tolist() for t in texts] == want
     assert [enc.counts([t])[0] for t in texts] == list(map(len, want))
-    assert len(enc._cache) < len({line for t in texts for line in t.split("\n")})  # it did start again
+    assert len(enc._lines) + len(enc._texts) < len({line for t in texts for line in t.split("\n")})  # it started again
     assert [i.tolist() for i in enc.ids(texts)] == want and enc.counts(texts) == list(map(len, want))
 
 
-def test_texts_that_cannot_be_cut_at_newlines_are_encoded_whole():
-    by_lines = encoder_lib._by_lines
-    assert by_lines("Title: a\nTitle: b") == ["Title: a", "Title: b"] and by_lines("a\n\nb") == ["a", "", "b"]
-    for text in ("a\n", "a\n\n\nb", "a \nb", "a\n b", "a\r\nb", " a", "a\u3000"):
-        assert by_lines(text) is None, text
+def test_texts_that_cannot_be_cut_at_newlines_are_encoded_whole(tok):
+    enc = Encoder(tok)
+    assert enc._split(["Title: a\nTitle: b", "a\n\nb"])[0] == [["Title: a", "Title: b"], ["a", "", "b"]]
+    texts = ["a\n", "a\n\n\nb", "a \nb", "a\n b", "a\r\nb", " a", "a\u3000", "x\n a\ny"]
+    assert enc._split(texts)[0] == [None] * len(texts)
+    assert enc._split([t.split("\n") for t in texts])[0] == [None] * len(texts)  # the same texts as lists of lines
+    assert enc._split([["a", "b\nc"], ["", "a"], ["a", "", "b", "", "c"]])[0] == [None, ["", "a"], ["a", "", "b", "", "c"]]
+    # a line that is dirty in one text (" a") is a whole text of its own elsewhere: each is what it is
+    assert enc._split([" a", "x\n a", "a"])[0] == [None, None, ["a"]]
+    assert enc.ids([" a"])[0].tolist() == tok.encode(" a", add_special_tokens=False).ids
 
 
 def test_tokenizer_that_is_not_line_local_is_encoded_whole(tmp_path):

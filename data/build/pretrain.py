@@ -61,8 +61,18 @@ def write_documents(d: templates.Domain, users: list, enc: Encoder, chunker: Chu
         return hit
 
     def render(groups):
-        return [templates.join_document(d, [line(x) for x in g]) for g in groups]
+        """Each group's document, as the list of its lines (the encoder takes a text so). The chunker's groups are
+        runs of a history's interactions, whose lines are looked up by identity (in C); an item whose review the
+        chunker cut is a new interaction, rendered anew."""
+        out = []
+        for g in groups:
+            try:
+                out.append(templates.document_lines(d, map(by_id.__getitem__, map(id, g))))
+            except KeyError:
+                out.append(templates.document_lines(d, map(line, g)))
+        return out
 
+    by_id = {id(x): line(x) for h in users for x in h}
     docs = render(users)
     out = []  # (chunk, its document), in order
     for history, doc, n in zip(users, docs, enc.counts(docs)):

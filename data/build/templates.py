@@ -18,7 +18,7 @@ paper's own B.2.2 placeholder is `{brand}`). ".." and "...Title" in the paper ar
 """
 import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from data.build.records import Interaction, Item
 
@@ -105,12 +105,13 @@ def prompt_head(task: str, d: Domain) -> str:
 
 
 def pretrain_document(d: Domain, history: Sequence[Interaction]) -> str:
-    return join_document(d, [pretrain_line(d, x) for x in history])
+    return "\n".join(document_lines(d, [pretrain_line(d, x) for x in history]))
 
 
-def join_document(d: Domain, lines: Sequence[str]) -> str:
-    """A pre-training document of already rendered `pretrain_line`s."""
-    return document_head(d) + "\n".join(lines)
+def document_lines(d: Domain, lines: Iterable[str]) -> list[str]:
+    """A pre-training document as the list of its lines (the document is "\\n".join of them), from already
+    rendered `pretrain_line`s: the header, a blank line, the item lines."""
+    return [d.header, "", *lines]
 
 
 def wrap_prompt(task: str, d: Domain, lines: Sequence[str]) -> str:
