@@ -1,14 +1,20 @@
 """The corpus build end to end: outputs and their readers, what is written equals the encoding of its text,
 determinism whatever the buckets and workers, resuming after a crash, config changes, audit, bad input."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
+
+import pathlib
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.build import audit, eval_prompts, jobs, pipeline, templates
+from data.build import audit, eval_prompts, jobs, pipeline, templates, workdir
 from data.build import encoder as encoder_lib
 from data.build.config import ConfigError
 from data.build.records import DataError
@@ -191,7 +197,7 @@ def test_same_bytes_whatever_the_buckets_and_workers(tmp_path, inputs):
 
 def test_a_build_killed_midway_resumes_where_it_stopped(tmp_path, inputs, monkeypatch):
     """A crash in the fourth job: a rerun keeps the three finished jobs (and the read sources and the plan), redoes
-    the rest, discards the half-written folder, and writes what an uninterrupted build writes."""
+    the rest, discards a half-written folder of a dead process, and writes what an uninterrupted build writes."""
     want = files_of(build(tmp_path, "whole", inputs, bucket_interactions=50))
     calls = []
     real = jobs.write_train
@@ -208,14 +214,19 @@ def test_a_build_killed_midway_resumes_where_it_stopped(tmp_path, inputs, monkey
     work = tmp_path / "resumed" / "work"
     finished = {p: p.stat().st_mtime_ns for p in (work / "jobs").rglob("done.json")}
     assert len(finished) == 3  # the three training jobs before the crash
-    assert list((work / "jobs").rglob("*.tmp")) and not (tmp_path / "resumed" / "meta.json").exists()
+    assert not list((work / "jobs").rglob("*.tmp-*")) and not (tmp_path / "resumed" / "meta.json").exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process that has ended: what kill -9 leaves behind is its half-written folder
+    stale = work / "jobs" / "beauty" / f"train-00003-of-00004.tmp-{workdir.HOST}-{dead.pid}"
+    stale.mkdir()
+    (stale / "pretrain.tokens.bin").write_bytes(b"half")
     before = {p: p.stat().st_mtime_ns for d in ("sources", "plan") for p in (work / d).rglob("done.json")}
     calls.clear()
     monkeypatch.setattr(jobs, "write_train", real)
     out = build(tmp_path, "resumed", inputs, bucket_interactions=50)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not redone
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert not list((work / "jobs").rglob("*.tmp"))
+    assert not list((work / "jobs").rglob("*.tmp-*"))
     got = files_of(out)
     assert got.keys() == want.keys()
     for k in want:
@@ -225,6 +236,34 @@ def test_a_build_killed_midway_resumes_where_it_stopped(tmp_path, inputs, monkey
     mtime = (out / "meta.json").stat().st_mtime_ns
     build(tmp_path, "resumed", inputs, bucket_interactions=50)
     assert (out / "meta.json").stat().st_mtime_ns == mtime
+
+
+def test_kill_9_then_the_same_command(tmp_path, inputs):
+    """`kill -9` of a running build (its worker processes die with it), then the same command: the build ends with
+    what an uninterrupted one writes."""
+    from data_fixtures import REPO, write_config
+    want = files_of(build(tmp_path, "whole", inputs, bucket_interactions=20))
+    out = tmp_path / "killed"
+    cfg = write_config(tmp_path / "killed.yaml", out, inputs, bucket_interactions=20, workers=2)
+    proc = subprocess.Popen([sys.executable, "-m", "data.build", "--config", str(cfg)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while proc.poll() is None and not list(out.glob("work/jobs/*/*/done.json")) and time.time() < deadline:
+        time.sleep(0.01)
+    children = pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+    os.kill(proc.pid, 9)
+    proc.wait()
+    for _ in range(200):  # the kernel ends the workers (PR_SET_PDEATHSIG)
+        if not any(pathlib.Path(f"/proc/{w}").exists() for w in workers):
+            break
+        time.sleep(0.05)
+    assert not any(pathlib.Path(f"/proc/{w}").exists() for w in workers)
+    assert pipeline.main(["--config", str(cfg)]) == 0
+    got = files_of(out)
+    for k in want:
+        if k not in ("meta.json", "stats.md"):
+            assert got[k] == want[k], k
 
 
 def test_a_changed_config_redoes_what_it_changes(tmp_path, inputs, capsys):

@@ -12,7 +12,8 @@ bpe.py trains) when no line starts or ends with whitespace, no three newlines fo
 text does not end with a newline: the regex then makes every newline a pre-token of its own (a longer run,
 or a final one, would be cut into longer pieces), never joins one with a neighbouring character, and BPE
 merges stay inside a pre-token (`line_local` checks the tokenizer, `Encoder._split` each text). Any other text,
-or any other tokenizer, is encoded whole. Nothing outside this module knows about it: callers ask for `ids` or `counts` of texts.
+or any other tokenizer, is encoded whole. Nothing outside this module knows about it: callers ask for `ids` or
+`counts` of texts.
 
 It is checked while the build runs: the first texts, and then one text in SPOT_CHECK_EVERY, are also
 encoded whole, and a difference stops the build with the text named.

@@ -21,9 +21,9 @@ def connect(work_dir, memory_limit: str = "1GB", threads: Optional[int] = None,
     the `database` file (whose tables the engine can then move out of memory)."""
     tmp = pathlib.Path(work_dir) / "tmp" / str(os.getpid())  # a folder per process: jobs run side by side
     tmp.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(database) if database else ":memory:", config={"memory_limit": str(memory_limit), "temp_directory": str(tmp),
-                                 # results that need no order may come in any order: less to buffer
-                                 "preserve_insertion_order": False})
+    con = duckdb.connect(str(database) if database else ":memory:", config={
+        "memory_limit": str(memory_limit), "temp_directory": str(tmp),
+        "preserve_insertion_order": False})  # results that need no order may come in any order: less to buffer
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con

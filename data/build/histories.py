@@ -27,7 +27,7 @@ def items_of(con, items_parquet: pathlib.Path, rows_sql: str) -> dict[str, Item]
 def grouped(con, rows_sql: str, group: str, items: dict[str, Item], extra=()) -> Iterator[tuple[dict, list, list]]:
     """(the first row's `group` and `extra` values, [Interaction per row], [tuple of the `extra` values per
     row]) for each run of rows with the same `group`, in the order of `rows_sql` (which sorts by `group`)."""
-    current, history, per_row = None, [], []
+    current, head, history, per_row = None, {}, [], []
     for batch in engine.rows(con, rows_sql):
         extras = list(zip(*(batch[c] for c in extra))) if extra else None
         rows = zip(batch[group], *(batch[c] for c in COLUMNS))

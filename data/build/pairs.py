@@ -36,7 +36,12 @@ def write_pairs(d: templates.Domain, source: str, users: list, enc: Encoder, chu
                 writer: InstructionWriter, manifest: ManifestWriter | None, counts: collections.Counter) -> None:
     """The pairs of `users`: (user, history) in order."""
     limit = chunker.limit
-    line = (lambda x: templates.rating_line(d, x)) if d.rating else (lambda x: templates.next_item_line(d, d.history, x))
+    if d.rating:
+        def line(x):
+            return templates.rating_line(d, x)
+    else:
+        def line(x):
+            return templates.next_item_line(d, d.history, x)
     overhead = max(enc.counts([templates.wrap_prompt(t, d, []) for t in
                                (templates.RATING_TASK, templates.NEXT_ITEM_TASK)])) + 8
 

@@ -17,10 +17,12 @@ workers or restarts.
 """
 import argparse
 import concurrent.futures
+import ctypes
 import multiprocessing
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import time
 
@@ -35,6 +37,9 @@ from data.formats.packed import read_meta
 def _init_worker(threads: int) -> None:
     # a worker's tokenizer takes its share of the cores (read when its thread pool first starts)
     os.environ["RAYON_NUM_THREADS"] = str(threads)
+    # a worker dies with the build (killed, say): it must not go on writing into a stage a rerun redoes
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Runner:

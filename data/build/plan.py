@@ -158,10 +158,11 @@ def corpus_users(con, cfg: dict, s: dict, counts: dict) -> dict:
     con.execute(f"""ALTER TABLE users ADD COLUMN finetune BOOLEAN; ALTER TABLE users ADD COLUMN pretrain BOOLEAN;
                     UPDATE users SET finetune = position < {n_ft}, pretrain = position >= {n_ft}""")
     con.execute("ALTER TABLE hist ADD COLUMN train BOOLEAN; UPDATE hist SET train = true")
-    pre, ft = _counts(con, "SELECT sum(n_titled) FILTER (WHERE pretrain), sum(n_titled) FILTER (WHERE finetune) FROM users")
+    pre, ft = _counts(con, """SELECT sum(n_titled) FILTER (WHERE pretrain), sum(n_titled) FILTER (WHERE finetune)
+                              FROM users""")
     counts["kept"]["pretrain"] += pre
     counts["kept"]["finetune"] += ft
-    n_items = _counts(con, f"""SELECT count(DISTINCT h.item) FROM hist h JOIN users u USING (user)
+    n_items = _counts(con, """SELECT count(DISTINCT h.item) FROM hist h JOIN users u USING (user)
                                WHERE h.titled AND u.position IS NOT NULL""")[0]
     return {"table4": {"users": n, "items": n_items, "interactions": pre + ft},
             "excluded_users": n_ex, "warnings": warnings}
@@ -192,7 +193,8 @@ def benchmark_users(con, cfg: dict, s: dict, counts: dict) -> dict:
         SELECT h.*, CASE WHEN h.ord = u.n_read - 1 THEN {recipe.RATING_TEST}
                          WHEN h.ord = u.n_read - 2 THEN {recipe.RATING_VALIDATION} ELSE 0 END AS next_split
         FROM hist h JOIN users u USING (user)""")
-    con.execute("ALTER TABLE hist ADD COLUMN train BOOLEAN; UPDATE hist SET train = next_split = 0 AND coalesce(rating_split, 0) = 0")
+    con.execute("""ALTER TABLE hist ADD COLUMN train BOOLEAN;
+                   UPDATE hist SET train = next_split = 0 AND coalesce(rating_split, 0) = 0""")
     heldout, untitled, kept = _counts(con, """SELECT count(*) FILTER (WHERE NOT train),
         count(*) FILTER (WHERE train AND NOT titled), count(*) FILTER (WHERE train AND titled) FROM hist""")
     counts["kept"]["heldout_validation_test"] += heldout
@@ -200,7 +202,8 @@ def benchmark_users(con, cfg: dict, s: dict, counts: dict) -> dict:
     counts["kept"]["pretrain"] += kept
     con.execute("""CREATE OR REPLACE TABLE users AS SELECT u.*, count(*) FILTER (WHERE h.train AND h.titled) AS n_train
                    FROM users u JOIN hist h USING (user) GROUP BY ALL""")
-    counts["users_dropped"]["no_training_interaction_left"] += _counts(con, "SELECT count(*) FROM users WHERE n_train = 0")[0]
+    counts["users_dropped"]["no_training_interaction_left"] += _counts(
+        con, "SELECT count(*) FROM users WHERE n_train = 0")[0]
     place_users(con, cfg, name, "n_train > 0")
     con.execute(f"""ALTER TABLE users ADD COLUMN pretrain BOOLEAN; ALTER TABLE users ADD COLUMN finetune BOOLEAN;
                     UPDATE users SET pretrain = position IS NOT NULL,
@@ -236,7 +239,8 @@ def write_benchmark(con, cfg: dict, s: dict, out: pathlib.Path, read: int) -> di
     (out / "train_stats.json").write_text(json.dumps(stats, sort_keys=True) + "\n")
     d = templates.get_domain(s["domain"])
     catalog = {}
-    for batch in engine.rows(con, f"SELECT * FROM {engine.parquet(normalise.source_dir(cfg, s['name']) / 'items.parquet')}"):
+    items = normalise.source_dir(cfg, s["name"]) / "items.parquet"
+    for batch in engine.rows(con, f"SELECT * FROM {engine.parquet(items)}"):
         for i, item_id in enumerate(batch["id"]):
             catalog[item_id] = Item(item_id, **{f: batch[f][i] for f in ITEM_FIELDS})
     missing = cfg["eval"]["missing_title"]
@@ -246,5 +250,6 @@ def write_benchmark(con, cfg: dict, s: dict, out: pathlib.Path, read: int) -> di
             shown = item if item.title else Item(i, **{**{k: getattr(item, k) for k in ITEM_FIELDS}, "title": missing})
             f.write(json.dumps({"item_id": i, "text": templates.item_text(d, shown), "title_missing": not item.title},
                                ensure_ascii=False) + "\n")
-    return {"eval_buckets": buckets, "catalog": {"catalog_items": len(catalog),
-                                                 "catalog_items_without_title": sum(1 for x in catalog.values() if not x.title)}}
+    untitled = sum(1 for x in catalog.values() if not x.title)
+    return {"eval_buckets": buckets,
+            "catalog": {"catalog_items": len(catalog), "catalog_items_without_title": untitled}}

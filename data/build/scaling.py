@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     gb = 2 ** 30
     print(f"\nbuilder: python -m {args.module}; cpus: {os.cpu_count()}")
     print("| interactions | tokens | wall s | tokens/s | peak RSS, all processes | largest process | "
-          "wall / smallest | interactions / smallest | peak / smallest |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "wall / smallest | interactions / smallest | peak / smallest |")
+    print("|" + "---:|" * 9)
     for m in rows:
         print(f"| {m['interactions']:,} | {m['tokens']:,} | {m['seconds']:.1f} | {m['tokens'] / m['seconds']:,.0f} | "
               f"{m['peak_rss'] / gb:.2f} GB | {m['peak_rss_one_process'] / gb:.2f} GB | "

@@ -1,17 +1,20 @@
 """Resumable stages: each stage of the build writes one folder under the work dir, complete or not at all.
 
-A stage writes into `<dir>.tmp/`, then records `done.json` (its fingerprint: a hash of everything its
-output depends on) and renames the folder into place. A rerun reuses a folder whose fingerprint matches
-and redoes one whose fingerprint differs (the config or an input changed), saying which; a folder left
-by a killed run is a `.tmp` and is discarded. So a build killed at any moment and started again redoes
-only the unfinished stages, and never mixes outputs of two configs.
+A stage writes into `<dir>.tmp-<host>-<pid>/`, then records `done.json` (its fingerprint: a hash of everything
+its output depends on) and renames the folder into place. A rerun reuses a folder whose fingerprint matches
+and redoes one whose fingerprint differs (the config or an input changed), saying which; the `.tmp-` folders
+of dead processes on this host are discarded. So a build killed at any moment and started again redoes
+only the unfinished stages, and never mixes outputs of two configs; two processes that run the same stage
+(a requeued Slurm task beside its first run) each write their own folder, and the first renamed wins.
 """
 import functools
 import hashlib
 import importlib.util
 import json
 import pathlib
+import os
 import shutil
+import socket
 import sys
 from typing import Callable, Optional
 
@@ -46,7 +49,8 @@ def is_done(folder, fp: str) -> bool:
     return record is not None and record.get("fingerprint") == fp
 
 
-def run_stage(folder, fp: str, write: Callable[[pathlib.Path], Optional[dict]], what: str, announce: bool = True) -> dict:
+def run_stage(folder, fp: str, write: Callable[[pathlib.Path], Optional[dict]], what: str,
+              announce: bool = True) -> dict:
     """Reuse `folder` if it was finished with fingerprint `fp`; else run write(tmp folder), mark it done and
     move it into place (saying so when it replaces an older one, if `announce`). Returns the done record (with
     what `write` returned under "result")."""
@@ -58,15 +62,37 @@ def run_stage(folder, fp: str, write: Callable[[pathlib.Path], Optional[dict]], 
         if announce:
             log(f"{what}: redoing it (its config or inputs changed since {folder} was written)")
         shutil.rmtree(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a killed run
+    _discard_dead_writers(folder)
+    tmp = folder.with_name(f"{folder.name}.tmp-{HOST}-{os.getpid()}")
     tmp.mkdir(parents=True)
-    result = write(tmp)
-    record = {"fingerprint": fp, "result": result}
-    (tmp / "done.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    tmp.rename(folder)
+    try:
+        result = write(tmp)
+        record = {"fingerprint": fp, "result": result}
+        (tmp / "done.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        tmp.rename(folder)
+    except OSError:
+        if (done_record(folder) or {}).get("fingerprint") != fp:
+            raise
+        shutil.rmtree(tmp)  # another process finished the same stage first: keep its folder
+        return done_record(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return record
+
+
+HOST = socket.gethostname()
+
+
+def _discard_dead_writers(folder: pathlib.Path) -> None:
+    """Remove the `.tmp-` folders of `folder` left by processes of this host that no longer run."""
+    for tmp in folder.parent.glob(f"{folder.name}.tmp-{HOST}-*") if folder.parent.is_dir() else []:
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
 
 
 def input_stats(options: dict) -> list:
