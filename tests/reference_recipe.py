@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from data.build.records import Interaction
-from data.build.recipe import seeded_rng
+from data.build.recipe import HeldOut, seeded_rng
 
 History = list[Interaction]
 
@@ -138,17 +138,6 @@ def p5_rating_split(histories: dict[str, History], seed: int, source: str) -> di
     return split
 
 
-@dataclass
-class HeldOut:
-    """One validation/test example of a benchmark: the user's history before the target."""
-    task: str  # "next_item" | "rating"
-    split: str  # "validation" | "test"
-    user: str
-    history: History
-    target: Interaction
-    key: str
-
-
 def benchmark_split(histories: dict[str, History], seed: int, source: str, rating_split: bool
                     ) -> tuple[dict[str, History], list[HeldOut], set[str]]:
     """P5 splits + RecGPT's leakage removal (evaluation.md §2-3).
@@ -166,10 +155,10 @@ def benchmark_split(histories: dict[str, History], seed: int, source: str, ratin
         history = histories[user]
         keys = interaction_keys(history)
         if len(history) >= 2:
-            heldout.append(HeldOut("next_item", "validation", user, history[:-2], history[-2], keys[-2]))
+            heldout.append(HeldOut("next_item", "validation", user, history[:-2], history[-2]))
             heldout_keys.add(keys[-2])
         if len(history) >= 1:
-            heldout.append(HeldOut("next_item", "test", user, history[:-1], history[-1], keys[-1]))
+            heldout.append(HeldOut("next_item", "test", user, history[:-1], history[-1]))
             heldout_keys.add(keys[-1])
         if rating_split:
             # recommended history (evaluation.md §4): the user's earlier rating-train interactions
@@ -178,7 +167,7 @@ def benchmark_split(histories: dict[str, History], seed: int, source: str, ratin
                 if rating_of[k] == "train":
                     earlier_train.append(x)
                 else:
-                    heldout.append(HeldOut("rating", rating_of[k], user, list(earlier_train), x, k))
+                    heldout.append(HeldOut("rating", rating_of[k], user, list(earlier_train), x))
                     heldout_keys.add(k)
         train[user] = [x for x, k in zip(history, keys) if k not in heldout_keys]
     return train, heldout, heldout_keys

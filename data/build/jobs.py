@@ -22,6 +22,7 @@ from data.build.pretrain import DocumentStream, write_documents
 from data.formats import tokenizer as tokenizer_lib
 from data.formats.instructions import InstructionWriter
 
+
 @dataclass(frozen=True)
 class Job:
     source: str
@@ -76,8 +77,20 @@ def _source(cfg: dict, name: str) -> dict:
     return next(s for s in cfg["sources"] if s["name"] == name)
 
 
-def _bucket_rows(folder: pathlib.Path) -> str | None:
-    return f"SELECT * FROM {engine.parquet(folder)}" if folder.is_dir() else None
+def bucket_users(cfg: dict, job: Job, table: str, group: str, extra: tuple):
+    """The users of the job's bucket of the plan's `table` ("train": by seeded place; "heldout": by sorted
+    rank), streamed in that order from the engine: (first row's `group` and `extra` values, history, the
+    `extra` values of each row) a user (histories.grouped)."""
+    folder = plan.plan_dir(cfg, job.source) / table / f"bucket={job.bucket}"
+    if not folder.is_dir():
+        return  # no user in this bucket
+    rows = f"SELECT * FROM {engine.parquet(folder)}"
+    con = engine.connect(cfg["work_dir"], cfg["memory_limit"], threads=1)
+    try:
+        items = histories.items_of(con, normalise.source_dir(cfg, job.source) / "items.parquet", rows)
+        yield from histories.grouped(con, f"{rows} ORDER BY {group}, ord", group, items, extra)
+    finally:
+        con.close()
 
 
 def write_train(cfg: dict, job: Job, tok_path: str, out: pathlib.Path) -> dict:
@@ -100,22 +113,14 @@ def write_train(cfg: dict, job: Job, tok_path: str, out: pathlib.Path) -> dict:
         pre.clear()
         ft.clear()
 
-    rows = _bucket_rows(plan.plan_dir(cfg, job.source) / "train" / f"bucket={job.bucket}")
-    if rows:
-        con = engine.connect(cfg["work_dir"], cfg["memory_limit"], threads=1)
-        try:
-            items = histories.items_of(con, normalise.source_dir(cfg, job.source) / "items.parquet", rows)
-            for head, history, _ in histories.grouped(con, rows + " ORDER BY position, ord", "position", items,
-                                                      extra=("pretrain", "finetune")):
-                if head["pretrain"]:
-                    pre.append(history)
-                if head["finetune"]:
-                    ft.append((history[0].user, history))
-                if len(pre) + len(ft) >= cfg["batch_users"]:
-                    flush()
+    for head, history, _ in bucket_users(cfg, job, "train", "position", ("pretrain", "finetune")):
+        if head["pretrain"]:
+            pre.append(history)
+        if head["finetune"]:
+            ft.append((history[0].user, history))
+        if len(pre) + len(ft) >= cfg["batch_users"]:
             flush()
-        finally:
-            con.close()
+    flush()
     stream.close()
     n_pairs = instructions.close()
     if manifest:
@@ -135,21 +140,12 @@ def write_eval(cfg: dict, job: Job, tok_path: str, out: pathlib.Path) -> dict:
     manifest = ManifestWriter(out / "manifest.parquet", job.source) if cfg["write_manifests"] else None
     counts: collections.Counter = collections.Counter()
     users = []
-    rows = _bucket_rows(plan.plan_dir(cfg, job.source) / "heldout" / f"bucket={job.bucket}")
-    if rows:
-        con = engine.connect(cfg["work_dir"], cfg["memory_limit"], threads=1)
-        try:
-            items = histories.items_of(con, normalise.source_dir(cfg, job.source) / "items.parquet", rows)
-            for _, history, per_row in histories.grouped(con, rows + " ORDER BY rank, ord", "rank", items,
-                                                         extra=("rating_split",)):
-                split = [r[0] for r in per_row] if s["rating_split"] else None
-                users.append((history[0].user, history, split))
-                if len(users) >= cfg["batch_users"]:
-                    write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts)
-                    users.clear()
+    for _, history, per_row in bucket_users(cfg, job, "heldout", "rank", ("rating_split",)):
+        users.append((history[0].user, history, [r[0] for r in per_row] if s["rating_split"] else None))
+        if len(users) >= cfg["batch_users"]:
             write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts)
-        finally:
-            con.close()
+            users.clear()
+    write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts)
     files = writer.close()
     if manifest:
         manifest.close()
