@@ -10,7 +10,7 @@
     # the same examples for the simple baselines (most popular, global / per-item mean rating)
     python -m evaluation.baselines --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --sample 2000 --out out/eval/base
 
-Input (written by `python -m data.build`: data/README.md "Evaluation files"):
+Input (written by `python -m data.prepare`: data/README.md "Evaluation files"):
     BENCHMARK/{task}_{split}.jsonl  one example a line: "user", "prompt", and "target_item_id" (next_item)
                                     or "target_rating" (rating); other keys are carried along
     BENCHMARK/catalog.jsonl         {"item_id", "text"} per catalog item (next_item only)

@@ -1,6 +1,6 @@
 """Continual pre-training of MPT on packed recommendation text (RecGPT-7B, paper section 2.2).
 
-    # one CPU process, tiny model (data from `python -m data.build --config configs/data/<...>.yaml`)
+    # one CPU process, tiny model (data from `python -m data.prepare --config configs/data/<...>.yaml`)
     python train.py configs/train/tiny-pretrain.yaml --data.path=out/data/movielens-100k
     # one node, 8 GPUs
     torchrun --standalone --nproc_per_node 8 train.py configs/train/recgpt-7b-pretrain.yaml

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a data config on a Slurm cluster with one command (the work dir and outputs on a shared filesystem):
 #   scripts/build_slurm.sh configs/data/paper.yaml --out_dir=out/data/recgpt [--key=value ...]
-# It submits the stages of `python -m data.build` (data/build/pipeline.py) as Slurm jobs:
+# It submits the stages of `python -m data.prepare` (data/prepare/pipeline.py) as Slurm jobs:
 #   1. prepare: read every source once, plan it in the engine, train the tokenizer if asked; when done, that job
 #      submits (with this script's --submit-jobs)
 #   2. an array with one task per job of the plan (`--job $SLURM_ARRAY_TASK_ID`), and
@@ -31,15 +31,15 @@ SB=(sbatch --parsable --cpus-per-task="$CPUS" --mem="$MEM" ${SBATCH_ARGS:-})
 
 if [[ $submit_jobs == 0 ]]; then
   id=$("${SB[@]}" --job-name=data-prepare --output="$LOGS/data-prepare-%j.log" \
-       --wrap "cd $HERE && $PYQ -m data.build $QUOTED --stage prepare && PY=$PYQ bash scripts/build_slurm.sh --submit-jobs $ORIGINAL")
+       --wrap "cd $HERE && $PYQ -m data.prepare $QUOTED --stage prepare && PY=$PYQ bash scripts/build_slurm.sh --submit-jobs $ORIGINAL")
   echo "submitted data-prepare as job $id; it submits the bucket jobs and the merge when it is done (logs in $LOGS/)"
   exit 0
 fi
 
 # run inside the prepare job: the plan is done, so this prints the number of jobs at once
-n=$($PY -m data.build "${ARGS[@]}" --stage prepare)
+n=$($PY -m data.prepare "${ARGS[@]}" --stage prepare)
 array=$("${SB[@]}" --job-name=data-jobs --array="0-$((n - 1))%$ARRAY_PARALLEL" --output="$LOGS/data-job-%A-%a.log" \
-        --wrap "cd $HERE && $PYQ -m data.build $QUOTED --job \$SLURM_ARRAY_TASK_ID")
+        --wrap "cd $HERE && $PYQ -m data.prepare $QUOTED --job \$SLURM_ARRAY_TASK_ID")
 merge=$("${SB[@]}" --job-name=data-merge --dependency="afterok:$array" --output="$LOGS/data-merge-%j.log" \
-        --wrap "cd $HERE && $PYQ -m data.build $QUOTED --stage merge")
+        --wrap "cd $HERE && $PYQ -m data.prepare $QUOTED --stage merge")
 echo "submitted $n bucket jobs as array $array and the merge as job $merge"

@@ -33,14 +33,14 @@ ML=$SHARED/movielens-100k
 if [[ ! -f $ML/u.data ]]; then
   ML=$OUT/ml-100k-recbole
   echo "$SHARED/movielens-100k not found: taking ml-100k from the recbole==1.2.1 wheel on PyPI"
-  $PY -m data.build.fetch_movielens "$ML"
+  $PY -m data.prepare.fetch_movielens "$ML"
 fi
 echo "reading $ML"
 
 step "1/5 data"
-$PY -m data.build --config configs/data/movielens-100k.yaml "--out_dir=$OUT/data" "--sources.0.options.path=$ML" \
+$PY -m data.prepare --config configs/data/movielens-100k.yaml "--out_dir=$OUT/data" "--sources.0.options.path=$ML" \
   2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]"
-$PY -m data.build.audit "$OUT/data" > "$OUT/data/audit.json"
+$PY -m data.prepare.audit "$OUT/data" > "$OUT/data/audit.json"
 step "2/5 pre-train";  $PY train.py configs/train/demo-pretrain.yaml "--run.out_dir=$OUT/pretrain" "--data.path=$OUT/data" "${PRE[@]}"
 step "3/5 fine-tune";  $PY finetune.py configs/train/demo-finetune.yaml "--run.out_dir=$OUT/finetune" \
                          "--model.init_from=$OUT/pretrain/model" "--data.path=$OUT/data" "${FT[@]}"

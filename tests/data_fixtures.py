@@ -7,7 +7,7 @@ import pathlib
 
 import yaml
 
-from data.build import pipeline
+from data.prepare import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def two_sources(ml, beauty):
 
 
 def build(tmp_path, name, sources, *args, **extra):
-    """`python -m data.build` of a config with these sources into tmp_path/name -> the out_dir."""
+    """`python -m data.prepare` of a config with these sources into tmp_path/name -> the out_dir."""
     out = tmp_path / name
     assert pipeline.main(["--config", str(write_config(tmp_path / f"{name}.yaml", out, sources, **extra)), *args]) == 0
     return out

@@ -1,5 +1,5 @@
 """The test oracle of the build's plan: the RecGPT recipe as plain Python over in-memory histories, the way the
-build ran it before the engine (data/build/plan.py now runs it in DuckDB, data/build/recipe.py its random draws on
+build ran it before the engine (data/prepare/plan.py now runs it in DuckDB, data/prepare/recipe.py its random draws on
 arrays). Tests compare the plan with this, on fixtures and on the real data.
 
 Paper §2.1, App. A; ../shared/spec/recgpt.md §3-5, evaluation.md §1-3: chronological histories, cleaning, the
@@ -10,8 +10,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from data.build.records import Interaction
-from data.build.recipe import HeldOut, seeded_rng
+from data.prepare.records import Interaction
+from data.prepare.recipe import HeldOut, seeded_rng
 
 History = list[Interaction]
 

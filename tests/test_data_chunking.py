@@ -1,8 +1,8 @@
 """Chunking of long histories: fewest near-equal chunks, every rendered chunk under the limit."""
-from data.build import templates
-from data.build.chunking import Chunker, smallest_k
-from data.build.recipe import near_equal_groups
-from data.build.records import Interaction, Item
+from data.prepare import templates
+from data.prepare.chunking import Chunker, smallest_k
+from data.prepare.recipe import near_equal_groups
+from data.prepare.records import Interaction, Item
 from data.formats.tokenizer import load
 
 

@@ -1,15 +1,15 @@
-"""data/build/encoder.py: the ids (and counts) the build writes must be exactly those of encoding each text whole,
+"""data/prepare/encoder.py: the ids (and counts) the build writes must be exactly those of encoding each text whole,
 for every text shape the build makes and for adversarial ones; where the line-by-line rule cannot hold, the text
 is encoded whole; and a tokenizer that breaks the rule is stopped by the run-time spot check."""
 import random
 
 import pytest
 
-from data.build import encoder as encoder_lib
-from data.build import templates
-from data.build.bpe import train_bpe
-from data.build.encoder import Encoder, line_local
-from data.build.records import Interaction, Item
+from data.prepare import encoder as encoder_lib
+from data.prepare import templates
+from data.prepare.bpe import train_bpe
+from data.prepare.encoder import Encoder, line_local
+from data.prepare.records import Interaction, Item
 from data.formats.tokenizer import load
 
 REVIEWS = ["Great!!  Would buy   again...", "naïve café ﬁne 12,345.67 — ok", "it's 'quoted' don't", "日本語のレビュー",

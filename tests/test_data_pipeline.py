@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.build import audit, eval_prompts, jobs, pipeline, templates, workdir
-from data.build import encoder as encoder_lib
-from data.build.config import ConfigError
-from data.build.records import DataError
+from data.prepare import audit, eval_prompts, jobs, pipeline, templates, workdir
+from data.prepare import encoder as encoder_lib
+from data.prepare.config import ConfigError
+from data.prepare.records import DataError
 from data.formats import tokenizer as tokenizer_lib
 from data.formats.instructions import IGNORE_INDEX, InstructionDataset, read_jsonl
 from data.formats.packed import PackedDataset
@@ -74,7 +74,7 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
 
 @pytest.mark.parametrize("tokenizer", ["trained-bpe", "gpt-neox-20b"])
 def test_written_ids_are_the_encoding_of_the_written_text(tmp_path, tokenizer, request, monkeypatch):
-    """The build encodes each distinct line once and joins lines' ids (data/build/encoder.py). Every id sequence
+    """The build encodes each distinct line once and joins lines' ids (data/prepare/encoder.py). Every id sequence
     written must be the encoding of its text, and the build must be byte for byte the one that encodes every
     text whole (a tokenizer taken as not line-local). Long histories are chunked, evaluation prompts cut."""
     ml, beauty = movielens_fixture(tmp_path / "ml"), p5_fixture(tmp_path / "beauty")
@@ -125,7 +125,7 @@ def test_eval_prompts_drop_the_fewest_oldest_items():
         def counts(self, texts):
             return [len(t.split()) for t in texts]
     d = templates.get_domain("netflix")
-    from data.build.records import Interaction, Item
+    from data.prepare.records import Interaction, Item
     h = [Interaction("u", Item(str(i), title=" ".join(["long"] * 40 if i < 5 else ["short"] * 3))) for i in range(30)]
     lines = [templates.next_item_line(d, d.history, x) for x in h]
 
@@ -245,7 +245,7 @@ def test_kill_9_then_the_same_command(tmp_path, inputs):
     want = files_of(build(tmp_path, "whole", inputs, bucket_interactions=20))
     out = tmp_path / "killed"
     cfg = write_config(tmp_path / "killed.yaml", out, inputs, bucket_interactions=20, workers=2)
-    proc = subprocess.Popen([sys.executable, "-m", "data.build", "--config", str(cfg)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "data.prepare", "--config", str(cfg)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while proc.poll() is None and not list(out.glob("work/jobs/*/*/done.json")) and time.time() < deadline:

@@ -1,6 +1,6 @@
-"""The recipe: the plan (data/build/plan.py, in the engine) against the in-memory recipe it replaced
+"""The recipe: the plan (data/prepare/plan.py, in the engine) against the in-memory recipe it replaced
 (tests/reference_recipe.py), user by user, on fixtures with ties, repeats, missing times and untitled items and on
-the real data; the random draws on arrays (data/build/recipe.py) against the same draws on Python lists."""
+the real data; the random draws on arrays (data/prepare/recipe.py) against the same draws on Python lists."""
 import collections
 import json
 
@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import reference_recipe as ref
-from data.build import pipeline, recipe
-from data.build.records import BadLines
-from data.build.sources import movielens, p5
+from data.prepare import pipeline, recipe
+from data.prepare.records import BadLines
+from data.prepare.sources import movielens, p5
 from data_fixtures import p5_fixture, write_config
 
 
@@ -33,7 +33,7 @@ def rating_split_arrays(histories):
 
 
 def make(user_items, titled=lambda i: True):
-    from data.build.records import Interaction, Item
+    from data.prepare.records import Interaction, Item
     items, xs = {}, []
     for seq, (u, i, t) in enumerate(user_items):
         item = items.setdefault(i, Item(i, title=f"T{i}" if titled(i) else None))

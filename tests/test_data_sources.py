@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from data.build.records import BadLines, DataError
-from data.build.sources import amazon, movielens, p5, yelp
+from data.prepare.records import BadLines, DataError
+from data.prepare.sources import amazon, movielens, p5, yelp
 
 
 def write(path, text, encoding="utf-8"):
@@ -162,7 +162,7 @@ def test_real_movielens_100k_reader(shared_data):
 
 def test_real_recbole_copy_equals_grouplens_ml100k(shared_data, tmp_path):
     """The README's fallback source (the recbole wheel from PyPI) gives u.data's interactions exactly."""
-    from data.build import fetch_movielens
+    from data.prepare import fetch_movielens
     try:
         fetch_movielens.fetch(tmp_path)
     except Exception as e:  # noqa: BLE001 - no PyPI from this machine

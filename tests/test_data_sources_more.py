@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from data.build.records import BadLines, DataError
-from data.build import templates
-from data.build.sources import anime, bookcrossing, food, goodreads, hotelrec, netflix, steam, wikirec
+from data.prepare.records import BadLines, DataError
+from data.prepare import templates
+from data.prepare.sources import anime, bookcrossing, food, goodreads, hotelrec, netflix, steam, wikirec
 
 
 def test_steam_purchase_rows_only(tmp_path):

@@ -1,8 +1,8 @@
 """Templates of App. B against the exact text of ../shared/spec/recgpt.md §7, character for character."""
 import pytest
 
-from data.build import templates
-from data.build.records import Interaction, Item
+from data.prepare import templates
+from data.prepare.records import Interaction, Item
 
 
 def x(title, rating=None, review=None, **fields):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import evaluate
-from data.build.bpe import train_bpe
+from data.prepare.bpe import train_bpe
 from evaluation.matching import default_model_path
 from data.formats import evalfiles
 from evaluation.metrics import ranking_metrics, rating_metrics

@@ -35,8 +35,8 @@ def offending(paths, allowed) -> dict:
 
 @pytest.mark.parametrize("room, patterns, allowed", [
     ("formats", ["data/formats/*.py"], lambda n: n.startswith("data.formats")),
-    ("trainer", ["training/*.py", "train.py", "finetune.py"], lambda n: not n.startswith("data.build")),
-    ("evaluator", ["evaluation/*.py", "evaluate.py"], lambda n: not n.startswith("data.build")),
+    ("trainer", ["training/*.py", "train.py", "finetune.py"], lambda n: not n.startswith("data.prepare")),
+    ("evaluator", ["evaluation/*.py", "evaluate.py"], lambda n: not n.startswith("data.prepare")),
     ("model", ["model/*.py", "kernels/*.py"], lambda n: n.split(".")[0] in ("model", "kernels")),
 ])
 def test_import_rules(room, patterns, allowed):
@@ -47,5 +47,5 @@ def test_import_rules(room, patterns, allowed):
 
 def test_the_rule_sees_imports_inside_functions(tmp_path):
     p = tmp_path / "x.py"
-    p.write_text("import numpy\n\n\ndef f():\n    from data.build import plan\n    import data.build.audit\n")
-    assert imports(p) == {"numpy", "data.build", "data.build.plan", "data.build.audit"}
+    p.write_text("import numpy\n\n\ndef f():\n    from data.prepare import plan\n    import data.prepare.audit\n")
+    assert imports(p) == {"numpy", "data.prepare", "data.prepare.plan", "data.prepare.audit"}

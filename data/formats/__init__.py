@@ -5,5 +5,5 @@
     evalfiles.py     evaluation files: read_examples, read_catalog, read_train_stats, item_id_order
     tokenizer.py     the tokenizer a build names: load, EOS, sha256_file, token_dtype
 
-Nothing here imports the build (data.build) or any other part of the project.
+Nothing here imports the build (data.prepare) or any other part of the project.
 """

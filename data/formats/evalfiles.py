@@ -1,6 +1,6 @@
 """Evaluation files of a data build (data/README.md "Evaluation files"): `eval/<source>/{task}_{split}.jsonl`,
 `catalog.jsonl` and `train_stats.json`. Read by evaluate.py and evaluation/baselines.py, so that both see the
-same examples; the build (data/build/eval_prompts.py) writes them."""
+same examples; the build (data/prepare/eval_prompts.py) writes them."""
 import json
 import pathlib
 import random
@@ -17,7 +17,7 @@ def item_id_order(item_id: str) -> tuple:
 
 def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark file {path} not found (run `python -m data.build`, or check "
+        raise FileNotFoundError(f"benchmark file {path} not found (run `python -m data.prepare`, or check "
                                 f"--benchmark/--task/--split)")
     examples = []
     with open(path, encoding="utf-8") as f:
@@ -67,10 +67,10 @@ def sample_examples(examples: list, n: Optional[int], seed: int = 0) -> list:
 
 
 def read_train_stats(benchmark_dir) -> dict:
-    """BENCHMARK/train_stats.json: the training split's per-item counts and ratings (data/build/plan.py)."""
+    """BENCHMARK/train_stats.json: the training split's per-item counts and ratings (data/prepare/plan.py)."""
     path = pathlib.Path(benchmark_dir) / "train_stats.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: rebuild the data with `python -m data.build` (it writes "
+        raise FileNotFoundError(f"{path} not found: rebuild the data with `python -m data.prepare` (it writes "
                                 f"train_stats.json beside the evaluation files)")
     stats = json.loads(path.read_text())
     for key in ("interactions", "mean_rating", "items"):

@@ -89,7 +89,7 @@ def read_meta(path) -> tuple[pathlib.Path, dict]:
     path = pathlib.Path(path)
     meta_path = path / "meta.json" if path.is_dir() else path
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: no meta.json (run python -m data.build first)")
+        raise FileNotFoundError(f"{meta_path}: no meta.json (run python -m data.prepare first)")
     with open(meta_path) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:

@@ -1,5 +1,5 @@
 """The tokenizer a data build names in its meta.json: a `tokenizers` JSON file (the GPT-NeoX-20B tokenizer
-for paper-scale runs, or the small byte-level BPE a build trains for CPU demos, data/build/bpe.py), with the
+for paper-scale runs, or the small byte-level BPE a build trains for CPU demos, data/prepare/bpe.py), with the
 EOS token that separates packed documents and ends every instruction pair.
 """
 import hashlib

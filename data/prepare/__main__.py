@@ -1,0 +1,6 @@
+"""`python -m data.prepare --config ...`: the corpus build (data/prepare/pipeline.py)."""
+import sys
+
+from data.prepare.pipeline import main
+
+sys.exit(main())

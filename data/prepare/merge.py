@@ -1,0 +1,133 @@
+"""Stage 4: the jobs' outputs, concatenated in job order, into the build's outputs and meta.json.
+
+    pretrain/pretrain-<j>.bin      the document streams of the training jobs, cut into rows of pack.seq_len
+    instructions/instructions.*    the jobs' pairs, one part
+    eval/<source>/...              the evaluation jobs' files, concatenated; catalog and train_stats (plan)
+    manifests/<source>/*.parquet   the jobs' manifests, for the audit
+    meta.json, stats.md            written last: a reader trusts only what meta.json lists
+
+Concatenated in order, the buckets' outputs are those of one job over all users, so the outputs do not
+depend on how many buckets or processes built them. Memory: a copy buffer; the rows are cut on the fly.
+"""
+import json
+import pathlib
+import shutil
+
+import numpy as np
+
+from data.prepare import plan, stats
+from data.prepare.jobs import Job, job_dir
+from data.formats.instructions import IGNORE_INDEX, InstructionWriter
+from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
+
+COPY_TOKENS = 1 << 22  # tokens read from a document stream at a time
+
+
+def _summed(dicts) -> dict:
+    total: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+def _fresh(path: pathlib.Path) -> pathlib.Path:
+    """`path` + ".tmp", empty: a folder is written there and renamed into place when complete."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _into_place(tmp: pathlib.Path, path: pathlib.Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def merge(cfg: dict, sources: dict, plans: dict, jobs: list[Job], done: dict, tokenizer: dict, fingerprint: str,
+          warnings: list[str]) -> dict:
+    out_dir = pathlib.Path(cfg["out_dir"])
+    (out_dir / "meta.json").unlink(missing_ok=True)  # until the new one is written, the build is not complete
+    trains = [j for j in jobs if j.kind == "train"]
+    first = done[trains[0].name]["result"] if trains else None
+    dtype = first["dtype"] if first else None
+    eos_id = first["eos_id"] if first else None
+
+    tmp = _fresh(out_dir / "pretrain")
+    writer = PackWriter(tmp, "pretrain", cfg["pack"]["seq_len"], dtype, cfg["pack"]["rows_per_shard"], eos_id)
+    for j in trains:
+        path, n = job_dir(cfg, j) / "pretrain.tokens.bin", done[j.name]["result"]["documents"]
+        stream = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size else []
+        for start in range(0, len(stream), COPY_TOKENS):
+            writer.extend(np.array(stream[start: start + COPY_TOKENS]), n if start == 0 else 0)
+    shards = writer.close()
+    _into_place(tmp, out_dir / "pretrain")
+
+    tmp = _fresh(out_dir / "instructions")
+    instructions = InstructionWriter(tmp, dtype, eos_id)
+    for j in trains:
+        instructions.extend(job_dir(cfg, j))
+    n_pairs = instructions.close()
+    _into_place(tmp, out_dir / "instructions")
+
+    tmp = _fresh(out_dir / "manifests")
+    manifests = []
+    if cfg["write_manifests"]:
+        for j in jobs:
+            rel = pathlib.Path(j.source) / f"{j.kind}-{j.bucket:05d}.parquet"
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(job_dir(cfg, j) / "manifest.parquet", tmp / rel)
+            manifests.append(f"manifests/{rel.as_posix()}")
+    _into_place(tmp, out_dir / "manifests")
+
+    tmp, evals = _fresh(out_dir / "eval"), {}
+    for s in cfg["sources"]:
+        name, ev = s["name"], [j for j in jobs if j.source == s["name"] and j.kind == "eval"]
+        if not s["benchmark"]:
+            continue
+        (tmp / name).mkdir()
+        files = _summed(done[j.name]["result"]["files"] for j in ev)
+        for fname in files:
+            with open(tmp / name / fname, "wb") as f:
+                for j in ev:
+                    part = job_dir(cfg, j) / fname
+                    if part.is_file():
+                        with open(part, "rb") as src:
+                            shutil.copyfileobj(src, f)
+        for fname in ("catalog.jsonl", "train_stats.json"):
+            shutil.copyfile(plan.plan_dir(cfg, name) / fname, tmp / name / fname)
+        evals[name] = {"dir": f"eval/{name}", "files": files, "catalog": f"eval/{name}/catalog.jsonl",
+                       "train_stats": f"eval/{name}/train_stats.json"}
+    _into_place(tmp, out_dir / "eval")
+
+    per_source = {}
+    for s in cfg["sources"]:
+        name, src, p = s["name"], sources[s["name"]]["result"], plans[s["name"]]["result"]
+        counts = _summed([done[j.name]["result"]["counts"] for j in jobs if j.source == name] + [p.get("catalog", {})])
+        per_source[name] = {
+            "domain": s["domain"], "benchmark": s["benchmark"], "table4": p["table4"],
+            "bad_lines": src["bad_lines"], "bad_line_examples": src["bad_line_examples"],
+            "ignored_rows": src["ignored_rows"], "interactions_read": p["interactions_read"],
+            "interactions_dropped": p["interactions_dropped"], "users_dropped": p["users_dropped"],
+            "interactions_kept": p["interactions_kept"], "excluded_users": p["excluded_users"], "counts": counts}
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+        "tokenizer": tokenizer,
+        "pretrain": {"dtype": dtype, "seq_len": cfg["pack"]["seq_len"], "eos_id": eos_id,
+                     "shards": [{"file": f"pretrain/{s['file']}", "rows": s["rows"]} for s in shards],
+                     "rows": sum(s["rows"] for s in shards), "documents": writer.documents, "tokens": writer.tokens,
+                     "padding_tokens": writer.padding_tokens},
+        "instructions": {"dtype": dtype, "eos_id": eos_id, "ignore_index": IGNORE_INDEX, "examples": n_pairs,
+                         "parts": [{"jsonl": "instructions/instructions.jsonl",
+                                    "tokens": "instructions/instructions.tokens.bin",
+                                    "index": "instructions/instructions.index.npy", "examples": n_pairs}]},
+        "eval": evals, "manifests": manifests, "sources": per_source, "jobs": len(jobs), "warnings": warnings,
+        "config": cfg,
+    }
+    (out_dir / "stats.md").write_text(stats.report(meta))
+    tmp_meta = out_dir / "meta.json.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    tmp_meta.replace(out_dir / "meta.json")
+    return meta

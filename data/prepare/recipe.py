@@ -1,0 +1,122 @@
+"""The randomised parts of the RecGPT recipe (paper §2.1, App. A; ../shared/spec/recgpt.md §3-5, evaluation.md
+§1-3), on arrays of numbers, so that the plan (data/prepare/plan.py) can run them on a source of any size:
+
+- the seeded permutation of a source's users (it orders the output and gives the 99.5/0.5 user split);
+- P5's random 80/10/10 rating split of a benchmark;
+- the held-out examples of one benchmark user (P5's leave-one-out and the rating split), for its prompts.
+
+Both random draws make exactly the calls the in-memory recipe made on Python lists (`random.shuffle` of
+the sorted users; `random.choice` per user, then per item, then a shuffle), so a build gives the same
+users, order and splits as before the engine (tests/reference_recipe.py is that recipe, kept as the test
+oracle).
+"""
+import array
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from data.prepare.records import Interaction
+
+History = list[Interaction]
+
+
+def seeded_rng(seed: int, *parts: str) -> random.Random:
+    digest = hashlib.sha256(":".join([str(seed), *parts]).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def user_positions(n: int, seed: int, source: str) -> np.ndarray:
+    """(n,) int64: the place, in the seeded user order, of the r-th user in sorted order.
+
+    The order is `sorted(users)` shuffled by `random.shuffle` with the source's seeded generator; shuffling
+    the ranks 0..n-1 makes the same swaps, 8 bytes per user (2M users, the largest source of the paper, is
+    16 MB), and the users themselves stay in the engine."""
+    ranks = array.array("q", range(n))
+    seeded_rng(seed, "users", source).shuffle(ranks)  # ranks[p]: the sorted rank of the user at place p
+    positions = np.empty(n, dtype=np.int64)
+    positions[np.frombuffer(ranks, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+    return positions
+
+
+RATING_TRAIN, RATING_VALIDATION, RATING_TEST = 0, 1, 2
+RATING_SPLITS = ("train", "validation", "test")
+
+
+def p5_rating_split(user_sizes: np.ndarray, item_ranks: np.ndarray, seed: int, source: str) -> np.ndarray:
+    """P5's rating split (evaluation.md §2.2) -> (n,) int8 of RATING_TRAIN / _VALIDATION / _TEST.
+
+    The n interactions are numbered user by user (users in sorted order, each history in chronological
+    order): `user_sizes[u]` is the u-th user's count, `item_ranks[g]` the sorted rank of interaction g's item.
+    1. one random interaction of every user into train, then one of every item;
+    2. top train up uniformly at random to round(0.8 N);
+    3. round(0.1 N) of the rest become validation, the remainder test.
+    Same algorithm and counts as P5; the membership differs from P5's pickles (different RNG stream).
+    Memory: a few arrays of n numbers (benchmarks have at most a few million interactions)."""
+    rng = seeded_rng(seed, "p5-rating", source)
+    n = len(item_ranks)
+    train = np.zeros(n, dtype=bool)
+    start = 0
+    for size in user_sizes.tolist():
+        train[start + rng.choice(range(size))] = True  # choice(seq) = seq[randbelow(len(seq))]
+        start += size
+    by_item = np.argsort(item_ranks, kind="stable")  # each item's interactions, in numbering order
+    start = 0
+    for size in np.bincount(item_ranks).tolist():
+        if size:
+            train[by_item[start + rng.choice(range(size))]] = True
+            start += size
+    rest = array.array("q", np.flatnonzero(~train).tobytes())
+    rng.shuffle(rest)
+    n_top_up = max(0, round(0.8 * n) - int(train.sum()))
+    n_val = round(0.1 * n)
+    split = np.full(n, RATING_TEST, dtype=np.int8)
+    split[train] = RATING_TRAIN
+    rest = np.frombuffer(rest, dtype=np.int64)
+    split[rest[:n_top_up]] = RATING_TRAIN
+    split[rest[n_top_up: n_top_up + n_val]] = RATING_VALIDATION
+    return split
+
+
+@dataclass
+class HeldOut:
+    """One validation/test example of a benchmark: the user's history before the target."""
+    task: str  # "next_item" | "rating"
+    split: str  # "validation" | "test"
+    user: str
+    history: History
+    target: Interaction
+
+
+def heldout_examples(user: str, history: History, rating_split: Optional[list[int]]) -> list[HeldOut]:
+    """The held-out examples of one benchmark user, in the order the evaluation files list them.
+
+    next item: leave-one-out, last item = test, second-to-last = validation (P5); rating (when
+    `rating_split`, the RATING_* of each interaction): every validation/test interaction, whose history is
+    the user's earlier rating-train interactions (evaluation.md §4)."""
+    out = []
+    if len(history) >= 2:
+        out.append(HeldOut("next_item", "validation", user, history[:-2], history[-2]))
+    if history:
+        out.append(HeldOut("next_item", "test", user, history[:-1], history[-1]))
+    if rating_split is not None:
+        earlier_train: History = []
+        for x, s in zip(history, rating_split):
+            if s == RATING_TRAIN:
+                earlier_train.append(x)
+            else:
+                out.append(HeldOut("rating", RATING_SPLITS[s], user, list(earlier_train), x))
+    return out
+
+
+def near_equal_groups(n: int, k: int) -> list[tuple[int, int]]:
+    """[start, end) of k contiguous groups of n items whose sizes differ by at most one."""
+    base, extra = divmod(n, k)
+    bounds, start = [], 0
+    for g in range(k):
+        end = start + base + (1 if g < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
