@@ -171,4 +171,3 @@ def benchmark_split(histories: dict[str, History], seed: int, source: str, ratin
                     heldout_keys.add(k)
         train[user] = [x for x, k in zip(history, keys) if k not in heldout_keys]
     return train, heldout, heldout_keys
-

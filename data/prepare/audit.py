@@ -18,8 +18,8 @@ files, in the engine (bounded memory). Checks:
 import json
 import sys
 
-from data.prepare import engine
 from data.formats.packed import read_meta
+from data.prepare import engine
 
 SHOWN = 20  # leaks named in the report; all are counted
 

@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 
-from data.prepare import config as config_lib
-from data.prepare import pipeline
 from data.formats import tokenizer as tokenizer_lib
 from data.formats.packed import PackedDataset
+from data.prepare import config as config_lib
+from data.prepare import pipeline
 
 
 def bare_encode(tok_path: str, texts: list[str], batch: int, method: str) -> tuple[int, float]:

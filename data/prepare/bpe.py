@@ -14,8 +14,8 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data.prepare import engine, histories, normalise, plan, templates, workdir
 from data.formats.tokenizer import EOS
+from data.prepare import engine, histories, normalise, plan, templates, workdir
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_path) -> Tokenizer:

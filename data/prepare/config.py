@@ -115,4 +115,3 @@ def resolve(cfg: dict, path=None) -> dict:
     if not sources:
         raise ConfigError(f"{where}no sources")
     return cfg
-

@@ -12,6 +12,8 @@ import functools
 import pathlib
 from dataclasses import dataclass
 
+from data.formats import tokenizer as tokenizer_lib
+from data.formats.instructions import InstructionWriter
 from data.prepare import engine, histories, normalise, plan, templates, workdir
 from data.prepare.chunking import Chunker
 from data.prepare.encoder import Encoder
@@ -19,8 +21,6 @@ from data.prepare.eval_prompts import EvalWriter, write_prompts
 from data.prepare.manifests import ManifestWriter
 from data.prepare.pairs import write_pairs
 from data.prepare.pretrain import DocumentStream, write_documents
-from data.formats import tokenizer as tokenizer_lib
-from data.formats.instructions import InstructionWriter
 
 
 @dataclass(frozen=True)

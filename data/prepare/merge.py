@@ -10,15 +10,16 @@ Concatenated in order, the buckets' outputs are those of one job over all users,
 depend on how many buckets or processes built them. Memory: a copy buffer; the rows are cut on the fly.
 """
 import json
+import os
 import pathlib
 import shutil
 
 import numpy as np
 
-from data.prepare import plan, stats
-from data.prepare.jobs import Job, job_dir
 from data.formats.instructions import IGNORE_INDEX, InstructionWriter
 from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
+from data.prepare import plan, stats
+from data.prepare.jobs import Job, job_dir
 
 COPY_TOKENS = 1 << 22  # tokens read from a document stream at a time
 
@@ -38,6 +39,14 @@ def _fresh(path: pathlib.Path) -> pathlib.Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     return tmp
+
+
+def _link_or_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """A hard link where the filesystem allows (the manifests of a paper-scale build are gigabytes), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _into_place(tmp: pathlib.Path, path: pathlib.Path) -> None:
@@ -78,7 +87,7 @@ def merge(cfg: dict, sources: dict, plans: dict, jobs: list[Job], done: dict, to
         for j in jobs:
             rel = pathlib.Path(j.source) / f"{j.kind}-{j.bucket:05d}.parquet"
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(job_dir(cfg, j) / "manifest.parquet", tmp / rel)
+            _link_or_copy(job_dir(cfg, j) / "manifest.parquet", tmp / rel)
             manifests.append(f"manifests/{rel.as_posix()}")
     _into_place(tmp, out_dir / "manifests")
 

@@ -7,11 +7,11 @@ the fewest near-equal chunks whose pairs all fit (data/prepare/chunking.py).
 """
 import collections
 
+from data.formats.instructions import InstructionWriter
 from data.prepare import templates
 from data.prepare.chunking import Chunker
 from data.prepare.encoder import Encoder
 from data.prepare.manifests import ManifestWriter
-from data.formats.instructions import InstructionWriter
 
 
 def make_pairs(d: templates.Domain, group, counts: collections.Counter) -> list[tuple[str, str, str, dict]]:

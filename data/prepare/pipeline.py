@@ -28,10 +28,13 @@ import time
 
 from tqdm import tqdm
 
-from data.prepare import bpe, config as config_lib, jobs as jobs_lib, merge as merge_lib, normalise, plan, workdir
-from data.prepare.workdir import log
 from data.formats import tokenizer as tokenizer_lib
 from data.formats.packed import read_meta
+from data.prepare import bpe, normalise, plan, workdir
+from data.prepare import config as config_lib
+from data.prepare import jobs as jobs_lib
+from data.prepare import merge as merge_lib
+from data.prepare.workdir import log
 
 
 def _init_worker(threads: int) -> None:

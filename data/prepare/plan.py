@@ -30,9 +30,10 @@ import pathlib
 
 import pyarrow as pa
 
-from data.prepare import engine, normalise, recipe, templates, workdir
-from data.prepare.records import Item, ITEM_FIELDS
 from data.formats.evalfiles import item_id_order
+from data.prepare import engine, normalise, recipe, templates, workdir
+from data.prepare.records import ITEM_FIELDS, Item
+
 
 def plan_dir(cfg: dict, name: str) -> pathlib.Path:
     return pathlib.Path(cfg["work_dir"]) / "plan" / name

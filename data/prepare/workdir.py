@@ -11,8 +11,8 @@ import functools
 import hashlib
 import importlib.util
 import json
-import pathlib
 import os
+import pathlib
 import shutil
 import socket
 import sys
