@@ -167,7 +167,8 @@ def built(cfg: dict, state: dict) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
     ap.add_argument("--stage", choices=["all", "prepare", "merge"], default="all",
                     help="prepare: read and plan every source, train the tokenizer, list the jobs; merge: after all "
