@@ -1,16 +1,28 @@
-"""Our model checkpoint format: safetensors shards, an index and the resolved config.
+"""Model checkpoints: our format, which we write, and Hugging Face's MPT layout, which we read as it is.
 
     OUR_DIR/
       config.yaml                     the resolved MPTConfig (every key written out)
       model.safetensors.index.json    {"metadata": {"total_size": bytes}, "weight_map": {tensor: shard}}
       model-00001-of-0000N.safetensors
-      (tokenizer files, when the source had them)
+      (tokenizer files, when the source had them; README.md, the model card, on exports)
+
+    HF_DIR/ (mosaicml/mpt-7b, vinai/RecGPT-7B(-Instruct), or transformers' save_pretrained)
+      config.json                     mosaicml's remote-code MPT config or transformers' MptConfig
+      model.safetensors[.index.json] or pytorch_model.bin[.index.json], one file or shards
 
 Tensor names are the MPT module names without HF's `transformer.` prefix (`wte.weight`,
-`blocks.0.attn.Wqkv.weight`, ...). `load_model` builds on `meta` and fills each parameter from its shard
-directly on the target device and dtype, so the weights are never held twice.
+`blocks.0.attn.Wqkv.weight`, ...). An HF directory is read through a state-dict adapter, not converted:
+its names are mapped at load time (`transformer.` dropped; llm-foundry's Composer `model.` too; transformers'
+`lm_head.weight` checked equal to the tied embedding and dropped), one shard at a time; MPT's fused Wqkv is
+[Q | K | V] in both layouts, so nothing is permuted (spec/mpt.md sections 3, 4, 13). `.bin` files are
+pickles: they are read only with `torch.load(weights_only=True, mmap=True)`, which refuses anything but
+tensors. `read_config`, `iter_checkpoint` and `load_model` take either layout. `load_model` builds on
+`meta` and fills each parameter from its shard directly on the target device and dtype, so the weights are
+never held twice. A missing, unexpected, duplicated, mis-placed or mis-shaped tensor, or an unreadable file,
+is an error naming it.
 """
 import dataclasses
+import hashlib
 import json
 import pathlib
 
@@ -24,7 +36,11 @@ from model.mpt import MPT
 
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.yaml"
+HF_CONFIG_NAME = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+HF_PREFIX = "transformer."
+COMPOSER_PREFIX = "model."
+TIED_HEAD = "lm_head.weight"
 
 
 class CheckpointError(ValueError):
@@ -101,11 +117,22 @@ def save_model(state_dict: dict, config: MPTConfig, out_dir, max_shard_bytes: in
     write_config(config, out_dir)
 
 
+def layout(model_dir) -> str:
+    """"ours" (config.yaml) or "hf" (config.json); an error naming the directory otherwise."""
+    model_dir = pathlib.Path(model_dir)
+    if (model_dir / CONFIG_NAME).is_file():
+        return "ours"
+    if (model_dir / HF_CONFIG_NAME).is_file():
+        return "hf"
+    what = "not a directory" if not model_dir.is_dir() else f"neither {CONFIG_NAME} (ours) nor {HF_CONFIG_NAME} (HF)"
+    raise CheckpointError(f"{model_dir}: not a model checkpoint: {what}")
+
+
 def read_config(model_dir) -> MPTConfig:
-    path = pathlib.Path(model_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no {CONFIG_NAME} (is this a directory written by model.convert?)")
-    return MPTConfig.from_yaml(path)
+    model_dir = pathlib.Path(model_dir)
+    if layout(model_dir) == "ours":
+        return MPTConfig.from_yaml(model_dir / CONFIG_NAME)
+    return MPTConfig.from_mpt_json(model_dir / HF_CONFIG_NAME)
 
 
 def read_index(model_dir) -> dict:
@@ -138,8 +165,12 @@ def iter_safetensors(path, names=None, device="cpu"):
 
 
 def iter_checkpoint(model_dir, config: MPTConfig, device="cpu"):
-    """Our checkpoint one shard at a time: yields (shard path, {name: tensor on device}), every name and shape
-    checked against `config` and no tensor missing. Only one shard is in memory at a time."""
+    """A checkpoint of either layout one shard at a time: yields (shard path, {our name: tensor on device}),
+    every name and shape checked against `config` and no tensor missing. Only one shard is in memory at a
+    time (an HF shard holding only the tied lm_head yields an empty dict)."""
+    if layout(model_dir) == "hf":
+        yield from _iter_hf(pathlib.Path(model_dir), config, device)
+        return
     expected = expected_shapes(config)
     index = read_index(model_dir)
     index_path = pathlib.Path(model_dir) / INDEX_NAME
@@ -158,8 +189,15 @@ def iter_checkpoint(model_dir, config: MPTConfig, device="cpu"):
         yield shard, tensors
 
 
+def shard_count(model_dir) -> int:
+    """How many shards iter_checkpoint yields."""
+    if layout(model_dir) == "hf":
+        return len(hf_weight_files(pathlib.Path(model_dir))[0])
+    return len(set(read_index(model_dir).values()))
+
+
 def load_model(model_dir, device="cpu", dtype=None, **overrides) -> MPT:
-    """Build the model from our directory onto `device` in `dtype` (default: as stored).
+    """Build the model from a checkpoint of either layout onto `device` in `dtype` (default: as stored).
 
     `overrides` replace config keys that do not change the weights, e.g. attn_impl="torch".
     """
@@ -173,3 +211,89 @@ def load_model(model_dir, device="cpu", dtype=None, **overrides) -> MPT:
             tensors = {name: t.to(dtype) for name, t in tensors.items()}
         model.load_state_dict(tensors, strict=False, assign=True)  # replaces the meta tensors, no copy
     return model.eval()
+
+
+# -- Hugging Face's layout, read through name mapping ------------------------------------------------------
+
+def hf_to_ours(hf_name: str):
+    """HF tensor name -> our name; None for the tied lm_head."""
+    name = hf_name.removeprefix(COMPOSER_PREFIX)
+    if name == TIED_HEAD:
+        return None
+    if not name.startswith(HF_PREFIX):
+        return hf_name  # reported as unexpected by check_tensor
+    return name.removeprefix(HF_PREFIX)
+
+
+def ours_to_hf(name: str) -> str:
+    return HF_PREFIX + name
+
+
+def hf_weight_files(hf_dir: pathlib.Path):
+    """The weight shards of an HF directory, in order, the reader for their format, and the index (or None)."""
+    for index_name, single, reader in (("model.safetensors.index.json", "model.safetensors", _read_safetensors),
+                                       ("pytorch_model.bin.index.json", "pytorch_model.bin", _read_bin)):
+        index = hf_dir / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index}: not a valid weight index ({e})") from None
+            shards = sorted(set(weight_map.values()))
+            for shard in shards:
+                if not (hf_dir / shard).is_file():
+                    raise CheckpointError(f"{index}: names shard '{shard}', which does not exist")
+            return [hf_dir / s for s in shards], reader, weight_map
+        if (hf_dir / single).is_file():
+            return [hf_dir / single], reader, None
+    raise CheckpointError(f"{hf_dir}: no model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
+
+
+def _read_safetensors(path, device="cpu"):
+    return dict(iter_safetensors(path, device=device))
+
+
+def _read_bin(path, device="cpu"):
+    try:  # weights_only refuses to unpickle anything but tensors and plain containers
+        state = torch.load(path, map_location=device, weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, not a pickle, or a forbidden global
+        raise CheckpointError(f"{path}: unreadable PyTorch weights file (truncated, corrupt or not "
+                              f"tensor-only?): {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a flat {{name: tensor}} state dict")
+    return state
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _iter_hf(hf_dir: pathlib.Path, config: MPTConfig, device="cpu"):
+    """An HF directory one shard at a time, in our names (iter_checkpoint)."""
+    expected = expected_shapes(config)
+    shards, read, index = hf_weight_files(hf_dir)
+    # hashing the 400 MB embedding is only needed when an lm_head must be checked against it
+    check_head = index is None or any(hf_to_ours(k) is None for k in index)
+    seen, digests = {}, {}
+    for shard in shards:
+        out = {}
+        for hf_name, t in read(shard, device).items():
+            if index is not None and index.get(hf_name) != shard.name:
+                raise CheckpointError(f"{shard}: holds tensor '{hf_name}', which the index places in "
+                                      f"{index.get(hf_name)!r}")
+            name = hf_to_ours(hf_name)
+            if name is None or (name == "wte.weight" and check_head):
+                digests[hf_name.removeprefix(COMPOSER_PREFIX)] = _digest(t)
+                if name is None:
+                    continue
+            check_tensor(name, t.shape, expected, shard)
+            if name in seen:  # e.g. both `model.transformer.x` and `transformer.x`
+                raise CheckpointError(f"{shard}: tensor '{hf_name}' maps to '{name}', which {seen[name]} "
+                                      f"already provided")
+            seen[name] = shard
+            out[name] = t
+        yield shard, out
+        del out
+    check_complete(seen, expected, hf_dir)
+    if TIED_HEAD in digests and digests[TIED_HEAD] != digests.get(HF_PREFIX + "wte.weight"):
+        raise CheckpointError(f"{hf_dir}: '{TIED_HEAD}' differs from 'transformer.wte.weight', but MPT ties them")

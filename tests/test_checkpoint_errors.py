@@ -174,6 +174,8 @@ def test_untied_lm_head_refused(tmp_path):
     write_hf_dir(tmp_path / "hf", state=state)
     with pytest.raises(CheckpointError, match=r"'lm_head\.weight' differs from 'transformer\.wte\.weight'"):
         convert_from_hf(tmp_path / "hf", tmp_path / "ours")
+    with pytest.raises(CheckpointError, match=r"'lm_head\.weight' differs"):  # read as it is: the same check
+        load_model(tmp_path / "hf")
     state["lm_head.weight"] = state["transformer.wte.weight"].clone()  # a tied copy is accepted and dropped
     write_hf_dir(tmp_path / "hf", state=state)
     convert_from_hf(tmp_path / "hf", tmp_path / "ours")

@@ -167,6 +167,31 @@ def copy_tokenizer(data_path, out_dir) -> Optional[pathlib.Path]:
     return None
 
 
+def write_export_card(cfg, task: str, record: dict, config, out_dir) -> pathlib.Path:
+    """The exported model's card (model/card.py): its base model, the data build, the run, its last loss."""
+    from data.formats.packed import read_meta
+    from model.card import read_card, write_card
+
+    base = cfg.model.init_from
+    data = {"build": cfg.data.path}
+    try:
+        _, meta = read_meta(cfg.data.path)
+        data.update(name=(meta.get("config") or {}).get("name"), fingerprint=meta.get("fingerprint"),
+                    tokenizer_sha256=(meta.get("tokenizer") or {}).get("sha256"))
+    except (FileNotFoundError, ValueError, TypeError):
+        pass  # synthetic or benchmark data: the path is what there is
+    training = {"task": task, "run": cfg.run.out_dir, "steps": record.get("step"),
+                "tokens_seen": record.get("tokens_seen"), "global_batch_size": cfg.train.global_batch_size,
+                "optimizer": f"LION lr {cfg.optim.lr}", "schedule": cfg.schedule.name}
+    if base is not None:
+        earlier = read_card(base).get("base_model")
+        training["initialised_from"] = f"{base}" + (f" (itself from {earlier})" if earlier else "")
+    metrics = {"last_training_loss": round(float(record["loss"]), 4)} if record and "loss" in record else None
+    return write_card(out_dir, config, base_model=read_card(base).get("base_model", base) if base else None,
+                      data={k: v for k, v in data.items() if v}, training=training, metrics=metrics,
+                      dtype=str(cfg.checkpoint.export_dtype))
+
+
 def export_model(model, config, out_dir, dtype: torch.dtype, rank: int):
     """Gather the full state dict (to rank 0's CPU) and write our safetensors format (model/checkpoint.py)."""
     from model.checkpoint import save_model

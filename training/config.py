@@ -23,7 +23,7 @@ DEFAULTS = {
     "model": {
         "name": "tiny",                # configs/model/<name>.yaml, used when init_from is null
         "config": None,                # or a path to a model YAML (overrides name)
-        "init_from": None,             # our converted checkpoint dir (python -m model.convert); null = from scratch
+        "init_from": None,             # a checkpoint dir, ours or a Hugging Face MPT dir (e.g. mosaicml/mpt-7b); null = from scratch
         "overrides": {},               # model config keys that do not change the weights, e.g. {attn_impl: triton}
     },
     "data": {

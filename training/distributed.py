@@ -3,7 +3,7 @@
 The model file knows nothing of this (torchtitan's split): `build_sharded_model` builds MPT on `meta`, applies
 `parallelize` (activation checkpointing per block, `fully_shard` per block, then the root), allocates only the
 local shards with `to_empty`, then fills them one full tensor at a time from rank 0 (from scratch: MPT's init on
-rank 0's CPU; or a converted checkpoint read shard by shard), so no rank other than 0 ever holds a full tensor
+rank 0's CPU; or a checkpoint, ours or HF's layout, read shard by shard), so no rank other than 0 ever holds a full tensor
 and rank 0 holds one at a time (plus, when initialising from scratch, the CPU model it initialises).
 
 Works the same with 1 process (plain `python train.py`: a world of one, gloo or nccl) and under
@@ -177,8 +177,8 @@ def fill_from_rank0(model, full_tensors, shapes: dict, rank: int):
 
 
 class _ShardsOnDemand(dict):
-    """name -> tensor of a converted checkpoint, read through model.checkpoint.iter_checkpoint (names, shapes and
-    completeness checked there): the next shard is read only when a requested name is not loaded yet."""
+    """name -> tensor of a checkpoint (ours or HF's layout), read through model.checkpoint.iter_checkpoint (names,
+    shapes and completeness checked there): the next shard is read only when a requested name is not loaded yet."""
 
     def __init__(self, model_dir, config: MPTConfig):
         super().__init__()
@@ -193,9 +193,14 @@ class _ShardsOnDemand(dict):
             self.update(tensors)
         return dict.pop(self, name)
 
+    def finish(self) -> None:
+        """Read what is left (an HF layout's tied lm_head, say): the checks at the end of the checkpoint run."""
+        for _ in self._shards:
+            pass
+
 
 def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0) -> MPT:
-    """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a converted checkpoint."""
+    """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a checkpoint (either layout)."""
     with torch.device("meta"):
         model = MPT(config)
     parallelize(model, d.mesh, pcfg["mixed_precision"], pcfg["activation_checkpointing"],
@@ -206,10 +211,12 @@ def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: 
     if init_from is not None:
         if d.is_main:
             if expected_shapes(read_config(init_from)) != shapes:
-                raise ValueError(f"model.init_from = {init_from}: its config.yaml has different shapes from the "
+                raise ValueError(f"model.init_from = {init_from}: its config has different shapes from the "
                                  f"model config of this run")
             source = _ShardsOnDemand(init_from, config)
     elif d.is_main:
         source = build_model(config, device="cpu", seed=seed).state_dict()  # MPT's init on rank 0's CPU
     fill_from_rank0(model, source, shapes, d.rank)
+    if isinstance(source, _ShardsOnDemand):
+        source.finish()
     return model

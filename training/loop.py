@@ -228,6 +228,7 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
                 ckpt.export_model(model, config, out, export_dtype, d.rank)
                 if d.is_main:
                     ckpt.copy_tokenizer(cfg.data.path, out)
+                    ckpt.write_export_card(cfg, task, record, config, out)
                 log.print(f"[{task}] exported the final model to {out} ({cfg.checkpoint.export_dtype})")
     log.close()
     return record

@@ -69,7 +69,7 @@ def main(argv=None):
     cfg = load_config(args.config, overrides)
     if cfg.model.init_from is None or _has_config(cfg.model.init_from):
         c = model_config(cfg)
-    else:  # the converted checkpoint is not there yet: the named model config has the same shapes
+    else:  # the checkpoint is not there yet: the named model config has the same shapes
         c = dataclasses.replace(MPTConfig.from_name(cfg.model.name), **cfg.model.overrides)
         print(f"(model.init_from {cfg.model.init_from} not found: using model.name {cfg.model.name!r})")
     seq_len = cfg.data.seq_len or c.max_seq_len
@@ -95,7 +95,9 @@ def main(argv=None):
 def _has_config(path) -> bool:
     import pathlib
 
-    return (pathlib.Path(path) / "config.yaml").is_file()
+    from model.checkpoint import CONFIG_NAME, HF_CONFIG_NAME
+
+    return any((pathlib.Path(path) / name).is_file() for name in (CONFIG_NAME, HF_CONFIG_NAME))
 
 
 if __name__ == "__main__":
