@@ -241,8 +241,10 @@ def beam_search(model: MPT, prompts, cfg: GenerationConfig, decode=None, constra
     prompt, best score first (fewer when a constraint leaves fewer valid sequences).
 
     constraint: an object with `start(n_rows) -> state`, `allowed(state) -> (rows, V) bool`,
-    `advance(state, rows, tokens) -> state` and `describe(tokens) -> dict` (constrained.CatalogTrie); under
-    a constraint a beam cut by max_new_tokens is not a complete item and is never returned.
+    `advance(state, rows, tokens) -> state` and `describe(tokens) -> dict` (constrained.CatalogTrie). Under
+    a constraint the constraint alone says where an output ends (EOS after a complete item): stop strings do
+    not end a beam (an item's text may hold one, and a beam stopped there would not be an item), and a beam
+    cut by max_new_tokens is not a complete item and is never returned.
     """
     device = model.wte.weight.device
     K, T, lp_power = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
@@ -288,7 +290,7 @@ def beam_search(model: MPT, prompts, cfg: GenerationConfig, decode=None, constra
         reason = torch.full((A, n_candidates), -1, dtype=torch.long, device=device)
         if t == T - 1:
             reason.fill_(2)
-        if stops:
+        if stops and constraint is None:
             lengths = torch.full((A * n_candidates,), t + 1, device=device)
             hit = stops.hits(cand_tokens.view(-1, T), lengths).view(A, n_candidates)
             reason = torch.where(hit, 1, reason)

@@ -101,18 +101,23 @@ def save_model(state_dict: dict, config: MPTConfig, out_dir, max_shard_bytes: in
     for name, t in state_dict.items():
         check_tensor(name, t.shape, expected, "state_dict")
     check_complete(state_dict, expected, "state_dict")
-    groups, current, size = [], {}, 0
+    # shards planned from sizes alone, then each converted (to CPU and dtype) and written in turn: beyond the
+    # state dict itself, memory holds one converted shard
+    groups, current, size = [], [], 0
     for name in expected:  # model order keeps each block's tensors together
-        t = state_dict[name].detach().to("cpu", dtype=dtype or state_dict[name].dtype)
-        if current and size + t.numel() * t.element_size() > max_shard_bytes:
+        t = state_dict[name]
+        n_bytes = t.numel() * (dtype or t.dtype).itemsize
+        if current and size + n_bytes > max_shard_bytes:
             groups.append(current)
-            current, size = {}, 0
-        current[name] = t
-        size += t.numel() * t.element_size()
+            current, size = [], 0
+        current.append(name)
+        size += n_bytes
     groups.append(current)
     writer = ShardWriter(out_dir, len(groups))
-    for group in groups:
-        writer.write(group)
+    for names in groups:
+        shard = {name: state_dict[name].detach().to("cpu", dtype=dtype or state_dict[name].dtype) for name in names}
+        writer.write(shard)
+        del shard
     writer.finish()
     write_config(config, out_dir)
 

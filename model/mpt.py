@@ -80,19 +80,22 @@ class KVCache:
     def reorder(self, index: torch.Tensor):
         """Beam search: row b becomes old row index[b] (index may repeat rows, drop them, or change the count).
 
-        Only the filled positions are gathered, one layer at a time, so the extra memory is one layer's
-        filled part, not a second cache (at 7B with 10 beams the cache itself is tens of GB).
+        Only the filled positions are gathered, one layer at a time. With as many rows or fewer (beams
+        reordered, finished prompts dropped) the gather is in place, into the first rows, and the extra memory
+        is one layer's filled part (at 7B with 10 beams the cache itself is tens of GB; the rows dropped stay
+        allocated until the cache is). With more rows (a prompt spread into its beams, at the first step) a
+        cache of the new size is allocated beside the old, smaller one.
         """
-        n = self.length
-        if index.numel() == self.keys.shape[1]:
-            targets = (self.keys, self.values)  # same number of rows: gather in place
+        n, rows = self.length, index.numel()
+        if rows <= self.keys.shape[1]:
+            targets = (self.keys, self.values)
         else:
-            shape = (self.keys.shape[0], index.numel()) + self.keys.shape[2:]
+            shape = (self.keys.shape[0], rows) + self.keys.shape[2:]
             targets = tuple(torch.empty(shape, device=self.keys.device, dtype=self.keys.dtype) for _ in range(2))
         for old, new in zip((self.keys, self.values), targets):
             for layer in range(old.shape[0]):
-                new[layer, :, :, :n] = old[layer, :, :, :n].index_select(0, index)  # (R, H, n, D)
-        self.keys, self.values = targets
+                new[layer, :rows, :, :n] = old[layer, :, :, :n].index_select(0, index)  # (R, H, n, D)
+        self.keys, self.values = targets[0][:, :rows], targets[1][:, :rows]
 
 
 class AttentionInputs(NamedTuple):

@@ -245,3 +245,30 @@ def test_save_model_rejects_wrong_state_dict():
     sd["blocks.0.extra"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'blocks\.0\.extra'"):
         save_model(sd, TINY, "/nonexistent")
+
+
+def test_save_model_converts_one_shard_at_a_time(tmp_path, monkeypatch):
+    """The export writes each shard as soon as it is converted (to the CPU and the export dtype): when a shard is
+    written, no tensor of a later shard has been converted yet."""
+    import gc
+    import warnings
+
+    import model.checkpoint as checkpoint
+
+    state = build_model(TINY, seed=0).state_dict()  # fp32
+    alive_at_write = []
+    real = checkpoint.ShardWriter.write
+
+    def write(self, tensors):
+        gc.collect()
+        with warnings.catch_warnings():  # (isinstance on every object touches deprecated torch attributes)
+            warnings.simplefilter("ignore")
+            alive = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.dtype == torch.bfloat16)
+        alive_at_write.append((len(tensors), alive))
+        return real(self, tensors)
+    monkeypatch.setattr(checkpoint.ShardWriter, "write", write)
+    save_model(state, TINY, tmp_path / "out", max_shard_bytes=40_000, dtype=torch.bfloat16)
+    assert len(alive_at_write) > 3
+    assert all(alive == n for n, alive in alive_at_write), alive_at_write  # only the shard being written
+    loaded = load_model(tmp_path / "out")
+    assert all(torch.equal(loaded.state_dict()[k], v.to(torch.bfloat16)) for k, v in state.items())

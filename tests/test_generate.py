@@ -289,6 +289,30 @@ def test_constrained_beam_search_returns_only_catalog_items(models, prompts):
     assert short == [[], [], []]
 
 
+def test_constrained_beams_end_on_items_whatever_the_stop_strings(models, prompts):
+    """A stop string that occurs inside item texts does not end a constrained beam mid-item (the outputs would
+    then be no catalog item, and evaluate.py failed on their empty item list): the trie decides where outputs
+    end, so the outputs are those of the same search without stop strings."""
+    from evaluation.constrained import CatalogTrie
+
+    _, ours = models
+    seqs = toy_catalog()
+    trie = CatalogTrie(seqs, [str(i) for i in range(len(seqs))], eos_id=EOS, vocab_size=512)
+
+    def decode(tokens):  # a character per token
+        return "".join(chr(0x4E00 + t) for t in tokens)
+    base = GenerationConfig(max_new_tokens=10, num_beams=5, num_return_sequences=5, eos_token_id=EOS, pad_token_id=PAD)
+    plain = generate(ours, prompts, base, constraint=trie)
+    # the first token of a returned item of two or more tokens: a stop string met before the item ends
+    stop = decode(next(g.tokens for per in plain for g in per if len(g.tokens) >= 3)[:1])
+    stopped = generate(ours, prompts, GenerationConfig(**{**base.__dict__, "stop_strings": (stop,)}), decode=decode,
+                       constraint=trie)
+    assert [[(g.tokens, g.score) for g in per] for per in stopped] == [[(g.tokens, g.score) for g in per] for per in plain]
+    for per in stopped:
+        assert per and all(g.extra["item_ids"] and g.finish_reason == "eos" for g in per)
+    assert any(stop in decode(g.tokens) for per in stopped for g in per)  # the case arose
+
+
 def test_trie_over_real_item_texts_round_trips(shared_data):
     """With the GPT-NeoX tokenizer, a constrained output decodes back to exactly its catalog text."""
     import json

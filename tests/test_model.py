@@ -147,10 +147,13 @@ def test_kv_cache_reorder_and_limits():
         with torch.no_grad():
             grown = model.new_kv_cache(3, max_len=10)
             model(prefix, kv_cache=grown)
+            storage = grown.keys.untyped_storage().data_ptr()
             grown.reorder(rows)
             step = torch.randint(0, 512, (len(index), 1))
             torch.testing.assert_close(model(step, kv_cache=grown), model(torch.cat([history, step], 1))[:, -1:],
                                        **TOL)
+        # fewer rows: gathered in place (no second cache); more rows: a new cache of the new size
+        assert (grown.keys.untyped_storage().data_ptr() == storage) == (len(index) <= 3)
     with pytest.raises(ValueError, match="KV cache holds 10"):
         model(torch.randint(0, 512, (3, 2)), kv_cache=cache)
     with pytest.raises(ValueError, match="max_seq_len=128"):

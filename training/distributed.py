@@ -3,8 +3,10 @@
 The model file knows nothing of this (torchtitan's split): `build_sharded_model` builds MPT on `meta`, applies
 `parallelize` (activation checkpointing per block, `fully_shard` per block, then the root), allocates only the
 local shards with `to_empty`, then fills them one full tensor at a time from rank 0 (from scratch: MPT's init on
-rank 0's CPU; or a checkpoint, ours or HF's layout, read shard by shard), so no rank other than 0 ever holds a full tensor
-and rank 0 holds one at a time (plus, when initialising from scratch, the CPU model it initialises).
+rank 0's CPU; or a checkpoint, ours or HF's layout, read shard by shard). Rank 0 holds the source's current shard
+(or, from scratch, the CPU model it initialises); every rank, rank 0 included, holds at most one full tensor at a
+time besides its local shards: the buffer `distribute_tensor` scatters from (the largest, MPT-7B's embedding, is
+0.4 GB in fp32).
 
 Works the same with 1 process (plain `python train.py`: a world of one, gloo or nccl) and under
 `torchrun --nproc_per_node N` / multi-node, so every path is the one the tests exercise.
@@ -152,7 +154,8 @@ def fill_from_rank0(model, full_tensors, shapes: dict, rank: int):
     """Copy full tensors, available on rank 0 only, into the sharded parameters, one tensor at a time.
 
     full_tensors: on rank 0 an iterator of (canonical name, tensor); ignored on the other ranks. Names are sent in
-    the model's own order, so every rank issues the same collectives.
+    the model's own order, so every rank issues the same collectives. The other ranks allocate an empty full-size
+    buffer for each tensor in turn (the scatter's argument), freed before the next: one full tensor at a time.
     """
     local = {canonical_name(n): p for n, p in model.state_dict().items()}
     if rank == 0:
