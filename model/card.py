@@ -13,7 +13,8 @@ from model.config import MPTConfig
 
 CARD_NAME = "README.md"
 # the published bases and their licences (spec/mpt.md, spec/recgpt.md; MPT-7B's model card states Apache 2.0)
-LICENSES = {"mosaicml/mpt-7b": "apache-2.0", "vinai/recgpt-7b": "cc-by-nc-4.0", "vinai/recgpt-7b-instruct": "cc-by-nc-4.0"}
+LICENSES = {"mosaicml/mpt-7b": "apache-2.0", "vinai/recgpt-7b": "cc-by-nc-4.0",
+            "vinai/recgpt-7b-instruct": "cc-by-nc-4.0"}
 
 
 def read_card(model_dir) -> dict:
@@ -82,7 +83,8 @@ def write_card(out_dir, config: MPTConfig, base_model=None, data=None, training=
               "## How to load",
               "```python"]
     if layout == "hf":
-        lines += ["from transformers import MptForCausalLM", f"model = MptForCausalLM.from_pretrained({str(out_dir)!r})"]
+        lines += ["from transformers import MptForCausalLM",
+                  f"model = MptForCausalLM.from_pretrained({str(out_dir)!r})"]
     else:
         lines += ["from model.checkpoint import load_model", f"model = load_model({str(out_dir)!r})"]
     lines += ["```", ""]

@@ -307,7 +307,9 @@ def test_constrained_beams_end_on_items_whatever_the_stop_strings(models, prompt
     stop = decode(next(g.tokens for per in plain for g in per if len(g.tokens) >= 3)[:1])
     stopped = generate(ours, prompts, GenerationConfig(**{**base.__dict__, "stop_strings": (stop,)}), decode=decode,
                        constraint=trie)
-    assert [[(g.tokens, g.score) for g in per] for per in stopped] == [[(g.tokens, g.score) for g in per] for per in plain]
+    def found(outputs):
+        return [[(g.tokens, g.score) for g in per] for per in outputs]
+    assert found(stopped) == found(plain)
     for per in stopped:
         assert per and all(g.extra["item_ids"] and g.finish_reason == "eos" for g in per)
     assert any(stop in decode(g.tokens) for per in stopped for g in per)  # the case arose

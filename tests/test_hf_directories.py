@@ -74,7 +74,8 @@ def test_evaluate_takes_an_hf_directory(tmp_path, hf_with_tokenizer):
         evaluate.main(["--checkpoint", str(ckpt), "--benchmark", str(bench), "--task", "rating", "--out", str(out),
                        "--device", "cpu", "--max-new-tokens", "6", "--seeds", "0", "1", "--fallback-rating", "3.0"])
         outputs[name] = [json.loads(line) for line in open(out / "predictions.jsonl")]
-    assert outputs["hf"] == outputs["ours"] and len(outputs["hf"]) == 6 and set(outputs["hf"][0]["outputs"]) == {"0", "1"}
+    assert outputs["hf"] == outputs["ours"]
+    assert len(outputs["hf"]) == 6 and set(outputs["hf"][0]["outputs"]) == {"0", "1"}
 
 
 def test_finetune_initialises_from_an_hf_directory(tmp_path, hf_with_tokenizer):
@@ -97,4 +98,5 @@ def test_finetune_initialises_from_an_hf_directory(tmp_path, hf_with_tokenizer):
     back = transformers.MptForCausalLM.from_pretrained(tmp_path / "shared").eval()
     ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        torch.testing.assert_close(back(ids).logits, load_model(tmp_path / "ft-hf" / "model")(ids), atol=1e-5, rtol=1e-5)
+        ours = load_model(tmp_path / "ft-hf" / "model")(ids)
+        torch.testing.assert_close(back(ids).logits, ours, atol=1e-5, rtol=1e-5)

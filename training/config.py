@@ -23,7 +23,7 @@ DEFAULTS = {
     "model": {
         "name": "tiny",                # configs/model/<name>.yaml, used when init_from is null
         "config": None,                # or a path to a model YAML (overrides name)
-        "init_from": None,             # a checkpoint dir, ours or a Hugging Face MPT dir (e.g. mosaicml/mpt-7b); null = from scratch
+        "init_from": None,             # a checkpoint dir, ours or a HF MPT dir (mosaicml/mpt-7b); null = scratch
         "overrides": {},               # model config keys that do not change the weights, e.g. {attn_impl: triton}
     },
     "data": {

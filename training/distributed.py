@@ -203,7 +203,8 @@ class _ShardsOnDemand(dict):
 
 
 def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0) -> MPT:
-    """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a checkpoint (either layout)."""
+    """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a checkpoint (ours or
+    HF's layout)."""
     with torch.device("meta"):
         model = MPT(config)
     parallelize(model, d.mesh, pcfg["mixed_precision"], pcfg["activation_checkpointing"],
