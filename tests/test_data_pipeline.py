@@ -186,7 +186,9 @@ def test_same_bytes_whatever_the_buckets_and_workers(tmp_path, inputs):
         if extra:
             assert json.loads((out / "meta.json").read_text())["jobs"] > 10
         other = files_of(out)
-        assert {k for k in other if not k.startswith("manifests/")} == {k for k in one if not k.startswith("manifests/")}
+        def outputs(files):
+            return {k for k in files if not k.startswith("manifests/")}
+        assert outputs(other) == outputs(one)
         for k in one:
             if not k.startswith("manifests/") and k not in ("meta.json", "stats.md"):
                 assert other[k] == one[k], (name, k)
@@ -432,3 +434,25 @@ def test_slurm_launcher_runs_the_stages_as_jobs(tmp_path, inputs):
     for k in want:
         if k not in ("meta.json", "stats.md"):
             assert got[k] == want[k], k
+
+
+def test_a_stage_is_complete_or_absent(tmp_path):
+    """workdir.run_stage: a failing write leaves nothing; when another process finished the same stage first (its
+    folder appeared while this one wrote), that folder is kept and returned; a different fingerprint redoes it."""
+    folder = tmp_path / "stage"
+
+    def failing(out):
+        (out / "half").write_text("x")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        workdir.run_stage(folder, "fp1", failing, "stage")
+    assert list(tmp_path.iterdir()) == []
+
+    def beaten(out):  # another process renames its finished folder into place meanwhile
+        folder.mkdir()
+        (folder / "done.json").write_text(json.dumps({"fingerprint": "fp1", "result": {"by": "first"}}))
+        return {"by": "second"}
+    assert workdir.run_stage(folder, "fp1", beaten, "stage")["result"] == {"by": "first"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+    redone = workdir.run_stage(folder, "fp2", lambda o: {"by": "redo"}, "stage", announce=False)
+    assert redone["result"] == {"by": "redo"} and workdir.done_record(folder) == redone

@@ -173,6 +173,7 @@ def write_export_card(cfg, task: str, record: dict, config, out_dir) -> pathlib.
     from model.card import read_card, write_card
 
     base = cfg.model.init_from
+    lineage = read_card(base).get("base_model") if base else None  # what the init_from model came from
     data = {"build": cfg.data.path}
     try:
         _, meta = read_meta(cfg.data.path)
@@ -184,10 +185,9 @@ def write_export_card(cfg, task: str, record: dict, config, out_dir) -> pathlib.
                 "tokens_seen": record.get("tokens_seen"), "global_batch_size": cfg.train.global_batch_size,
                 "optimizer": f"LION lr {cfg.optim.lr}", "schedule": cfg.schedule.name}
     if base is not None:
-        earlier = read_card(base).get("base_model")
-        training["initialised_from"] = f"{base}" + (f" (itself from {earlier})" if earlier else "")
+        training["initialised_from"] = f"{base}" + (f" (itself from {lineage})" if lineage else "")
     metrics = {"last_training_loss": round(float(record["loss"]), 4)} if record and "loss" in record else None
-    return write_card(out_dir, config, base_model=read_card(base).get("base_model", base) if base else None,
+    return write_card(out_dir, config, base_model=(lineage or base) if base else None,
                       data={k: v for k, v in data.items() if v}, training=training, metrics=metrics,
                       dtype=str(cfg.checkpoint.export_dtype))
 

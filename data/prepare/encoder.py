@@ -89,7 +89,6 @@ class Encoder:
     threads."""
 
     def __init__(self, tok):
-        self.tok = tok
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)  # fast: no character offsets
         nl = tok.encode("\n", add_special_tokens=False).ids
         self.nl_id = nl[0] if line_local(tok) else None

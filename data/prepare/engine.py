@@ -4,7 +4,7 @@ DuckDB (an embedded analytical database) runs the steps that need a whole source
 user, counting, sorting histories, joins for the leakage rules, the audit) on columnar files, and spills
 to `<work_dir>/tmp` when its state outgrows `memory_limit`: grouping, joining, sorting and windowing are
 out of core there, so the memory of these steps is set by the budget, not by the corpus. Python touches
-one batch of rows at a time (`rows`, `ParquetRows`).
+one batch of rows at a time (`rows`, `ParquetColumns`).
 """
 import os
 import pathlib
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def connect(work_dir, memory_limit: str = "1GB", threads: Optional[int] = None,
+def connect(work_dir, memory_limit: str, threads: Optional[int] = None,
             database=None) -> duckdb.DuckDBPyConnection:
     """A DuckDB whose buffers stay under `memory_limit` and spill to <work_dir>/tmp/<pid>; in memory, or in
     the `database` file (whose tables the engine can then move out of memory)."""

@@ -66,18 +66,18 @@ def run_stage(folder, fp: str, write: Callable[[pathlib.Path], Optional[dict]], 
     tmp = folder.with_name(f"{folder.name}.tmp-{HOST}-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
-        result = write(tmp)
-        record = {"fingerprint": fp, "result": result}
+        record = {"fingerprint": fp, "result": write(tmp)}
         (tmp / "done.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        tmp.rename(folder)
-    except OSError:
-        if (done_record(folder) or {}).get("fingerprint") != fp:
-            raise
-        shutil.rmtree(tmp)  # another process finished the same stage first: keep its folder
-        return done_record(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        tmp.rename(folder)
+    except OSError:  # the folder is there: another process finished the same stage first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (done_record(folder) or {}).get("fingerprint") != fp:
+            raise
+        return done_record(folder)
     return record
 
 
