@@ -9,6 +9,11 @@
         --out out/eval/ml-rating --seeds 0 1 2
     # the same examples for the simple baselines (most popular, global / per-item mean rating)
     python -m evaluation.baselines --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --sample 2000 --out out/eval/base
+    # a YAML config (every key: evaluation/config.py) with flags and --section.key=value as overrides
+    python evaluate.py configs/eval/demo-next-item.yaml --checkpoint=out/demo/finetune/model --sample 100
+
+Config: evaluation/config.py, read like every config of the project (config/__init__.py): YAML file < flags and
+`--section.key=value`; the resolved config is printed and saved as OUT/config.yaml and in metrics.json.
 
 Input (written by `python -m data.prepare`: data/README.md "Evaluation files"):
     BENCHMARK/{task}_{split}.jsonl  one example a line: "user", "prompt", and "target_item_id" (next_item)
@@ -37,50 +42,69 @@ import time
 import torch
 from tqdm import tqdm
 
-from data.formats.evalfiles import REQUIRED_KEYS, read_catalog, read_examples, read_train_stats, sample_examples
+from config import dump, save, to_dict
+from data.formats.evalfiles import DEFAULT_RATING_SCALE, read_catalog, read_examples, read_train_stats, sample_examples
+from data.formats.tokenizer import EOS
+from evaluation.config import EvalConfig, load_eval_config
 from evaluation.generate import GenerationConfig, generate_text
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
 log = logging.getLogger("evaluate")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="our model folder (model/checkpoint.py format)")
-    p.add_argument("--tokenizer", help="tokenizers JSON; default: CHECKPOINT/tokenizer.json")
-    p.add_argument("--benchmark", required=True, help="folder with {task}_{split}.jsonl and catalog.jsonl")
-    p.add_argument("--task", required=True, choices=sorted(REQUIRED_KEYS))
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (beams run together)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: the checkpoint's dtype")
-    p.add_argument("--limit", type=int, help="evaluate only the first N examples (a quick look)")
-    p.add_argument("--sample", type=int, help="evaluate a seeded random sample of N examples (the same N and "
-                   "--sample-seed give the same examples to every checkpoint and to evaluation.baselines)")
-    p.add_argument("--sample-seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, help="default: 128 (next_item), 16 (rating)")
-    p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); EOS always stops")
-    g = p.add_argument_group("next_item")
-    g.add_argument("--num-beams", type=int, default=10)
-    g.add_argument("--num-return-sequences", type=int, default=10)
-    g.add_argument("--length-penalty", type=float, default=0.0,
-                   help="0: keep and rank beams by cumulative log-prob (default); HF's default is 1.0")
-    g.add_argument("--embedder", default="all-MiniLM-L6-v2", help="Sentence-Transformers name or local path")
-    g.add_argument("--embedding-cache", default="out/embedding_cache", help="folder for catalog embeddings")
-    g.add_argument("--constrained", action="store_true",
-                   help="also run trie-constrained beam search and report it beside the grounded results")
-    g = p.add_argument_group("rating")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=0.9)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--fallback-rating", type=float,
-                   help="prediction for unparsable outputs; default: the training split's mean rating "
-                   "(BENCHMARK/train_stats.json)")
-    g.add_argument("--rating-scale", type=float, nargs=2, default=[1.0, 5.0], metavar=("LOW", "HIGH"))
-    return p.parse_args(argv)
+# evaluate.py's named flags: each sets one key of the config (evaluation/config.py), as `--key=value` does
+FLAGS = [
+    ("--checkpoint", "checkpoint", str, "our model folder, or a Hugging Face MPT folder (mosaicml/mpt-7b layout)"),
+    ("--tokenizer", "tokenizer", str, "tokenizers JSON; default: CHECKPOINT/tokenizer.json"),
+    ("--benchmark", "benchmark", str, "folder with {task}_{split}.jsonl (and catalog.jsonl for next_item)"),
+    ("--task", "task", str, "next_item | rating | text | yes_no"),
+    ("--split", "split", str, "default: test"),
+    ("--out", "out", str, "output folder"),
+    ("--batch-size", "batch_size", int, "prompts per generate call (beams run together); default 8"),
+    ("--device", "device", str, "default: cuda when available, else cpu"),
+    ("--dtype", "dtype", str, "float32 | bfloat16 | float16; default: the checkpoint's"),
+    ("--limit", "limit", int, "evaluate only the first N examples (a quick look)"),
+    ("--sample", "sample", int, "a seeded random sample of N examples (the same N and --sample-seed give the same "
+     "examples to every checkpoint and to evaluation.baselines)"),
+    ("--sample-seed", "sample_seed", int, "default 0"),
+    ("--max-new-tokens", "max_new_tokens", int, "default: 128 (next_item), 16 (rating), 64 (text)"),
+    ("--num-beams", "next_item.num_beams", int, "default 10"),
+    ("--num-return-sequences", "next_item.num_return_sequences", int, "default 10"),
+    ("--length-penalty", "next_item.length_penalty", float, "0 (default): rank beams by cumulative log-prob"),
+    ("--embedder", "next_item.embedder", str, "Sentence-Transformers name or local path"),
+    ("--embedding-cache", "next_item.embedding_cache", str, "folder for catalog embeddings"),
+    ("--temperature", "rating.temperature", float, "default 1.0"),
+    ("--top-p", "rating.top_p", float, "default 0.9"),
+    ("--top-k", "rating.top_k", int, "default 50"),
+    ("--fallback-rating", "rating.fallback_rating", float, "prediction for unparsable outputs; default: the "
+     "training split's mean rating (BENCHMARK/train_stats.json)"),
+]
+
+
+def parse_args(argv=None) -> EvalConfig:
+    """`evaluate.py [CONFIG.yaml] [--flags] [--section.key=value]` -> the resolved EvalConfig."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                                allow_abbrev=False, epilog="Any key of evaluation/config.py can also be set as "
+                                "--section.key=value (e.g. --next_item.constrained=true, --rating.scale=[1,10]).")
+    p.add_argument("config", nargs="?", help="a YAML file of evaluation/config.py's keys (optional)")
+    for flag, dest, kind, help_text in FLAGS:
+        p.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_text)
+    p.add_argument("--stop", dest="stop", action="append", default=argparse.SUPPRESS,
+                   help="a stop string (repeatable); EOS always stops")
+    p.add_argument("--constrained", dest="next_item.constrained", action="store_const", const=True,
+                   default=argparse.SUPPRESS, help="also run trie-constrained beam search (next_item)")
+    p.add_argument("--seeds", dest="rating.seeds", type=int, nargs="+", default=argparse.SUPPRESS,
+                   help="sampling seeds (rating); default 0 1 2")
+    p.add_argument("--rating-scale", dest="rating.scale", type=float, nargs=2, default=argparse.SUPPRESS,
+                   metavar=("LOW", "HIGH"), help="default: the build's (train_stats.json)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    args, rest = p.parse_known_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "dry_run")}
+    cfg = load_eval_config(args.config, rest, flags)
+    if args.dry_run:
+        print(dump(cfg), end="")
+        raise SystemExit(0)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,13 +118,13 @@ def batches_by_length(tokenizer, examples, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def run_generation(model, tokenizer, examples, cfg: GenerationConfig, batch_size, desc, constraint=None,
+def run_generation(model, tokenizer, examples, gen: GenerationConfig, batch_size, desc, constraint=None,
                    seed=None) -> list:
     outputs = [None] * len(examples)
     for b, idx in enumerate(tqdm(batches_by_length(tokenizer, examples, batch_size), desc=desc, unit="batch")):
         if seed is not None:  # one stream per batch, so batches do not replay the same draws
-            cfg.seed = seed * 1_000_003 + b
-        results = generate_text(model, tokenizer, [examples[i]["prompt"] for i in idx], cfg, constraint)
+            gen.seed = seed * 1_000_003 + b
+        results = generate_text(model, tokenizer, [examples[i]["prompt"] for i in idx], gen, constraint)
         for i, r in zip(idx, results):
             outputs[i] = r
     return outputs
@@ -115,23 +139,24 @@ def output_record(g, **more) -> dict:
 # the two tasks
 
 
-def evaluate_next_item(args, model, tokenizer, examples) -> tuple:
+def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
     from evaluation.matching import CatalogIndex, load_embedder
 
-    bench = pathlib.Path(args.benchmark)
+    bench = pathlib.Path(cfg.benchmark)
     item_ids, texts = read_catalog(bench / "catalog.jsonl")
     known = set(item_ids)
     absent = [x["target_item_id"] for x in examples if x["target_item_id"] not in known]
     if absent:
         raise ValueError(f"{len(absent)} target item(s) are not in {bench / 'catalog.jsonl'}, e.g. {absent[:3]}")
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens or 128, num_beams=args.num_beams,
-                           num_return_sequences=args.num_return_sequences, length_penalty=args.length_penalty,
-                           eos_token_id=tokenizer.token_to_id("<|endoftext|>"), stop_strings=args.stop)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens or 128, num_beams=cfg.next_item.num_beams,
+                           num_return_sequences=cfg.next_item.num_return_sequences,
+                           length_penalty=cfg.next_item.length_penalty, eos_token_id=tokenizer.token_to_id(EOS),
+                           stop_strings=cfg.stop)
     started = time.time()
-    generated = run_generation(model, tokenizer, examples, cfg, args.batch_size, "beam search")
+    generated = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "beam search")
     seconds = time.time() - started
-    index = CatalogIndex(item_ids, texts, load_embedder(args.embedder, args.device),
-                         cache_dir=args.embedding_cache)
+    index = CatalogIndex(item_ids, texts, load_embedder(cfg.next_item.embedder, cfg.device),
+                         cache_dir=cfg.next_item.embedding_cache)
 
     predictions, ranked, ranked_norm = [], [], []
     n_outputs = n_exact = 0
@@ -158,21 +183,21 @@ def evaluate_next_item(args, model, tokenizer, examples) -> tuple:
         "log": {"outputs": n_outputs, "exact_catalog_match_share": n_exact / max(1, n_outputs),
                 "targets_with_shared_catalog_text": sum(text_count[text_of[t]] > 1 for t in targets),
                 "catalog_items": len(item_ids), "catalog_items_sharing_a_text": index.n_shared_text_items,
-                "embedder": args.embedder, "embedder_key": index.embedder.key,
+                "embedder": cfg.next_item.embedder, "embedder_key": index.embedder.key,
                 "generation_seconds": seconds, "prompts_per_second": len(examples) / seconds},
     }
     for p, r in zip(predictions, ranked):
         p["rank"] = _rank(p["target_item_id"], r)
 
-    if args.constrained:
+    if cfg.next_item.constrained:
         from evaluation.constrained import CatalogTrie
 
         def encode(batch):
             return [e.ids for e in tokenizer.encode_batch(batch, add_special_tokens=False)]
 
-        trie = CatalogTrie.from_catalog(item_ids, texts, encode, cfg.eos_token_id, model.config.vocab_size)
+        trie = CatalogTrie.from_catalog(item_ids, texts, encode, gen.eos_token_id, model.config.vocab_size)
         started = time.time()
-        constrained = run_generation(model, tokenizer, examples, cfg, args.batch_size, "constrained beams", trie)
+        constrained = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "constrained beams", trie)
         seconds = time.time() - started
         ranked_c = []
         for p, outs in zip(predictions, constrained):
@@ -189,25 +214,31 @@ def _rank(target, ranked):
     return ranked.index(target) + 1 if target in ranked else None  # lists are already de-duplicated
 
 
-def evaluate_rating(args, model, tokenizer, examples) -> tuple:
-    if args.fallback_rating is None:  # the training split's mean rating (spec §8), from the data build
+def evaluate_rating(cfg, model, tokenizer, examples) -> tuple:
+    r = cfg.rating
+    if r.fallback_rating is None or r.scale is None:  # from the data build: the training split's mean (spec §8)
         try:
-            args.fallback_rating = read_train_stats(args.benchmark)["mean_rating"]
+            stats = read_train_stats(cfg.benchmark)
         except FileNotFoundError as e:
-            raise ValueError(f"--fallback-rating is required when the benchmark has no training statistics: {e}") from None
-        if args.fallback_rating is None:
-            raise ValueError(f"--fallback-rating is required: {args.benchmark}/train_stats.json has no rated interaction")
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens or 16, do_sample=True, temperature=args.temperature,
-                           top_p=args.top_p, top_k=args.top_k, eos_token_id=tokenizer.token_to_id("<|endoftext|>"),
-                           stop_strings=args.stop)
+            if r.fallback_rating is None:
+                raise ValueError(f"--fallback-rating is required when the benchmark has no training statistics: "
+                                 f"{e}") from None
+            stats = {"rating_scale": list(DEFAULT_RATING_SCALE)}
+        r.fallback_rating = stats["mean_rating"] if r.fallback_rating is None else r.fallback_rating
+        r.scale = stats["rating_scale"] if r.scale is None else r.scale
+        if r.fallback_rating is None:
+            raise ValueError(f"--fallback-rating is required: {cfg.benchmark}/train_stats.json has no rated "
+                             f"interaction")
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens or 16, do_sample=True, temperature=r.temperature,
+                           top_p=r.top_p, top_k=r.top_k, eos_token_id=tokenizer.token_to_id(EOS), stop_strings=cfg.stop)
     targets = [float(x["target_rating"]) for x in examples]
     predictions = [{"user": x["user"], "target_item_id": x.get("target_item_id"), "target_rating": t, "outputs": {}}
                    for x, t in zip(examples, targets)]
     per_seed = {}
-    for seed in args.seeds:
-        outs = run_generation(model, tokenizer, examples, cfg, args.batch_size, f"sampling seed {seed}", seed=seed)
+    for seed in cfg.rating.seeds:
+        outs = run_generation(model, tokenizer, examples, gen, cfg.batch_size, f"sampling seed {seed}", seed=seed)
         texts = [o[0].text for o in outs]
-        per_seed[seed] = rating_metrics(texts, targets, args.fallback_rating, tuple(args.rating_scale))
+        per_seed[seed] = rating_metrics(texts, targets, cfg.rating.fallback_rating, tuple(cfg.rating.scale))
         for p, o in zip(predictions, outs):
             p["outputs"][str(seed)] = output_record(o[0])
     summary = {}
@@ -217,14 +248,36 @@ def evaluate_rating(args, model, tokenizer, examples) -> tuple:
     return predictions, {"summary": summary, "per_seed": {str(s): m for s, m in per_seed.items()}}
 
 
+def evaluate_text_task(cfg, model, tokenizer, examples) -> tuple:
+    """Your own prompt/response test pairs (data/prepare/own_files.py): greedy generation, exact match."""
+    from evaluation.text_tasks import evaluate_text
+
+    return evaluate_text(model, tokenizer, examples, cfg.batch_size, cfg.max_new_tokens or 64, cfg.stop)
+
+
+def evaluate_yes_no_task(cfg, model, tokenizer, examples) -> tuple:
+    """Yes/no test pairs: P(yes) against P(no) after the prompt, accuracy and AUC."""
+    from evaluation.text_tasks import evaluate_yes_no
+
+    answers = pathlib.Path(cfg.benchmark) / "yes_no_answers.json"
+    spelled = json.loads(answers.read_text()) if answers.is_file() else {"yes": "Yes", "no": "No"}
+    cfg.yes_no.yes = cfg.yes_no.yes or spelled["yes"]
+    cfg.yes_no.no = cfg.yes_no.no or spelled["no"]
+    return evaluate_yes_no(model, tokenizer, examples, cfg.batch_size, cfg.device, cfg.yes_no.yes, cfg.yes_no.no)
+
+
+TASKS = {"next_item": evaluate_next_item, "rating": evaluate_rating, "text": evaluate_text_task,
+         "yes_no": evaluate_yes_no_task}
+
+
 # ---------------------------------------------------------------------------------------------
 # reports
 
 
-def markdown_table(args, metrics, n_examples) -> str:
-    head = f"Benchmark `{args.benchmark}`, task `{args.task}`, split `{args.split}`, {n_examples} examples, " \
-           f"checkpoint `{args.checkpoint}`.\n\n"
-    if args.task == "next_item":
+def markdown_table(cfg, metrics, n_examples) -> str:
+    head = f"Benchmark `{cfg.benchmark}`, task `{cfg.task}`, split `{cfg.split}`, {n_examples} examples, " \
+           f"checkpoint `{cfg.checkpoint}`.\n\n"
+    if cfg.task == "next_item":
         rows = [("grounded (embedding + FAISS top-1)", metrics["grounded"]),
                 ("grounded, length-normalised order", metrics["grounded_length_normalised_order"])]
         if "constrained" in metrics:
@@ -233,12 +286,21 @@ def markdown_table(args, metrics, n_examples) -> str:
         for name, m in rows:
             lines.append(f"| {name} | {m['HR@5']:.4f} | {m['NDCG@5']:.4f} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} "
                          f"| {m['mean_unique_items']:.2f} |")
+    elif cfg.task == "text":
+        lines = ["| exact match | normalised match | n |", "|---:|---:|---:|",
+                 f"| {metrics['exact_match']:.4f} | {metrics['normalised_match']:.4f} | {metrics['n']} |"]
+    elif cfg.task == "yes_no":
+        auc = "n/a (one class)" if metrics["auc"] is None else f"{metrics['auc']:.4f}"
+        lines = ["| AUC | accuracy@0.5 | n | positives |", "|---:|---:|---:|---:|",
+                 f"| {auc} | {metrics['accuracy']:.4f} | {metrics['n']} | {metrics['positives']} |",
+                 f"\nP(yes) compares the first tokens of {metrics['yes']!r} and {metrics['no']!r}."]
     else:
         s = metrics["summary"]
         lines = ["| metric | mean | std |", "|---|---:|---:|"]
         for key in ("RMSE", "MAE", "RMSE_parsed_only", "MAE_parsed_only", "n_unparsable"):
             lines.append(f"| {key} | {s[key]['mean']:.4f} | {s[key]['std']:.4f} |")
-        lines.append(f"\nSeeds {args.seeds}; unparsable outputs predict {args.fallback_rating} (primary rows).")
+        lines.append(f"\nSeeds {cfg.rating.seeds}; unparsable outputs predict {cfg.rating.fallback_rating} "
+                     f"(primary rows).")
     return head + "\n".join(lines) + "\n"
 
 
@@ -252,33 +314,36 @@ def _no_nan(x):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    cfg = parse_args(argv)
+    cfg.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
     from data.formats.tokenizer import load as load_tokenizer
     from model.checkpoint import load_model
 
-    tok_path = pathlib.Path(args.tokenizer or pathlib.Path(args.checkpoint) / "tokenizer.json")
-    tokenizer = load_tokenizer(tok_path)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = load_model(args.checkpoint, device=args.device, dtype=dtype).eval()
-    examples = read_examples(pathlib.Path(args.benchmark) / f"{args.task}_{args.split}.jsonl", args.task, args.limit)
-    n_file = len(examples)
-    examples = sample_examples(examples, args.sample, args.sample_seed)
-    log.info("%d of %d %s examples from %s", len(examples), n_file, args.task, args.benchmark)
+    log.info("resolved config:\n%s", dump(cfg).rstrip())
+    out = pathlib.Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save(cfg, out / "config.yaml")
 
-    run = evaluate_next_item if args.task == "next_item" else evaluate_rating
-    predictions, metrics = run(args, model, tokenizer, examples)
-    metrics["settings"] = {k: v for k, v in vars(args).items()}
+    tok_path = pathlib.Path(cfg.tokenizer or pathlib.Path(cfg.checkpoint) / "tokenizer.json")
+    tokenizer = load_tokenizer(tok_path)
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
+    model = load_model(cfg.checkpoint, device=cfg.device, dtype=dtype).eval()
+    examples = read_examples(pathlib.Path(cfg.benchmark) / f"{cfg.task}_{cfg.split}.jsonl", cfg.task, cfg.limit)
+    n_file = len(examples)
+    examples = sample_examples(examples, cfg.sample, cfg.sample_seed)
+    log.info("%d of %d %s examples from %s", len(examples), n_file, cfg.task, cfg.benchmark)
+
+    predictions, metrics = TASKS[cfg.task](cfg, model, tokenizer, examples)
+    metrics["settings"] = to_dict(cfg)
     metrics["settings"]["n_examples"] = len(examples)
 
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
         for p in predictions:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
     (out / "metrics.json").write_text(json.dumps(_no_nan(metrics), indent=2, allow_nan=False) + "\n")
-    table = markdown_table(args, metrics, len(examples))
+    table = markdown_table(cfg, metrics, len(examples))
     (out / "metrics.md").write_text(table)
     print(table)
     return metrics

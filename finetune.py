@@ -5,18 +5,20 @@ ablation is the same config with a different model.init_from).
         --model.init_from=out/tiny-pretrain/model
     torchrun --standalone --nproc_per_node 8 finetune.py configs/train/recgpt-7b-instruct.yaml
 
-Data: the instruction pairs of a data build (data/formats/instructions.py): input_ids = prompt + response + EOS, labels -100
-over the prompt, so the loss covers only the response and EOS (llm-foundry's decoder-only format). Examples whose
-prompt alone fills max_seq_len are dropped (and counted); a longer response keeps its first tokens and ends in EOS.
+Data: the instruction pairs of a data build (data/formats/instructions.py; your own prompt/response files are built
+by data/prepare/own_files.py): input_ids = prompt + response + EOS, labels -100 over the prompt, so the loss
+covers only the response and EOS (llm-foundry's decoder-only format). Examples whose prompt alone fills max_seq_len
+are dropped (and counted); a longer response keeps its first tokens and ends in EOS.
 Sequences are right-padded with EOS (MPT's tokenizer has no pad token) to max_seq_len (llm-foundry,
 allow_pad_trimming false) or to the longest in the micro-batch (`data.pad_to=longest`), labels -100 on padding.
 """
 import os
 import sys
 
+from config import command_line
 from training import distributed as dist_utils
-from training.config import load_config, split_argv
-from training.data import FilteredDataset, open_instructions, sft_batch
+from training.config import TrainConfig
+from training.data import FilteredDataset, open_instructions, open_valid, sft_batch
 from training.loop import model_config, run
 
 # fine-tuning defaults (RecGPT's fine-tuning.yaml) under the file and the command line
@@ -26,8 +28,7 @@ BASE = {"optim": {"lr": 1e-5, "betas": [0.9, 0.98], "weight_decay": 1e-7, "decay
 
 
 def main(argv):
-    path, overrides = split_argv(argv)
-    cfg = load_config(path, overrides, base=BASE)
+    cfg = command_line(TrainConfig, argv, __doc__, base=BASE)
     with dist_utils.process_group(cfg) as d:
         train(cfg, d)
 
@@ -49,11 +50,15 @@ def train(cfg, d):
         print(f"[finetune] dropped {dataset.dropped} of {len(raw)} examples whose prompt has >= {max_seq_len} "
               f"tokens", flush=True)
 
+    valid = open_valid(cfg.data.path, "instructions_valid", cfg)
+    if valid is not None:
+        valid = FilteredDataset(valid, max_seq_len)
+
     def make_batch(ds, indices):
         return sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to)
 
     # -------------------------------------------------------------------------------- train (training/loop.py)
-    run(cfg, d, dataset, make_batch, max_seq_len, task="finetune")
+    run(cfg, d, dataset, make_batch, max_seq_len, task="finetune", valid=valid)
 
 
 if __name__ == "__main__":

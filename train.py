@@ -1,28 +1,29 @@
 """Continual pre-training of MPT on packed recommendation text (RecGPT-7B, paper section 2.2).
 
-    # one CPU process, tiny model (data from `python -m data.prepare --config configs/data/<...>.yaml`)
+    # one CPU process, tiny model (data from `python -m data.prepare configs/data/<...>.yaml`)
     python train.py configs/train/tiny-pretrain.yaml --data.path=out/data/movielens-100k
     # one node, 8 GPUs
     torchrun --standalone --nproc_per_node 8 train.py configs/train/recgpt-7b-pretrain.yaml
     # several nodes: scripts/train_slurm.sbatch; throughput only: --benchmark.enabled=true --data.synthetic=true
 
-Config: YAML (training/config.py lists every key and its default) with `--section.key=value` overrides. The data
-is read from the packed shards of the data build (data/packed.py); each row of `seq_len` tokens is one training
-sequence whose every token is a target (labels = inputs, shifted in the loss). The loop, FSDP2, LION, checkpoints
-and logging are shared with finetune.py (training/).
+Config: YAML (training/config.py lists every key and its default) with `--section.key=value` overrides; `--help`
+lists the keys, `--dry-run` prints the resolved config and exits. The data is read from the packed shards of the
+data build (data/formats/packed.py), validation (eval.interval) from its held-out rows; each row of `seq_len` tokens
+is one training sequence whose every token is a target (labels = inputs, shifted in the loss). The loop, FSDP2,
+LION, checkpoints and logging are shared with finetune.py (training/).
 """
 import os
 import sys
 
+from config import command_line
 from training import distributed as dist_utils
-from training.config import load_config, split_argv
-from training.data import SyntheticDataset, open_packed, pretrain_batch
+from training.config import TrainConfig
+from training.data import SyntheticDataset, open_packed, open_valid, pretrain_batch
 from training.loop import model_config, run
 
 
 def main(argv):
-    path, overrides = split_argv(argv)
-    cfg = load_config(path, overrides)
+    cfg = command_line(TrainConfig, argv, __doc__)
     with dist_utils.process_group(cfg) as d:
         train(cfg, d)
 
@@ -30,6 +31,7 @@ def main(argv):
 def train(cfg, d):
 
     # -------------------------------------------------------------------------------- data: packed token rows
+    valid = None
     if cfg.data.synthetic or (cfg.benchmark.enabled and cfg.data.path is None):
         config = model_config(cfg)
         seq_len = cfg.data.seq_len or config.max_seq_len
@@ -45,12 +47,15 @@ def train(cfg, d):
                 raise ValueError(f"data.seq_len = {cfg.data.seq_len} is longer than the packed rows "
                                  f"({dataset.seq_len} tokens in {cfg.data.path})")
             seq_len = cfg.data.seq_len
+        valid = open_valid(cfg.data.path, "pretrain_valid", cfg)
+        if valid is not None and valid.seq_len < seq_len:
+            raise ValueError(f"{cfg.data.path}: validation rows have {valid.seq_len} tokens, fewer than {seq_len}")
 
     def make_batch(ds, indices):
         return pretrain_batch(ds, indices, seq_len)
 
     # -------------------------------------------------------------------------------- train (training/loop.py)
-    run(cfg, d, dataset, make_batch, seq_len, task="pretrain")
+    run(cfg, d, dataset, make_batch, seq_len, task="pretrain", valid=valid)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ def per_item_mean(stats: dict, item_id: str) -> float:
     return total / rated if rated else stats["mean_rating"]
 
 
-def run(benchmark, split="test", samples=None, sample_seed=0, scale=(1.0, 5.0)) -> dict:
-    """samples: {"next_item": n or None, "rating": n or None}; None = every example."""
+def run(benchmark, split="test", samples=None, sample_seed=0, scale=None) -> dict:
+    """samples: {"next_item": n or None, "rating": n or None}; None = every example. scale: (low, high) that
+    predictions are clipped to; default: the build's (train_stats.json)."""
     samples = samples or {}
     bench = pathlib.Path(benchmark)
     stats = read_train_stats(bench)
+    scale = tuple(scale or stats["rating_scale"])
     results = {}
     path = bench / f"next_item_{split}.jsonl"
     if path.is_file():
@@ -78,7 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--next-item-sample", type=int, help="overrides --sample for next item")
     p.add_argument("--rating-sample", type=int, help="overrides --sample for rating")
     p.add_argument("--sample-seed", type=int, default=0)
-    p.add_argument("--rating-scale", type=float, nargs=2, default=[1.0, 5.0])
+    p.add_argument("--rating-scale", type=float, nargs=2, help="default: the build's (train_stats.json)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     samples = {"next_item": args.next_item_sample or args.sample, "rating": args.rating_sample or args.sample}

@@ -17,6 +17,8 @@ import math
 import re
 from typing import Hashable, Optional, Sequence
 
+from data.formats.evalfiles import DEFAULT_RATING_SCALE
+
 FIRST_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
 
 
@@ -70,7 +72,7 @@ def parse_rating(text: str) -> Optional[float]:
 
 
 def rating_metrics(outputs: Sequence[str], targets: Sequence[float], fallback: float,
-                   scale: tuple = (1.0, 5.0)) -> dict:
+                   scale: tuple = DEFAULT_RATING_SCALE) -> dict:
     """RMSE and MAE of parsed, clipped predictions; unparsable outputs predict `fallback` (see module doc)."""
     if len(outputs) != len(targets):
         raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
@@ -103,3 +105,55 @@ def mean_std(values: Sequence[float]) -> tuple:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, std
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# your own pairs (evaluation/text_tasks.py): yes/no scores and generated text
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """ROC AUC: the probability that a random positive (label 1) scores above a random negative (label 0), a tie
+    counting 1/2 (the Mann-Whitney U statistic / (positives * negatives)). Computed from average ranks:
+        AUC = (sum of the positives' ranks - P (P + 1) / 2) / (P N),  tied scores sharing their average rank.
+    An error when either class is absent (AUC is undefined) or a score is NaN."""
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores but {len(labels)} labels")
+    if any(label not in (0, 1) for label in labels):
+        raise ValueError("labels must be 0 or 1")
+    if any(math.isnan(s) for s in scores):
+        raise ValueError("a score is NaN")
+    positives = sum(1 for label in labels if label == 1)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"AUC needs both classes: {positives} positives, {negatives} negatives")
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum = 0.0  # of the positives, ranks from 1, ties at their average rank
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        average_rank = (start + end) / 2 + 1
+        rank_sum += average_rank * sum(1 for i in order[start:end + 1] if labels[i] == 1)
+        start = end + 1
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded, runs of whitespace made one space, stripped, one trailing "." dropped."""
+    text = " ".join(text.split()).casefold()
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def text_match_metrics(predictions: Sequence[str], targets: Sequence[str]) -> dict:
+    """exact_match: prediction == target after stripping surrounding whitespace; normalised_match: equal after
+    `normalise_text` (case, inner whitespace, a trailing period). Fractions of n, with the counts."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions but {len(targets)} targets")
+    if not targets:
+        raise ValueError("no examples")
+    exact = sum(p.strip() == t.strip() for p, t in zip(predictions, targets))
+    normalised = sum(normalise_text(p) == normalise_text(t) for p, t in zip(predictions, targets))
+    n = len(targets)
+    return {"exact_match": exact / n, "normalised_match": normalised / n, "n": n, "n_exact": exact,
+            "n_normalised": normalised}

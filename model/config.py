@@ -18,13 +18,11 @@ import pathlib
 from dataclasses import dataclass
 from typing import Optional
 
-import yaml
+
+import config as config_lib
+from config import ConfigError, invalid
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs" / "model"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class MPTConfig:
     def __post_init__(self):
         def check(key, ok, why):
             if not ok:
-                raise ConfigError(f"model config key '{key}' = {getattr(self, key)!r}: {why}")
+                raise invalid(key, getattr(self, key), why)
 
         for key in ("d_model", "n_heads", "n_layers", "expansion_ratio", "max_seq_len", "vocab_size"):
             check(key, isinstance(getattr(self, key), int) and getattr(self, key) > 0, "must be a positive int")
@@ -107,22 +105,12 @@ class MPTConfig:
     # readers ---------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict, source: str = "<dict>") -> "MPTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown model config key(s) {unknown}; known keys: {sorted(known)}")
-        try:
-            return cls(**values)
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        """Typed and checked by the project's config system (config/__init__.py): errors name key and source."""
+        return config_lib.from_dict(cls, values, source)
 
     @classmethod
     def from_yaml(cls, path) -> "MPTConfig":
-        path = pathlib.Path(path)
-        values = yaml.safe_load(path.read_text())
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of model config keys, got {type(values).__name__}")
-        return cls.from_dict(values, source=str(path))
+        return config_lib.load(cls, path)
 
     @classmethod
     def from_name(cls, name: str) -> "MPTConfig":
@@ -148,8 +136,10 @@ class MPTConfig:
         out = {"architectures": ["MptForCausalLM"], "model_type": "mpt"}
         for ours, (section, theirs) in _MPT_JSON_KEYS.items():
             (out.setdefault(section, {}) if section else out)[theirs] = flat[ours]
-        if float(self.alibi_bias_max).is_integer():
-            out["attn_config"]["alibi_bias_max"] = int(self.alibi_bias_max)  # transformers' MptConfig wants an int
+        for key in ("alibi_bias_max", "attn_pdrop", "clip_qkv"):  # transformers' MptAttentionConfig types them int
+            value = out["attn_config"][key]
+            if isinstance(value, float) and value.is_integer():
+                out["attn_config"][key] = int(value)
         out.update(learned_pos_emb=False, embedding_fraction=1.0, norm_type="low_precision_layernorm",
                    tie_word_embeddings=True, use_cache=False)
         out["attn_config"].update(attn_type="multihead_attention", prefix_lm=False, attn_uses_sequence_id=False)

@@ -20,7 +20,7 @@ mkdir -p $OUT/logs
 run() { echo "== $1 ($(date +%H:%M:%S))"; shift; "$@" 2>&1 | tee "$OUT/logs/$LOG.log" | grep -v "it/s]\|batch/s]\|user/s]\|example/s]" || exit 1; }
 
 if [[ $STAGE == all || $STAGE == data ]]; then
-  LOG=data run "data" $PY -m data.prepare --config configs/data/beauty-mini.yaml \
+  LOG=data run "data" $PY -m data.prepare configs/data/beauty-mini.yaml \
       "--sources.0.options.path=$SHARED/amazon-beauty-p5"
   LOG=audit run "audit" $PY -m data.prepare.audit out/data/beauty-mini
 fi

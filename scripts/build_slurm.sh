@@ -21,7 +21,7 @@ mkdir -p "$LOGS"
 submit_jobs=0
 if [[ "${1:-}" == --submit-jobs ]]; then submit_jobs=1; shift; fi
 [[ $# -ge 1 ]] || { echo "usage: scripts/build_slurm.sh CONFIG [--key=value ...]" >&2; exit 2; }
-ARGS=(--config "$@")
+ARGS=("$@")
 QUOTED=$(printf '%q ' "${ARGS[@]}")  # for the commands the jobs run
 ORIGINAL=$(printf '%q ' "$@")
 PYQ=$(printf %q "$PY")

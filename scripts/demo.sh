@@ -38,7 +38,7 @@ fi
 echo "reading $ML"
 
 step "1/5 data"
-$PY -m data.prepare --config configs/data/movielens-100k.yaml "--out_dir=$OUT/data" "--sources.0.options.path=$ML" \
+$PY -m data.prepare configs/data/movielens-100k.yaml "--out_dir=$OUT/data" "--sources.0.options.path=$ML" \
   2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]"
 $PY -m data.prepare.audit "$OUT/data" > "$OUT/data/audit.json"
 step "2/5 pre-train";  $PY train.py configs/train/demo-pretrain.yaml "--run.out_dir=$OUT/pretrain" "--data.path=$OUT/data" "${PRE[@]}"

@@ -84,7 +84,7 @@ def two_sources(ml, beauty):
 def build(tmp_path, name, sources, *args, **extra):
     """`python -m data.prepare` of a config with these sources into tmp_path/name -> the out_dir."""
     out = tmp_path / name
-    assert pipeline.main(["--config", str(write_config(tmp_path / f"{name}.yaml", out, sources, **extra)), *args]) == 0
+    assert pipeline.main([str(write_config(tmp_path / f"{name}.yaml", out, sources, **extra)), *args]) == 0
     return out
 
 

@@ -72,6 +72,37 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
     assert audit.audit(out)["ok"]
 
 
+def test_validation_split_holds_out_whole_users(tmp_path, inputs):
+    """valid_fraction: a seeded share of the training users of each source (pre-training and fine-tuning users
+    apart) goes to pretrain_valid / instructions_valid and nowhere else; the training outputs keep the rest."""
+    tok = {"path": str(build(tmp_path, "bpe", inputs) / "tokenizer.json")}  # a BPE trained on the build's own
+    base = build(tmp_path, "base", inputs, bucket_interactions=50, tokenizer=tok)  # training text: the same for both
+    out = build(tmp_path, "valid", inputs, valid_fraction=0.2, bucket_interactions=50, tokenizer=tok)
+    meta, meta0 = (json.loads((o / "meta.json").read_text()) for o in (out, base))
+    assert "pretrain_valid" not in meta0 and not (base / "pretrain_valid").exists()
+    valid_rows, valid_pairs = PackedDataset(out, "pretrain_valid"), InstructionDataset(out, "instructions_valid")
+    assert len(valid_rows) > 0 and len(valid_pairs) > 0
+    for name in ("beauty", "ml"):
+        kept, kept0 = meta["sources"][name]["interactions_kept"], meta0["sources"][name]["interactions_kept"]
+        assert kept["pretrain"] + kept["pretrain_valid"] == kept0["pretrain"] and kept["pretrain_valid"] > 0
+        users = meta["sources"][name]["validation_users"]
+        assert users == round(0.2 * meta0["sources"][name]["table4"]["users"]) or name == "ml"
+    ml = meta["sources"]["ml"]["interactions_kept"]
+    assert ml["finetune"] + ml["finetune_valid"] == meta0["sources"]["ml"]["interactions_kept"]["finetune"]
+    # the documents and pairs of every user are in exactly one split: training + validation = the build without one
+    both = read_jsonl(out / "instructions/instructions.jsonl") + read_jsonl(out / "instructions_valid/instructions.jsonl")
+    assert sorted(json.dumps(r, sort_keys=True) for r in both) == sorted(
+        json.dumps(r, sort_keys=True) for r in read_jsonl(base / "instructions/instructions.jsonl"))
+    train_users = {r["user"] for r in read_jsonl(out / "instructions/instructions.jsonl")}
+    assert not train_users & {r["user"] for r in read_jsonl(out / "instructions_valid/instructions.jsonl")}
+    def documents(ds):
+        flat = np.concatenate([ds[i] for i in range(len(ds))])
+        return sorted(d.tobytes() for d in np.split(flat, np.flatnonzero(flat == ds.eos_id) + 1) if len(d) > 1)
+    assert sorted(documents(PackedDataset(out)) + documents(valid_rows)) == documents(PackedDataset(base))
+    result = audit.audit(out)
+    assert result["ok"] and result["validation_users_in_training"] == 0, result["problems"]
+
+
 @pytest.mark.parametrize("tokenizer", ["trained-bpe", "gpt-neox-20b"])
 def test_written_ids_are_the_encoding_of_the_written_text(tmp_path, tokenizer, request, monkeypatch):
     """The build encodes each distinct line once and joins lines' ids (data/prepare/encoder.py). Every id sequence
@@ -171,7 +202,7 @@ def test_benchmark_finetune_from_train_and_training_stats(tmp_path):
 
 def test_finetune_from_train_needs_a_benchmark(tmp_path):
     ml = movielens_fixture(tmp_path / "ml")
-    with pytest.raises(ConfigError, match=r"sources\[0\].finetune_from_train needs benchmark"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'sources\.0\.finetune_from_train' = True: needs benchmark"):
         build(tmp_path, "bad", [{"name": "ml", "reader": "movielens", "domain": "movielens",
                                  "finetune_from_train": True, "options": {"path": str(ml)}}])
 
@@ -247,7 +278,7 @@ def test_kill_9_then_the_same_command(tmp_path, inputs):
     want = files_of(build(tmp_path, "whole", inputs, bucket_interactions=20))
     out = tmp_path / "killed"
     cfg = write_config(tmp_path / "killed.yaml", out, inputs, bucket_interactions=20, workers=2)
-    proc = subprocess.Popen([sys.executable, "-m", "data.prepare", "--config", str(cfg)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "data.prepare", str(cfg)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while proc.poll() is None and not list(out.glob("work/jobs/*/*/done.json")) and time.time() < deadline:
@@ -261,7 +292,7 @@ def test_kill_9_then_the_same_command(tmp_path, inputs):
             break
         time.sleep(0.05)
     assert not any(pathlib.Path(f"/proc/{w}").exists() for w in workers)
-    assert pipeline.main(["--config", str(cfg)]) == 0
+    assert pipeline.main([str(cfg)]) == 0
     got = files_of(out)
     for k in want:
         if k not in ("meta.json", "stats.md"):
@@ -296,17 +327,17 @@ def test_stages_as_separate_commands(tmp_path, inputs):
     out = tmp_path / "staged"
     cfg = str(write_config(tmp_path / "staged.yaml", out, inputs, bucket_interactions=80))
     with pytest.raises(SystemExit, match="stage prepare"):
-        pipeline.main(["--config", cfg, "--job", "0"])
-    assert pipeline.main(["--config", cfg, "--stage", "prepare"]) == 0
+        pipeline.main([cfg, "--job", "0"])
+    assert pipeline.main([cfg, "--stage", "prepare"]) == 0
     n = len((out / "work" / "jobs.txt").read_text().split())
     assert n > 2
     with pytest.raises(SystemExit, match="--job 0"):
-        pipeline.main(["--config", cfg, "--stage", "merge"])
+        pipeline.main([cfg, "--stage", "merge"])
     for k in reversed(range(n)):
-        assert pipeline.main(["--config", cfg, "--job", str(k)]) == 0
+        assert pipeline.main([cfg, "--job", str(k)]) == 0
     with pytest.raises(SystemExit, match=f"jobs 0..{n - 1}"):
-        pipeline.main(["--config", cfg, "--job", str(n)])
-    assert pipeline.main(["--config", cfg, "--stage", "merge"]) == 0
+        pipeline.main([cfg, "--job", str(n)])
+    assert pipeline.main([cfg, "--stage", "merge"]) == 0
     got = files_of(out)
     for k in want:
         if k not in ("meta.json", "stats.md"):
@@ -369,7 +400,7 @@ def test_bad_line_stops_or_is_skipped_and_counted(tmp_path):
     sources = two_sources(movielens_fixture(tmp_path / "ml", bad_line="1\t2\tNaNx\t5"), p5_fixture(tmp_path / "beauty"))
     with pytest.raises(DataError, match=r"u.data:6: bad_rating"):
         build(tmp_path, "a", sources)
-    out = build(tmp_path, "b", sources, "--skip-bad")
+    out = build(tmp_path, "b", sources, "--skip_bad=true")
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sources"]["ml"]["bad_lines"] == {"bad_rating": 1}
     assert "u.data:6" in meta["sources"]["ml"]["bad_line_examples"]["bad_rating"]

@@ -72,7 +72,7 @@ def plan_of(tmp_path, source: dict, **extra) -> tuple[dict, dict, dict]:
     tmp_path.mkdir(exist_ok=True)
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "plan.yaml", out, [source], **extra)
-    assert pipeline.main(["--config", str(cfg), "--stage", "prepare"]) == 0
+    assert pipeline.main([str(cfg), "--stage", "prepare"]) == 0
     plan = out / "work" / "plan" / source["name"]
     done = json.loads((plan / "done.json").read_text())["result"]
     users = {}

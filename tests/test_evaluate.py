@@ -3,7 +3,6 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 import evaluate
 from data.prepare.bpe import train_bpe

@@ -1,15 +1,19 @@
-"""Training machinery on one CPU process: schedules, config, SFT masking, loss normalisation, sampler,
-a converted checkpoint's step-0 loss, and a tiny fine-tune that learns its prompts.
+"""Training machinery on one CPU process: schedules, SFT masking, loss normalisation, sampler, a converted
+checkpoint's step-0 loss, a tiny fine-tune that learns its prompts, validation loss, and the traps a resume or a
+rerun must not fall into (the config grammar itself: tests/test_config.py).
 
 Multi-process FSDP2 parity and kill-and-resume are in tests/test_training_dist.py.
 """
+import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 import finetune
 import train
@@ -17,10 +21,11 @@ from model.checkpoint import load_model, save_model
 from model.config import MPTConfig
 from model.mpt import build_model
 from training import checkpoint as ckpt
-from training.config import ConfigError, load_config, parse_overrides
+from training import distributed as dist_utils
+from training.config import load_config
 from training.data import (IGNORE_INDEX, FilteredDataset, GlobalBatchSampler, fit_example, open_instructions,
                            open_packed, pretrain_batch, sft_batch)
-from training.loop import accumulate_gradients, loss_sum_and_count
+from training.loop import accumulate_gradients, loss_sum_and_count, model_config
 from training.schedule import check_schedule, lr_multiplier
 from training.testing import EOS_ID, synthetic_pairs, write_tiny_build
 
@@ -77,23 +82,6 @@ def test_other_schedules():
 
 
 # --------------------------------------------------------------------------------------------------- config
-
-
-def test_config_precedence_and_errors(tmp_path):
-    cfg = load_config(TINY, ["--optim.lr=0.5", "--max_steps=7", "--optim.betas=[0.8,0.9]"])
-    assert cfg.optim.lr == 0.5 and cfg.train.max_steps == 7 and cfg.optim.betas == [0.8, 0.9]
-    assert cfg.train.global_batch_size == 8  # from the file
-    assert cfg.log.wandb == "disabled"  # default
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("optim: {lr: 1.0e-3, learning_rate: 3}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'optim.learning_rate'"):
-        load_config(bad)
-    with pytest.raises(ConfigError, match="train.max_steps"):
-        load_config(TINY, ["--train.max_steps=ten"])
-    with pytest.raises(ConfigError, match="unknown"):
-        parse_overrides(["--no_such_key=1"])
-    with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "missing.yaml")
 
 
 def test_finetune_defaults_follow_recgpt_yaml():
@@ -260,15 +248,109 @@ def test_exported_model_gets_the_builds_tokenizer(tmp_path):
     assert not (out / "tokenizer.json").exists()
 
 
-def test_resuming_with_another_config_says_what_changed(tiny_data, tmp_path, one_thread, capsys):
+def test_resuming_with_another_config_stops_naming_the_keys(tiny_data, tmp_path, one_thread, capsys):
     out = tmp_path / "run"
-    args = [TINY_FT, f"--data.path={tiny_data}", f"--run.out_dir={out}", "--checkpoint.export_final=false"]
-    finetune.main(args + ["--train.max_steps=8"])
+    args = [TINY_FT, f"--data.path={tiny_data}", f"--run.out_dir={out}", "--checkpoint.export_final=false",
+            "--train.max_steps=10", "--train.stop_after=6", "--checkpoint.interval=3"]
+    finetune.main(args)  # stopped at step 6 as if killed; checkpoint at step 6
+    with pytest.raises(SystemExit, match=r"different config: optim\.lr: 0\.003 -> 0\.0005\. .*"
+                                         r"--checkpoint\.allow_changes=\[optim\.lr\]"):
+        finetune.main(args + ["--optim.lr=0.0005"])
+    assert len(read_metrics(out)) == 6  # nothing ran
     capsys.readouterr()
-    finetune.main(args + ["--train.max_steps=10", "--optim.lr=0.0005"])
+    finetune.main(args + ["--log.interval=1", "--train.stop_after=8"])  # knobs documented as safe resume quietly
+    assert "resumed from" in capsys.readouterr().out
+    finetune.main(args + ["--train.stop_after=null", "--optim.lr=0.0005", "--checkpoint.allow_changes=[optim.lr]"])
     printed = capsys.readouterr().out
-    assert "resumed from" in printed and "WARNING: this config differs from the checkpoint's" in printed
-    assert "train.max_steps: 8 -> 10" in printed and "optim.lr: 0.003 -> 0.0005" in printed
+    assert "resuming with config changes: optim.lr: 0.003 -> 0.0005" in printed and "step 10/10" in printed
+
+
+def test_a_finished_run_says_so_and_reexports_only_when_asked(tiny_data, tmp_path, one_thread, capsys):
+    out = tmp_path / "run"
+    args = [TINY_FT, f"--data.path={tiny_data}", f"--run.out_dir={out}", "--train.max_steps=4", "--schedule.t_warmup=1"]
+    finetune.main(args)
+    weights = (out / "model" / "model-00001-of-00001.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match=r"holds a finished run \(step 4 of 4.*--checkpoint\.reexport=true"):
+        finetune.main(args)
+    shutil.rmtree(out / "model")  # e.g. killed during the final export: the rerun exports it
+    finetune.main(args)
+    assert (out / "model" / "model-00001-of-00001.safetensors").read_bytes() == weights
+    capsys.readouterr()
+    finetune.main(args + ["--checkpoint.reexport=true"])
+    assert "exporting its final model again" in capsys.readouterr().out
+    assert (out / "model" / "model-00001-of-00001.safetensors").read_bytes() == weights
+    assert len(read_metrics(out)) == 4  # no step ran twice
+
+
+def test_validation_loss_on_the_builds_held_out_split(tiny_data, tmp_path, one_thread, capsys):
+    out = tmp_path / "run"
+    finetune.main([TINY_FT, f"--data.path={tiny_data}", f"--run.out_dir={out}", "--train.max_steps=6",
+                   "--eval.interval=2", "--eval.batches=0", "--checkpoint.export_final=true"])
+    val = [r for r in read_metrics(out) if "val_loss" in r]
+    assert [r["step"] for r in val] == [2, 4, 6]
+    # the logged value is the mean loss over every response token of the held-out pairs, from the exported model
+    model = load_model(out / "model")
+    held_out = open_instructions(tiny_data, "instructions_valid")
+    batch = sft_batch(held_out, list(range(len(held_out))), max_seq_len=32, eos_id=EOS_ID, pad_to="longest")
+    with torch.no_grad():
+        loss_sum, count = loss_sum_and_count(model, batch, "cpu")
+    assert val[-1]["val_loss"] == pytest.approx((loss_sum / count).item(), rel=1e-5)
+    best = min(val, key=lambda r: r["val_loss"])
+    assert "best_validation_loss" in (out / "model" / "README.md").read_text()
+    assert f"at step {best['step']}" in (out / "model" / "README.md").read_text()
+    assert (out / "model-best" / "README.md").is_file()  # the best model, exported when it was best
+    if best["step"] == 6:
+        assert (out / "model-best" / "model-00001-of-00001.safetensors").read_bytes() == (out / "model" / "model-00001-of-00001.safetensors").read_bytes()
+    # a build without a validation split is an error when validation is asked for, not a silent skip
+    no_valid = write_tiny_build(tmp_path / "novalid", seq_len=32, n_docs=40, n_pairs=16, n_valid_docs=0,
+                                n_valid_pairs=0)
+    with pytest.raises(ValueError, match=r"no 'instructions_valid' split"):
+        finetune.main([TINY_FT, f"--data.path={no_valid}", f"--run.out_dir={tmp_path / 'x'}", "--eval.interval=2"])
+
+
+def test_validation_during_pretraining(tiny_data, tmp_path, one_thread):
+    out = tmp_path / "pre"
+    train.main([TINY, f"--data.path={tiny_data}", f"--run.out_dir={out}", "--train.max_steps=4", "--eval.interval=2",
+                "--eval.batches=1", "--eval.export_best=false", "--checkpoint.export_final=false"])
+    val = [r for r in read_metrics(out) if "val_loss" in r]
+    assert [r["step"] for r in val] == [2, 4] and all(math.isfinite(r["val_loss"]) for r in val)
+    assert not (out / "model-best").exists()
+
+
+def test_model_name_must_match_init_from(tmp_path):
+    config = MPTConfig.from_name("tiny")
+    save_model(build_model(config, seed=0).state_dict(), config, tmp_path / "m")
+    cfg = load_config(TINY, [f"--model.init_from={tmp_path / 'm'}", "--model.name=demo"])
+    with pytest.raises(ValueError, match=r"model\.name = demo does not describe the model in model\.init_from.*d_model"):
+        model_config(cfg)
+    assert model_config(load_config(TINY, [f"--model.init_from={tmp_path / 'm'}"])) == config  # name: tiny agrees
+
+
+def test_dropout_under_activation_checkpointing_gives_the_same_gradients(world_of_one, one_thread):
+    """With dropout, the recomputation in the backward must draw the forward's masks again (RNG preserved)."""
+    config = dataclasses.replace(MPTConfig.from_name("tiny"), emb_pdrop=0.1, resid_pdrop=0.1, attn_pdrop=0.1)
+    ids = torch.randint(1, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    d = dist_utils.Dist(0, 1, 0, torch.device("cpu"), init_device_mesh("cpu", (1,), mesh_dim_names=("dp",)))
+
+    def grads(checkpointing: bool, preserve=True):
+        pcfg = dataclasses.replace(load_config(TINY).parallel, mixed_precision="fp32",
+                                   activation_checkpointing=checkpointing)
+        model = dist_utils.build_sharded_model(config, d, pcfg, seed=3)
+        if not preserve:  # the old wrapper, as a control: the test must be able to fail
+            for block in model.blocks:
+                block.checkpoint_fn.keywords["preserve_rng_state"] = False
+        model.train()
+        torch.manual_seed(11)
+        loss_sum, count = loss_sum_and_count(model, batch, "cpu")
+        (loss_sum / count).backward()
+        return {n: p.grad.full_tensor().clone() for n, p in model.named_parameters()}
+
+    plain, checkpointed = grads(False), grads(True)
+    for (name, a), b in zip(plain.items(), checkpointed.values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+    control = grads(True, preserve=False)
+    assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(plain.values(), control.values()))
 
 
 def test_benchmark_mode_reports_without_data(tmp_path, one_thread):

@@ -131,19 +131,10 @@ def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
     return train_state
 
 
-def config_changes(path, config_yaml: str) -> list:
-    """["section.key: saved -> now", ...] between the run config saved in checkpoint `path` and this run's."""
+def saved_config(path) -> Optional[dict]:
+    """The resolved run config saved in checkpoint `path` (None for a checkpoint without one)."""
     saved_file = pathlib.Path(path) / "config.yaml"
-    if not saved_file.is_file():
-        return []
-    saved, now = yaml.safe_load(saved_file.read_text()) or {}, yaml.safe_load(config_yaml) or {}
-    changes = []
-    for section in sorted(set(saved) | set(now)):
-        a, b = saved.get(section) or {}, now.get(section) or {}
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                changes.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return changes
+    return (yaml.safe_load(saved_file.read_text()) or {}) if saved_file.is_file() else None
 
 
 def copy_tokenizer(data_path, out_dir) -> Optional[pathlib.Path]:
@@ -186,10 +177,21 @@ def write_export_card(cfg, task: str, record: dict, config, out_dir) -> pathlib.
                 "optimizer": f"LION lr {cfg.optim.lr}", "schedule": cfg.schedule.name}
     if base is not None:
         training["initialised_from"] = f"{base}" + (f" (itself from {lineage})" if lineage else "")
-    metrics = {"last_training_loss": round(float(record["loss"]), 4)} if record and "loss" in record else None
+    metrics = {}
+    if record and "loss" in record:
+        metrics["last_training_loss"] = round(float(record["loss"]), 4)
+    if record and "val_loss" in record:
+        metrics["validation_loss"] = round(float(record["val_loss"]), 4)
+    if record and record.get("best"):
+        metrics["best_validation_loss"] = f"{record['best']['val_loss']:.4f} at step {record['best']['step']}"
     return write_card(out_dir, config, base_model=(lineage or base) if base else None,
-                      data={k: v for k, v in data.items() if v}, training=training, metrics=metrics,
+                      data={k: v for k, v in data.items() if v}, training=training, metrics=metrics or None,
                       dtype=str(cfg.checkpoint.export_dtype))
+
+
+def is_exported(out_dir) -> bool:
+    """An export finished: its model card is written last (write_export_card, after the weights and tokenizer)."""
+    return (pathlib.Path(out_dir) / "README.md").is_file()
 
 
 def export_model(model, config, out_dir, dtype: torch.dtype, rank: int):

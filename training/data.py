@@ -74,8 +74,21 @@ class GlobalBatchSampler:
 # pre-training: packed rows
 
 
-def open_packed(path):
-    return PackedDataset(path)
+def open_packed(path, section: str = "pretrain"):
+    return PackedDataset(path, section)
+
+
+def open_valid(path, section: str, cfg):
+    """The build's held-out split (meta.json section `section`) when validation is on (eval.interval > 0)."""
+    if not cfg.eval.interval:
+        return None
+    from data.formats.packed import read_meta
+
+    meta_path, meta = read_meta(path)
+    if not meta.get(section):
+        raise ValueError(f"eval.interval = {cfg.eval.interval} but {meta_path} has no {section!r} split: build the "
+                         f"data with a validation split (valid_fraction), or set eval.interval=0")
+    return open_packed(path, section) if section.startswith("pretrain") else open_instructions(path, section)
 
 
 def pretrain_batch(dataset, indices, seq_len: int = None) -> dict:
@@ -90,8 +103,8 @@ def pretrain_batch(dataset, indices, seq_len: int = None) -> dict:
 # fine-tuning: prompt/response pairs, loss on the response and EOS only
 
 
-def open_instructions(path):
-    return InstructionDataset(path)
+def open_instructions(path, section: str = "instructions"):
+    return InstructionDataset(path, section)
 
 
 def fit_example(input_ids: np.ndarray, labels: np.ndarray, max_seq_len: int, eos_id: int):

@@ -127,8 +127,12 @@ def parallelize(model: MPT, mesh, mixed_precision: str = "bf16", activation_chec
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+        # the recomputation must draw the forward's dropout masks again, or the gradients are those of other masks;
+        # saving and restoring the RNG state costs a little, so only models with dropout pay it
+        c = model.config
+        stochastic = max(c.emb_pdrop, c.resid_pdrop, c.attn_pdrop) > 0
         for i, block in enumerate(model.blocks):
-            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=stochastic)
     if compile:
         for i, block in enumerate(model.blocks):
             model.blocks[i] = torch.compile(block)
@@ -202,13 +206,17 @@ class _ShardsOnDemand(dict):
             pass
 
 
-def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0) -> MPT:
+def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0, compile=False) -> MPT:
     """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a checkpoint (ours or
-    HF's layout)."""
+    HF's layout). `pcfg`: the run config's `parallel` section.
+
+    Afterwards every rank's global generators are seeded with seed + rank: the weights came from the shared seed
+    (one init on rank 0, scattered), but stochastic ops such as dropout must draw different masks on each rank,
+    or every rank's slice of the global batch would share them."""
     with torch.device("meta"):
         model = MPT(config)
-    parallelize(model, d.mesh, pcfg["mixed_precision"], pcfg["activation_checkpointing"],
-                pcfg["reshard_after_forward"], pcfg.get("compile", False))
+    parallelize(model, d.mesh, pcfg.mixed_precision, pcfg.activation_checkpointing, pcfg.reshard_after_forward,
+                compile)
     model.to_empty(device=d.device)
     shapes = expected_shapes(config)
     source = None  # rank 0 only
@@ -223,4 +231,5 @@ def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: 
     fill_from_rank0(model, source, shapes, d.rank)
     if isinstance(source, _ShardsOnDemand):
         source.finish()
+    seed_rngs(seed + d.rank)
     return model

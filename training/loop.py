@@ -24,7 +24,9 @@ from torch.distributed.tensor import DTensor
 from model.checkpoint import read_config
 from model.config import MPTConfig
 from training import checkpoint as ckpt
-from training.config import dump
+import config as config_lib
+from config import dump, to_dict
+from training.config import unsafe_changes
 from training.data import IGNORE_INDEX, GlobalBatchSampler
 from training.distributed import build_sharded_model
 from training.lion import Lion
@@ -32,14 +34,33 @@ from training.metrics import Logger, Throughput, env_summary, fmt_duration, memo
 from training.schedule import check_schedule, lr_multiplier
 
 
+# the keys that decide what a set of weights computes: a named config given beside init_from must agree on them
+ARCHITECTURE_KEYS = ("d_model", "n_heads", "n_layers", "expansion_ratio", "vocab_size", "no_bias", "norm_eps",
+                     "logit_scale", "alibi", "alibi_bias_max", "clip_qkv", "qk_ln", "softmax_scale")
+
+
 def model_config(cfg) -> MPTConfig:
+    """The run's model: init_from's config (model.name / model.config, when also given, must describe the same
+    architecture: it is what training.memory estimates before the checkpoint exists), else the named config."""
     m = cfg.model
+    named = None
+    if m.config is not None:
+        named, what = MPTConfig.from_yaml(m.config), f"model.config = {m.config}"
+    elif m.name is not None:
+        named, what = MPTConfig.from_name(m.name), f"model.name = {m.name}"
     if m.init_from is not None:
         config = read_config(m.init_from)
-    elif m.config is not None:
-        config = MPTConfig.from_yaml(m.config)
+        if named is not None:
+            differ = [f"{k}: {getattr(named, k)!r} vs {getattr(config, k)!r}" for k in ARCHITECTURE_KEYS
+                      if getattr(named, k) != getattr(config, k)]
+            if differ:
+                raise ValueError(f"{what} does not describe the model in model.init_from = {m.init_from} ("
+                                 + "; ".join(differ) + "): fix one, or leave the name out")
+    elif named is not None:
+        config = named
     else:
-        config = MPTConfig.from_name(m.name)
+        raise ValueError("no model: set model.init_from (a checkpoint), model.name (configs/model/<name>.yaml) or "
+                         "model.config (a model YAML)")
     return dataclasses.replace(config, **m.overrides) if m.overrides else config
 
 
@@ -100,8 +121,52 @@ def train_step(model, optimizer, micro_batches: list, device, grad_clip: float) 
     return {"loss": loss, "grad_norm": float(grad_norm), "valid_tokens": global_valid}
 
 
-def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
-    """Everything after the data: model, optimizer, resume, loop, checkpoints, export. Returns the last record."""
+def check_resumable(cfg, path, log, task: str) -> None:
+    """A resume continues the saved run only: any difference in a key outside SAFE_TO_CHANGE (training/config.py)
+    stops it, naming the keys, unless checkpoint.allow_changes lists them."""
+    saved = ckpt.saved_config(path)
+    if saved is None:
+        raise SystemExit(f"[{task}] {path} has no config.yaml, so resuming cannot check that it is the same run")
+    now = to_dict(cfg)
+    unsafe = unsafe_changes(saved, now, cfg.checkpoint.allow_changes)
+    if unsafe:
+        keys = [c.split(":")[0] for c in unsafe]
+        raise SystemExit(f"[{task}] {path} was saved by a run with a different config: " + "; ".join(unsafe)
+                         + f". Resuming would silently continue another run. Use a new run.out_dir, or accept the "
+                         f"change with --checkpoint.allow_changes=[{','.join(keys)}]")
+    allowed = unsafe_changes(saved, now, ["*"]) or [f"{k}: {a!r} -> {b!r}" for k, a, b in
+                                                     config_lib.differences(saved, now)]
+    if allowed:
+        log.print(f"[{task}] resuming with config changes: " + "; ".join(allowed))
+
+
+@torch.no_grad()
+def validation_loss(model, dataset, make_batch, micro_batch: int, limit: int, d) -> float:
+    """Mean next-token loss over every valid target of the first `limit` examples of the held-out split (all of
+    them when limit is 0), always the same examples in file order. Rank r takes examples r, r + W, ...; the count
+    is cut to a multiple of W so every rank runs the same number of forwards (FSDP's collectives)."""
+    n = len(dataset) if not limit else min(limit, len(dataset))
+    n -= n % d.world_size
+    if n == 0:
+        raise ValueError(f"the validation split has {len(dataset)} examples, fewer than the {d.world_size} ranks")
+    mine = list(range(d.rank, n, d.world_size))
+    was_training = model.training
+    model.eval()  # no dropout
+    total = torch.zeros((), dtype=torch.float64, device=d.device)
+    count = torch.zeros((), dtype=torch.float64, device=d.device)
+    for j in range(0, len(mine), micro_batch):
+        loss_sum, n_valid = loss_sum_and_count(model, make_batch(dataset, mine[j:j + micro_batch]), d.device)
+        total += loss_sum.double()
+        count += n_valid.double()
+    dist.all_reduce(total)
+    dist.all_reduce(count)
+    model.train(was_training)
+    return float(total / count)
+
+
+def run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid=None):
+    """Everything after the data: model, optimizer, resume, loop, validation, checkpoints, export. Returns the
+    last record. `valid`: the build's held-out split (same kind as `dataset`), or None."""
     log = Logger(cfg, d.is_main)
     config = model_config(cfg)
     if seq_len > config.max_seq_len:
@@ -117,8 +182,8 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
 
     # model, sharded ----------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    model = build_sharded_model(config, d, dict(cfg.parallel, compile=cfg.train.compile),
-                                init_from=cfg.model.init_from, seed=cfg.run.seed)
+    model = build_sharded_model(config, d, cfg.parallel, init_from=cfg.model.init_from, seed=cfg.run.seed,
+                                compile=cfg.train.compile)
     log.print(f"[{task}] model: {config.num_params():,} parameters, {config.n_layers} layers, d_model "
               f"{config.d_model}; weights from {cfg.model.init_from or 'scratch (seed %d)' % cfg.run.seed} "
               f"in {time.perf_counter() - t0:.1f}s")
@@ -142,25 +207,60 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
               f"{t.micro_batch_size}, accumulation {sampler.accumulation}, ranks {d.world_size}")
 
     # resume -----------------------------------------------------------------------------------------------
-    ckpt_root = pathlib.Path(cfg.run.out_dir) / "checkpoints"
-    step, tokens_seen = 0, 0
+    out_dir = pathlib.Path(cfg.run.out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    step, tokens_seen, best = 0, 0, None
     resume = None if bench else cfg.checkpoint.resume
     path = ckpt.latest(ckpt_root) if resume == "auto" else resume
     if path is not None:
+        check_resumable(cfg, path, log, task)
         state = ckpt.load(path, model, optimizer, d.rank, d.world_size, cfg.run.seed)
-        step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        step, tokens_seen, best = int(state["step"]), int(state["tokens_seen"]), state.get("best")
         sampler.load_state_dict(state["data"])
         log.print(f"[{task}] resumed from {path} at step {step} (written by {state['world_size']} ranks)")
-        changes = [c for c in ckpt.config_changes(path, dump(cfg)) if not c.startswith("checkpoint.resume")]
-        if changes:  # allowed (e.g. more steps), but never silent: the run is no longer the saved one
-            log.print(f"[{task}] WARNING: this config differs from the checkpoint's: " + "; ".join(changes))
+    if d.is_main and not bench:
+        config_lib.save(cfg, out_dir / "config.yaml")  # the config of the run's latest segment
+    finished = not bench and step >= max_steps
+    if finished and not cfg.checkpoint.reexport and (not cfg.checkpoint.export_final or ckpt.is_exported(out_dir / "model")):
+        raise SystemExit(f"[{task}] {out_dir} holds a finished run (step {step} of {max_steps}"
+                         + (f", model in {out_dir / 'model'}" if cfg.checkpoint.export_final else "") + "): nothing "
+                         "to do. Use another run.out_dir, --checkpoint.reexport=true to export the model again, or "
+                         "more steps with --train.max_steps=N --checkpoint.allow_changes=[train.max_steps].")
+    if finished:
+        log.print(f"[{task}] the run had finished at step {step}; exporting its final model again")
 
     def save(step):
         train_state = {"step": step, "tokens_seen": tokens_seen, "data": sampler.state_dict(),
-                       "world_size": d.world_size, "task": task}
+                       "world_size": d.world_size, "task": task, "best": best}
         t_save = time.perf_counter()
         path = ckpt.save(ckpt_root, step, model, optimizer, train_state, dump(cfg), d.rank, cfg.checkpoint.keep_last)
         log.print(f"[{task}] saved {path} in {time.perf_counter() - t_save:.1f}s")
+
+    def export(step, out, metrics):
+        if d.is_main:  # the card marks a finished export (ckpt.is_exported): gone while the weights change
+            (out / "README.md").unlink(missing_ok=True)
+        ckpt.export_model(model, config, out, export_dtype, d.rank)
+        if d.is_main:
+            ckpt.copy_tokenizer(cfg.data.path, out)
+            ckpt.write_export_card(cfg, task, metrics, config, out)
+        log.print(f"[{task}] exported the model of step {step} to {out} ({cfg.checkpoint.export_dtype})")
+
+    def validate(step) -> dict:
+        """Validation loss; a new best is exported to out_dir/model-best (when eval.export_best)."""
+        nonlocal best
+        t_val = time.perf_counter()
+        loss = validation_loss(model, valid, make_batch, t.micro_batch_size, cfg.eval.batches * t.global_batch_size,
+                               d)
+        rec = {"step": step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "tokens_seen": tokens_seen}
+        improved = best is None or loss < best["val_loss"]
+        log.log(rec, f"[{task}] step {step} | val loss {loss:.4f} | val ppl {rec['val_ppl']:.2f}"
+                + (" | best so far" if improved else f" | best {best['val_loss']:.4f} at step {best['step']}")
+                + f" | {time.perf_counter() - t_val:.1f}s")
+        if improved:
+            best = {"step": step, "val_loss": loss}
+            if cfg.eval.export_best:
+                export(step, out_dir / "model-best", dict(rec, **{"step": step}))
+        return rec
 
     # loop -------------------------------------------------------------------------------------------------
     model.train()
@@ -204,6 +304,8 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
             log.log(record, line)
         else:
             log.log(record)
+        if valid is not None and cfg.eval.interval and step % cfg.eval.interval == 0 and step < max_steps:
+            validate(step)
         if not bench and cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < max_steps:
             save(step)
         if t.stop_after is not None and step >= t.stop_after and step < max_steps:
@@ -221,14 +323,13 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str):
 
                 (pathlib.Path(cfg.run.out_dir) / "benchmark.json").write_text(json.dumps(report, indent=1) + "\n")
             log.print(f"[{task}] benchmark: {report}")
-        elif step > start_step:  # the run reached max_steps now (not just resumed a finished run)
-            save(step)
+        else:  # the run is at max_steps: reached now, or finished before and asked to export again
+            final = dict(record or {"step": step, "tokens_seen": tokens_seen})
+            if valid is not None and cfg.eval.interval and step > start_step:
+                final.update({k: v for k, v in validate(step).items() if k.startswith("val_")})
+            if step > start_step:
+                save(step)
             if cfg.checkpoint.export_final:
-                out = pathlib.Path(cfg.run.out_dir) / "model"
-                ckpt.export_model(model, config, out, export_dtype, d.rank)
-                if d.is_main:
-                    ckpt.copy_tokenizer(cfg.data.path, out)
-                    ckpt.write_export_card(cfg, task, record, config, out)
-                log.print(f"[{task}] exported the final model to {out} ({cfg.checkpoint.export_dtype})")
+                export(step, out_dir / "model", dict(final, best=best))
     log.close()
     return record

@@ -1,6 +1,6 @@
 """Per-GPU memory estimate for a training config under FSDP2 FULL_SHARD, before launching.
 
-    python -m training.memory --config configs/train/recgpt-7b-pretrain.yaml --gpus 8 --gpu-mem 40
+    python -m training.memory configs/train/recgpt-7b-pretrain.yaml --gpus 8 --gpu-mem 40 [--section.key=value]
 
 Arithmetic from ../shared/spec/performance.md section 6 (GB = 1e9 bytes; the "gpu-mem" capacity is in GB too):
 - sharded state: fp32 master weights + fp32 gradients + LION momentum = 12 bytes/param / n_gpus (the same with
@@ -61,7 +61,7 @@ def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_prec
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="a training YAML (configs/train/*.yaml)")
+    p.add_argument("config", help="a training YAML (configs/train/*.yaml); --section.key=value overrides follow")
     p.add_argument("--gpus", type=int, required=True, help="number of GPUs the model is sharded over")
     p.add_argument("--gpu-mem", type=float, required=True, help="capacity of one GPU in GB (e.g. 40, 80, 141)")
     p.add_argument("--micro-batch", type=int, default=None, help="default: train.micro_batch_size of the config")
@@ -69,9 +69,13 @@ def main(argv=None):
     cfg = load_config(args.config, overrides)
     if cfg.model.init_from is None or _has_config(cfg.model.init_from):
         c = model_config(cfg)
-    else:  # the checkpoint is not there yet: the named model config has the same shapes
-        c = dataclasses.replace(MPTConfig.from_name(cfg.model.name), **cfg.model.overrides)
-        print(f"(model.init_from {cfg.model.init_from} not found: using model.name {cfg.model.name!r})")
+    elif cfg.model.name is not None or cfg.model.config is not None:
+        # the checkpoint is not there yet: the named model config has the same shapes (model_config checks it)
+        c = model_config(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None)))
+        print(f"(model.init_from {cfg.model.init_from} not found: using model.name {cfg.model.name!r} / "
+              f"model.config {cfg.model.config!r})")
+    else:
+        raise SystemExit(f"model.init_from {cfg.model.init_from} not found and no model.name to estimate from")
     seq_len = cfg.data.seq_len or c.max_seq_len
     mb = args.micro_batch or cfg.train.micro_batch_size
     print(f"{args.config}: {c.num_params():,} parameters, {c.n_layers} layers, d_model {c.d_model}, vocab "

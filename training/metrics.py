@@ -20,6 +20,8 @@ import time
 
 import torch
 
+import config as config_lib
+
 # dense bf16 peak FLOP/s per device (spec/performance.md section 1; the same values as Composer's table)
 PEAK_FLOPS = [
     # (substring of torch.cuda.get_device_name(), peak)
@@ -82,7 +84,7 @@ class Logger:
             import wandb  # only imported when asked for
 
             self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.run.name, mode=mode,
-                                    dir=str(out), config=cfg.to_dict())
+                                    dir=str(out), config=config_lib.to_dict(cfg))
 
     def print(self, *args):
         if self.is_main:

@@ -3,8 +3,9 @@
     python -m training.testing out/tiny-data        # then: python train.py configs/train/tiny-pretrain.yaml
 
 Writes, with the formats' own writers (data/formats/packed.py PackWriter, data/formats/instructions.py
-InstructionWriter), a meta.json with a `pretrain` section (documents of token ids packed into rows) and an
-`instructions` section (prompt/response pairs, prompt masked). Token ids are synthetic (vocab 512, EOS = 0): documents are noisy arithmetic sequences so
+InstructionWriter), a meta.json with a `pretrain` section (documents of token ids packed into rows), an
+`instructions` section (prompt/response pairs, prompt masked), and held-out `pretrain_valid` and
+`instructions_valid` splits. Token ids are synthetic (vocab 512, EOS = 0): documents are noisy arithmetic sequences so
 a model can learn something, and each instruction's response is a fixed function of its prompt.
 """
 import json
@@ -13,8 +14,10 @@ import sys
 
 import numpy as np
 
-from data.formats.instructions import IGNORE_INDEX, InstructionWriter
+from data.formats.instructions import InstructionWriter
+from data.formats.instructions import section_meta as instructions_meta
 from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
+from data.formats.packed import section_meta as packed_meta
 
 EOS_ID = 0
 
@@ -41,28 +44,27 @@ def synthetic_pairs(n_pairs: int, vocab: int, seed: int, prompt_len=(6, 20), res
 
 
 def write_tiny_build(out_dir, seq_len: int = 32, n_docs: int = 200, n_pairs: int = 16, vocab: int = 512,
-                     seed: int = 0, rows_per_shard: int = 50, pairs=None) -> pathlib.Path:
+                     seed: int = 0, rows_per_shard: int = 50, pairs=None, n_valid_docs: int = 40,
+                     n_valid_pairs: int = 8) -> pathlib.Path:
+    """Training documents and pairs, and held-out ones (other seeds) for validation: `pretrain_valid` and
+    `instructions_valid`, as a data build writes them (none when n_valid_* is 0)."""
     out_dir = pathlib.Path(out_dir)
-    writer = PackWriter(out_dir / "pretrain", "pretrain", seq_len, "uint16", rows_per_shard, EOS_ID)
-    for doc in synthetic_documents(n_docs, vocab, seed):
-        writer.add(doc)
-    shards = writer.close()
-    iw = InstructionWriter(out_dir / "instructions", "uint16", EOS_ID)
-    for prompt, response in (pairs if pairs is not None else synthetic_pairs(n_pairs, vocab, seed)):
-        iw.add({"prompt": " ".join(map(str, prompt)), "response": " ".join(map(str, response))}, prompt, response)
-    n = iw.close()
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "tokenizer": {"path": None, "vocab_size": vocab, "synthetic": True},
-        "pretrain": {"dtype": "uint16", "seq_len": seq_len, "eos_id": EOS_ID,
-                     "shards": [{"file": f"pretrain/{s['file']}", "rows": s["rows"]} for s in shards],
-                     "rows": sum(s["rows"] for s in shards), "documents": writer.documents, "tokens": writer.tokens,
-                     "padding_tokens": writer.padding_tokens},
-        "instructions": {"dtype": "uint16", "eos_id": EOS_ID, "ignore_index": IGNORE_INDEX, "examples": n,
-                         "parts": [{"jsonl": "instructions/instructions.jsonl",
-                                    "tokens": "instructions/instructions.tokens.bin",
-                                    "index": "instructions/instructions.index.npy", "examples": n}]},
-    }
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "tokenizer": {"path": None, "vocab_size": vocab, "synthetic": True}}
+    for section, n, s in (("pretrain", n_docs, seed), ("pretrain_valid", n_valid_docs, seed + 100)):
+        if n:
+            writer = PackWriter(out_dir / section, section, seq_len, "uint16", rows_per_shard, EOS_ID)
+            for doc in synthetic_documents(n, vocab, s):
+                writer.add(doc)
+            meta[section] = packed_meta(writer, writer.close(), section)
+    for section, given, n, s in (("instructions", pairs, n_pairs, seed), ("instructions_valid", None, n_valid_pairs,
+                                                                            seed + 100)):
+        if given is None and not n:
+            continue
+        iw = InstructionWriter(out_dir / section, "uint16", EOS_ID)
+        for prompt, response in (given if given is not None else synthetic_pairs(n, vocab, s)):
+            iw.add({"prompt": " ".join(map(str, prompt)), "response": " ".join(map(str, response))}, prompt, response)
+        meta[section] = instructions_meta(section, iw.close(), "uint16", EOS_ID)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return out_dir
 

@@ -1,12 +1,20 @@
 """Evaluation files of a data build (data/README.md "Evaluation files"): `eval/<source>/{task}_{split}.jsonl`,
 `catalog.jsonl` and `train_stats.json`. Read by evaluate.py and evaluation/baselines.py, so that both see the
-same examples; the build (data/prepare/eval_prompts.py) writes them."""
+same examples; the build (data/prepare/eval_prompts.py) writes them. The tasks "text" and "yes_no" are the test
+files of a build from your own pairs (data/prepare/own_files.py), scored by evaluation/text_tasks.py."""
 import json
 import pathlib
 import random
 from typing import Optional
 
-REQUIRED_KEYS = {"next_item": ("user", "prompt", "target_item_id"), "rating": ("user", "prompt", "target_rating")}
+# every domain's ratings start at 1 (MovieLens, Amazon, Yelp: 1-5; anime, BookCrossing: 1-10); the top of the scale
+# is the domain's (data/prepare/templates.py) and train_stats.json records both as "rating_scale"
+RATING_LOW = 1.0
+DEFAULT_RATING_SCALE = (1.0, 5.0)  # for a train_stats.json written before it recorded its scale
+
+REQUIRED_KEYS = {"next_item": ("user", "prompt", "target_item_id"), "rating": ("user", "prompt", "target_rating"),
+                 # your own pairs' test file (data/prepare/own_files.py): generated text, or P(yes) vs P(no)
+                 "text": ("id", "prompt", "target_text"), "yes_no": ("id", "prompt", "target_label")}
 
 
 def item_id_order(item_id: str) -> tuple:
@@ -31,6 +39,9 @@ def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
             missing = [k for k in REQUIRED_KEYS[task] if record.get(k) is None]
             if missing:
                 raise ValueError(f"{path}:{lineno}: missing key(s) {missing} for task '{task}'")
+            label = record.get("target_label")
+            if task == "yes_no" and not (type(label) is int and label in (0, 1)):
+                raise ValueError(f"{path}:{lineno}: target_label must be 0 (no) or 1 (yes), got {label!r}")
             examples.append(record)
             if limit is not None and len(examples) >= limit:
                 break
@@ -76,4 +87,5 @@ def read_train_stats(benchmark_dir) -> dict:
     for key in ("interactions", "mean_rating", "items"):
         if key not in stats:
             raise ValueError(f"{path}: key '{key}' missing")
+    stats.setdefault("rating_scale", list(DEFAULT_RATING_SCALE))
     return stats

@@ -10,6 +10,7 @@ llm-foundry does); labels = -100 over the prompt, then the response tokens and E
 
     ds = InstructionDataset("out/data/movielens-100k")
     ds[i] -> {"input_ids": int64 (L,), "labels": int64 (L,)};  ds.record(i) -> the JSONL dict
+    InstructionDataset(path, "instructions_valid")   # the build's held-out pairs, when it wrote them
 """
 import json
 import pathlib
@@ -61,13 +62,21 @@ class InstructionWriter:
         return len(self.index)
 
 
+def section_meta(folder: str, examples: int, dtype: str, eos_id: int) -> dict:
+    """meta.json's entry for the pairs an InstructionWriter wrote into out_dir/`folder` (e.g. "instructions")."""
+    return {"dtype": dtype, "eos_id": eos_id, "ignore_index": IGNORE_INDEX, "examples": examples,
+            "parts": [{"jsonl": f"{folder}/instructions.jsonl", "tokens": f"{folder}/instructions.tokens.bin",
+                       "index": f"{folder}/instructions.index.npy", "examples": examples}]}
+
+
 class InstructionDataset:
-    def __init__(self, path):
-        meta_path, _, section = read_section(path, "instructions")
+    def __init__(self, path, section: str = "instructions"):
+        """`section`: of meta.json, "instructions" or a build's held-out "instructions_valid"."""
+        meta_path, _, s = read_section(path, section)
         root = meta_path.parent
-        self.dtype = np.dtype(section["dtype"]).newbyteorder("<")
+        self.dtype = np.dtype(s["dtype"]).newbyteorder("<")
         self._parts = []
-        for part in section["parts"]:
+        for part in s["parts"]:
             index = np.load(root / part["index"])
             tokens_path = root / part["tokens"]
             n_tokens = int(index[:, :2].sum(axis=1).max()) if len(index) else 0

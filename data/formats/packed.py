@@ -9,6 +9,10 @@ document may continue from one row into the next. The last row is filled up with
 
     ds = PackedDataset("out/data/movielens-100k")   # or .../meta.json
     len(ds); ds[i] -> np.ndarray (seq_len,) of the meta's dtype
+    PackedDataset(path, "pretrain_valid")           # the build's validation rows, when it wrote them
+
+A build may write a held-out validation split beside the training one: meta.json["pretrain_valid"] (rows) and
+meta.json["instructions_valid"] (pairs), same layout, under pretrain_valid/ and instructions_valid/.
 """
 import json
 import pathlib
@@ -85,6 +89,14 @@ class PackWriter:
         return self.shards
 
 
+def section_meta(writer: PackWriter, shards: list[dict], folder: str) -> dict:
+    """meta.json's entry for the rows a closed PackWriter wrote into out_dir/`folder` (e.g. "pretrain")."""
+    return {"dtype": writer.dtype.name, "seq_len": writer.seq_len, "eos_id": writer.eos_id,
+            "shards": [{"file": f"{folder}/{s['file']}", "rows": s["rows"]} for s in shards],
+            "rows": sum(s["rows"] for s in shards), "documents": writer.documents, "tokens": writer.tokens,
+            "padding_tokens": writer.padding_tokens}
+
+
 def read_meta(path) -> tuple[pathlib.Path, dict]:
     path = pathlib.Path(path)
     meta_path = path / "meta.json" if path.is_dir() else path
@@ -109,14 +121,14 @@ def read_section(path, name: str) -> tuple[pathlib.Path, dict, dict]:
 class PackedDataset:
     """Rows of pre-training tokens, memory-mapped; deterministic (row i is always the same)."""
 
-    def __init__(self, path):
-        meta_path, meta, p = read_section(path, "pretrain")
+    def __init__(self, path, section: str = "pretrain"):
+        meta_path, meta, p = read_section(path, section)
         root = meta_path.parent
         for key in ("dtype", "seq_len", "shards", "eos_id"):
             if key not in p:
-                raise ValueError(f"{meta_path}: pretrain.{key} missing")
+                raise ValueError(f"{meta_path}: {section}.{key} missing")
         if p["dtype"] not in ("uint16", "uint32"):
-            raise ValueError(f"{meta_path}: pretrain.dtype {p['dtype']!r} is not uint16/uint32")
+            raise ValueError(f"{meta_path}: {section}.dtype {p['dtype']!r} is not uint16/uint32")
         self.seq_len, self.eos_id = int(p["seq_len"]), int(p["eos_id"])
         self.dtype = np.dtype(p["dtype"]).newbyteorder("<")
         self.meta = meta

@@ -1,4 +1,4 @@
-"""`python -m data.prepare --config ...`: the corpus build (data/prepare/pipeline.py)."""
+"""`python -m data.prepare CONFIG [--key=value ...]`: the corpus build (data/prepare/pipeline.py)."""
 import sys
 
 from data.prepare.pipeline import main

@@ -11,10 +11,12 @@ files, in the engine (bounded memory). Checks:
 2. across id spaces: a source that excludes the users of a benchmark (`exclude_users_of`, e.g. Amazon 2018
    after P5's Amazon 2014) trains on no user of it and on no held-out (raw user, raw item) pair of it,
    compared by raw id (P5's reviewerID/ASIN from its datamaps.json; the ids themselves elsewhere);
-3. no user in both pre-training and fine-tuning (but benchmarks with finetune_from_train, by design);
+3. no user in both pre-training and fine-tuning (but benchmarks with finetune_from_train, by design), and no
+   user of the validation split (valid_fraction) in either (the validation outputs count as training for 1-2);
 4. the manifests list as many pre-training interactions as meta.json counts;
 5. every evaluation example's user has a held-out interaction.
 """
+import argparse
 import json
 import sys
 
@@ -77,6 +79,13 @@ def audit(path) -> dict:
             GROUP BY source""").fetchall() if src not in by_design}
         if shared:
             problems.append(f"users in both pre-training and fine-tuning: {shared}")
+        # 3b. validation users (valid_fraction) are held out whole: none of them trains
+        in_both = dict(con.execute("""
+            SELECT source, count(*) FROM (SELECT source, user FROM training GROUP BY source, user
+                                          HAVING bool_or(use LIKE '%_valid') AND bool_or(use NOT LIKE '%_valid'))
+            GROUP BY source""").fetchall())
+        if in_both:
+            problems.append(f"users in both training and the validation split: {in_both}")
         # 4. the manifests against meta.json
         per_source = {s: {} for s in meta["sources"]}
         for src, use, n in con.execute("SELECT source, use, count(*) FROM training GROUP BY ALL").fetchall():
@@ -107,15 +116,14 @@ def audit(path) -> dict:
     return {"heldout_interactions": n_heldout, "evaluation_examples": evaluated,
             "training_interactions": per_source,
             "leaked_interactions": len(leaks), "leaked_across_id_spaces": len(across),
-            "users_in_both_splits": sum(shared.values()), "problems": problems, "ok": not problems}
+            "users_in_both_splits": sum(shared.values()), "validation_users_in_training": sum(in_both.values()),
+            "problems": problems, "ok": not problems}
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m data.prepare.audit OUT_DIR", file=sys.stderr)
-        return 2
-    result = audit(argv[0])
+    ap = argparse.ArgumentParser(prog="python -m data.prepare.audit", description=__doc__.split("\n\n")[0])
+    ap.add_argument("out_dir", help="a data build (the folder with meta.json)")
+    result = audit(ap.parse_args(argv).out_dir)
     print(json.dumps(result, indent=1))
     print("AUDIT OK: no overlap" if result["ok"] else "AUDIT FAILED", file=sys.stderr)
     return 0 if result["ok"] else 1

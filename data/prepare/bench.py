@@ -1,7 +1,7 @@
 """Throughput of the whole build (read, plan, render, tokenize, chunk, pack, merge) against the bare `tokenizers`
 batch encoder on the same text, side by side, in one process.
 
-    python -m data.prepare.bench --config configs/data/movielens-100k-neox.yaml [--key=value ...]
+    python -m data.prepare.bench configs/data/movielens-100k-neox.yaml [--key=value ...]
 
 "The same text" is every text the build tokenizes for its outputs: the pre-training documents as written
 (after chunking), the instruction prompts and responses, and the evaluation prompts. They are read back
@@ -64,15 +64,14 @@ def written_texts(out_dir: pathlib.Path, tok) -> tuple[list[str], int, int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
+    ap.add_argument("config", help="a data-build YAML; --key=value overrides follow")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each side, interleaved (best is used)")
     ap.add_argument("--bare_batch", type=int, default=1024, help="texts per encode_batch call (bare side)")
     args, rest = ap.parse_known_args(argv)
-    overrides = config_lib.parse_overrides(rest)
-    cfg = config_lib.load(args.config, overrides)
-    out_dir = pathlib.Path(cfg["out_dir"] + "-bench")
-    argv = ["--config", args.config, *rest, f"--out_dir={out_dir}", f"--work_dir={out_dir}-work"]
-    if not cfg["tokenizer"].get("path"):  # train it once, outside the timing, then build with it
+    cfg = config_lib.load(args.config, rest)
+    out_dir = pathlib.Path(cfg.out_dir + "-bench")
+    argv = [args.config, *rest, f"--out_dir={out_dir}", f"--work_dir={out_dir}-work"]
+    if not cfg.tokenizer.path:  # train it once, outside the timing, then build with it
         pipeline.main([*argv, "--stage", "prepare", "--fresh"])
         kept = pathlib.Path(f"{out_dir}-tokenizer.json")
         shutil.copyfile(out_dir / "tokenizer.json", kept)
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
         for m in methods:
             bare.setdefault(m, []).append(bare_encode(tok_path, texts, args.bare_batch, m))
     env = {k: os.environ.get(k, "(unset)") for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
-    print(f"threads: {env}, os.cpu_count()={os.cpu_count()}, build workers={cfg['workers'] or os.cpu_count()}")
+    print(f"threads: {env}, os.cpu_count()={os.cpu_count()}, build workers={cfg.workers or os.cpu_count()}")
     n_bare = bare["encode_batch"][0][0]
     print(f"texts: {len(texts):,}, {n_bare:,} tokens; of them written as ids: {n_texts:,} texts, {n_written:,} "
           f"tokens, and {n_check:,} from the bare encoder"

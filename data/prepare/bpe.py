@@ -8,6 +8,7 @@ The BPE learns from the first `max_documents` pre-training documents in build or
 order, users in seeded order, whole histories), and is trained again only when that corpus's config changed
 (tokenizer.spec.json records it).
 """
+import dataclasses
 import json
 import pathlib
 from typing import Iterable
@@ -16,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data.formats.tokenizer import EOS
 from data.prepare import engine, histories, normalise, plan, templates, workdir
+from data.prepare.config import BuildConfig
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_path) -> Tokenizer:
@@ -31,20 +33,20 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path) -> Tokenizer:
     return tok
 
 
-def first_documents(cfg: dict, n: int) -> list[str]:
+def first_documents(cfg: BuildConfig, n: int) -> list[str]:
     """The first n pre-training documents of the build, whole histories (before chunking)."""
     texts: list[str] = []
-    con = engine.connect(cfg["work_dir"], cfg["memory_limit"])
+    con = engine.connect(cfg.work_dir, cfg.memory_limit)
     try:
-        for s in cfg["sources"]:
-            train = plan.plan_dir(cfg, s["name"]) / "train"
+        for s in cfg.sources:
+            train = plan.plan_dir(cfg, s.name) / "train"
             if len(texts) >= n or not train.is_dir():
                 continue
-            d = templates.get_domain(s["domain"])
+            d = templates.get_domain(s.domain)
             rows = f"""SELECT * FROM {engine.parquet(train)} WHERE pretrain AND position IN
                        (SELECT DISTINCT position FROM {engine.parquet(train)} WHERE pretrain
                         ORDER BY position LIMIT {n - len(texts)})"""
-            items = histories.items_of(con, normalise.source_dir(cfg, s["name"]) / "items.parquet", rows)
+            items = histories.items_of(con, normalise.source_dir(cfg, s.name) / "items.parquet", rows)
             for _, history, _ in histories.grouped(con, rows + " ORDER BY position, ord", "position", items):
                 texts.append(templates.pretrain_document(d, history))
     finally:
@@ -52,26 +54,26 @@ def first_documents(cfg: dict, n: int) -> list[str]:
     return texts
 
 
-def _spec(cfg: dict) -> tuple[pathlib.Path, dict, str]:
+def _spec(cfg: BuildConfig) -> tuple[pathlib.Path, dict, str]:
     """(where the trained tokenizer goes, its training settings, the spec of the corpus it learns from)."""
-    train = {"vocab_size": 4096, "max_documents": 20000, **cfg["tokenizer"]["train"]}
-    spec = json.dumps({"train": train, "seed": cfg["seed"], "sources": cfg["sources"],
-                       "min_interactions": cfg["min_interactions"],
-                       "finetune_fraction": cfg["finetune_fraction"]}, sort_keys=True)
-    return pathlib.Path(cfg["out_dir"]) / "tokenizer.json", train, spec
+    train = dataclasses.asdict(cfg.tokenizer.train)
+    spec = json.dumps({"train": train, "seed": cfg.seed, "sources": [dataclasses.asdict(s) for s in cfg.sources],
+                       "min_interactions": cfg.min_interactions,
+                       "finetune_fraction": cfg.finetune_fraction}, sort_keys=True)
+    return pathlib.Path(cfg.out_dir) / "tokenizer.json", train, spec
 
 
-def is_trained(cfg: dict) -> bool:
+def is_trained(cfg: BuildConfig) -> bool:
     """The trained tokenizer is there, learnt from this config's corpus."""
     out, _, spec = _spec(cfg)
     spec_path = out.with_suffix(".spec.json")
     return out.is_file() and spec_path.is_file() and spec_path.read_text() == spec
 
 
-def tokenizer_path(cfg: dict) -> str:
+def tokenizer_path(cfg: BuildConfig) -> str:
     """The path of the build's tokenizer; trains the BPE first when the config asks for one (after the plan)."""
-    if cfg["tokenizer"].get("path"):
-        return cfg["tokenizer"]["path"]
+    if cfg.tokenizer.path:
+        return cfg.tokenizer.path
     out, train, spec = _spec(cfg)
     if is_trained(cfg):
         return str(out)  # the same corpus spec: the same tokenizer

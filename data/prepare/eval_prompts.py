@@ -13,6 +13,7 @@ import json
 import pathlib
 
 from data.prepare import recipe, templates
+from data.prepare.config import BuildConfig
 from data.prepare.encoder import Encoder
 from data.prepare.manifests import ManifestWriter
 
@@ -56,11 +57,11 @@ class EvalWriter:
         return dict(sorted(self.files.items()))
 
 
-def write_prompts(d: templates.Domain, source: str, users: list, enc: Encoder, cfg: dict, writer: EvalWriter,
+def write_prompts(d: templates.Domain, source: str, users: list, enc: Encoder, cfg: BuildConfig, writer: EvalWriter,
                   manifest: ManifestWriter | None, counts: collections.Counter) -> None:
     """The evaluation prompts of `users`: (user, full history, rating split of each interaction or None)."""
-    budget = cfg["max_seq_len"] - cfg["eval"]["max_new_tokens"]
-    missing = cfg["eval"]["missing_title"]
+    budget = cfg.max_seq_len - cfg.eval.max_new_tokens
+    missing = cfg.eval.missing_title
     todo = []  # (example, titled history, extra fields, lines, make)
     for user, history, rating_split in users:
         lines: dict[tuple, str] = {}  # (id(interaction), form) -> its line: examples share most of their history

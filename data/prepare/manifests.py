@@ -16,11 +16,13 @@ SCHEMA = pa.schema([("source", pa.string()), ("use", pa.string()), ("task", pa.s
 
 
 class ManifestWriter:
-    def __init__(self, path, source: str):
-        self.source = source
+    def __init__(self, path, source: str, use_suffix: str = ""):
+        """use_suffix: "_valid" for the validation split's outputs ("pretrain_valid", "finetune_valid")."""
+        self.source, self.use_suffix = source, use_suffix
         self._rows = engine.ParquetColumns(path, SCHEMA)
 
     def add(self, use: str, history, task=None, split=None) -> None:
+        use += self.use_suffix
         n = len(history)
         source, kind, task_, split_, user, item, time, occurrence, raw_user, raw_item = self._rows.columns
         source += [self.source] * n

@@ -16,9 +16,14 @@ import shutil
 
 import numpy as np
 
-from data.formats.instructions import IGNORE_INDEX, InstructionWriter
+import config as config_lib
+
+from data.formats.instructions import InstructionWriter
+from data.formats.instructions import section_meta as instructions_meta
 from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
+from data.formats.packed import section_meta as packed_meta
 from data.prepare import plan, stats
+from data.prepare.config import BuildConfig
 from data.prepare.jobs import Job, job_dir
 
 COPY_TOKENS = 1 << 22  # tokens read from a document stream at a time
@@ -55,35 +60,54 @@ def _into_place(tmp: pathlib.Path, path: pathlib.Path) -> None:
     tmp.rename(path)
 
 
-def merge(cfg: dict, sources: dict, plans: dict, jobs: list[Job], done: dict, tokenizer: dict, fingerprint: str,
+def packed(cfg: BuildConfig, jobs: list[Job], done: dict, folder: str, dtype: str, eos_id: int) -> dict:
+    """The jobs' document streams, in order, packed into rows in out_dir/`folder` -> its meta.json section."""
+    out_dir = pathlib.Path(cfg.out_dir)
+    tmp = _fresh(out_dir / folder)
+    writer = PackWriter(tmp, folder, cfg.pack.seq_len, dtype, cfg.pack.rows_per_shard, eos_id)
+    for j in jobs:
+        path, n = job_dir(cfg, j) / "pretrain.tokens.bin", done[j.name]["result"]["documents"]
+        stream = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size else []
+        for start in range(0, len(stream), COPY_TOKENS):
+            writer.extend(np.array(stream[start: start + COPY_TOKENS]), n if start == 0 else 0)
+    shards = writer.close()
+    _into_place(tmp, out_dir / folder)
+    return packed_meta(writer, shards, folder)
+
+
+def pairs(cfg: BuildConfig, jobs: list[Job], done: dict, folder: str, dtype: str, eos_id: int) -> dict:
+    """The jobs' instruction pairs, in order, in out_dir/`folder` -> its meta.json section."""
+    out_dir = pathlib.Path(cfg.out_dir)
+    tmp = _fresh(out_dir / folder)
+    instructions = InstructionWriter(tmp, dtype, eos_id)
+    for j in jobs:
+        instructions.extend(job_dir(cfg, j))
+    n_pairs = instructions.close()
+    _into_place(tmp, out_dir / folder)
+    return instructions_meta(folder, n_pairs, dtype, eos_id)
+
+
+def merge(cfg: BuildConfig, sources: dict, plans: dict, jobs: list[Job], done: dict, tokenizer: dict, fingerprint: str,
           warnings: list[str]) -> dict:
-    out_dir = pathlib.Path(cfg["out_dir"])
+    out_dir = pathlib.Path(cfg.out_dir)
     (out_dir / "meta.json").unlink(missing_ok=True)  # until the new one is written, the build is not complete
     trains = [j for j in jobs if j.kind == "train"]
     first = done[trains[0].name]["result"] if trains else None
     dtype = first["dtype"] if first else None
     eos_id = first["eos_id"] if first else None
 
-    tmp = _fresh(out_dir / "pretrain")
-    writer = PackWriter(tmp, "pretrain", cfg["pack"]["seq_len"], dtype, cfg["pack"]["rows_per_shard"], eos_id)
-    for j in trains:
-        path, n = job_dir(cfg, j) / "pretrain.tokens.bin", done[j.name]["result"]["documents"]
-        stream = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size else []
-        for start in range(0, len(stream), COPY_TOKENS):
-            writer.extend(np.array(stream[start: start + COPY_TOKENS]), n if start == 0 else 0)
-    shards = writer.close()
-    _into_place(tmp, out_dir / "pretrain")
-
-    tmp = _fresh(out_dir / "instructions")
-    instructions = InstructionWriter(tmp, dtype, eos_id)
-    for j in trains:
-        instructions.extend(job_dir(cfg, j))
-    n_pairs = instructions.close()
-    _into_place(tmp, out_dir / "instructions")
+    splits = {"pretrain": packed(cfg, trains, done, "pretrain", dtype, eos_id),
+              "instructions": pairs(cfg, trains, done, "instructions", dtype, eos_id)}
+    if cfg.valid_fraction > 0:
+        valids = [j for j in jobs if j.kind == "valid"]
+        splits.update(pretrain_valid=packed(cfg, valids, done, "pretrain_valid", dtype, eos_id),
+                      instructions_valid=pairs(cfg, valids, done, "instructions_valid", dtype, eos_id))
+    for stale in {"pretrain_valid", "instructions_valid"} - set(splits):
+        shutil.rmtree(out_dir / stale, ignore_errors=True)
 
     tmp = _fresh(out_dir / "manifests")
     manifests = []
-    if cfg["write_manifests"]:
+    if cfg.write_manifests:
         for j in jobs:
             rel = pathlib.Path(j.source) / f"{j.kind}-{j.bucket:05d}.parquet"
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +116,9 @@ def merge(cfg: dict, sources: dict, plans: dict, jobs: list[Job], done: dict, to
     _into_place(tmp, out_dir / "manifests")
 
     tmp, evals = _fresh(out_dir / "eval"), {}
-    for s in cfg["sources"]:
-        name, ev = s["name"], [j for j in jobs if j.source == s["name"] and j.kind == "eval"]
-        if not s["benchmark"]:
+    for s in cfg.sources:
+        name, ev = s.name, [j for j in jobs if j.source == s.name and j.kind == "eval"]
+        if not s.benchmark:
             continue
         (tmp / name).mkdir()
         files = _summed(done[j.name]["result"]["files"] for j in ev)
@@ -112,28 +136,25 @@ def merge(cfg: dict, sources: dict, plans: dict, jobs: list[Job], done: dict, to
     _into_place(tmp, out_dir / "eval")
 
     per_source = {}
-    for s in cfg["sources"]:
-        name, src, p = s["name"], sources[s["name"]]["result"], plans[s["name"]]["result"]
-        counts = _summed([done[j.name]["result"]["counts"] for j in jobs if j.source == name] + [p.get("catalog", {})])
+    for s in cfg.sources:
+        name, src, p = s.name, sources[s.name]["result"], plans[s.name]["result"]
+        counts = _summed([done[j.name]["result"]["counts"] for j in jobs if j.source == name and j.kind != "valid"]
+                         + [p.get("catalog", {})])
+        valid = [done[j.name]["result"]["counts"] for j in jobs if j.source == name and j.kind == "valid"]
         per_source[name] = {
-            "domain": s["domain"], "benchmark": s["benchmark"], "table4": p["table4"],
+            "domain": s.domain, "benchmark": s.benchmark, "table4": p["table4"],
             "bad_lines": src["bad_lines"], "bad_line_examples": src["bad_line_examples"],
             "ignored_rows": src["ignored_rows"], "interactions_read": p["interactions_read"],
             "interactions_dropped": p["interactions_dropped"], "users_dropped": p["users_dropped"],
             "interactions_kept": p["interactions_kept"], "excluded_users": p["excluded_users"], "counts": counts}
+        if cfg.valid_fraction > 0:
+            per_source[name].update(validation_users=p["validation_users"], validation_counts=_summed(valid))
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
         "tokenizer": tokenizer,
-        "pretrain": {"dtype": dtype, "seq_len": cfg["pack"]["seq_len"], "eos_id": eos_id,
-                     "shards": [{"file": f"pretrain/{s['file']}", "rows": s["rows"]} for s in shards],
-                     "rows": sum(s["rows"] for s in shards), "documents": writer.documents, "tokens": writer.tokens,
-                     "padding_tokens": writer.padding_tokens},
-        "instructions": {"dtype": dtype, "eos_id": eos_id, "ignore_index": IGNORE_INDEX, "examples": n_pairs,
-                         "parts": [{"jsonl": "instructions/instructions.jsonl",
-                                    "tokens": "instructions/instructions.tokens.bin",
-                                    "index": "instructions/instructions.index.npy", "examples": n_pairs}]},
+        **splits,
         "eval": evals, "manifests": manifests, "sources": per_source, "jobs": len(jobs), "warnings": warnings,
-        "config": cfg,
+        "config": config_lib.to_dict(cfg),
     }
     (out_dir / "stats.md").write_text(stats.report(meta))
     tmp_meta = out_dir / "meta.json.tmp"

@@ -13,6 +13,7 @@ import pathlib
 import pyarrow as pa
 
 from data.prepare import engine, workdir
+from data.prepare.config import BuildConfig, SourceConfig
 from data.prepare.records import ITEM_FIELDS, BadLines
 from data.prepare.sources import get_reader
 
@@ -22,26 +23,26 @@ INTERACTIONS = pa.schema([("user", pa.string()), ("item", pa.string()), ("time",
 ITEMS = pa.schema([("id", pa.string()), *[(f, pa.string()) for f in ITEM_FIELDS], ("raw_id", pa.string())])
 
 
-def source_dir(cfg: dict, name: str) -> pathlib.Path:
-    return pathlib.Path(cfg["work_dir"]) / "sources" / name
+def source_dir(cfg: BuildConfig, name: str) -> pathlib.Path:
+    return pathlib.Path(cfg.work_dir) / "sources" / name
 
 
-def source_fingerprint(cfg: dict, s: dict) -> str:
+def source_fingerprint(cfg: BuildConfig, s: SourceConfig) -> str:
     code = workdir.code_fingerprint(__name__, "data.prepare.records", "data.prepare.engine", "data.prepare.sources",
-                                    "data.prepare.sources.csvutil", f"data.prepare.sources.{s['reader']}")
-    return workdir.fingerprint("normalise", code, s["reader"], s["options"], cfg["skip_bad"],
-                               workdir.input_stats(s["options"]))
+                                    "data.prepare.sources.csvutil", f"data.prepare.sources.{s.reader}")
+    return workdir.fingerprint("normalise", code, s.reader, s.options, cfg.skip_bad,
+                               workdir.input_stats(s.options))
 
 
-def write_source(cfg: dict, s: dict, out: pathlib.Path) -> dict:
-    reader = get_reader(s["reader"])
-    bad = BadLines(cfg["skip_bad"])
+def write_source(cfg: BuildConfig, s: SourceConfig, out: pathlib.Path) -> dict:
+    reader = get_reader(s.reader)
+    bad = BadLines(cfg.skip_bad)
     items: dict = {}  # id -> Item, in first-seen order (the reader's catalog first)
     if hasattr(reader, "read_catalog"):
-        items.update(reader.read_catalog(bad=bad, **s["options"]))
-        stream = reader.read(bad=bad, catalog=items, **s["options"])
+        items.update(reader.read_catalog(bad=bad, **s.options))
+        stream = reader.read(bad=bad, catalog=items, **s.options)
     else:
-        stream = reader.read(bad=bad, **s["options"])
+        stream = reader.read(bad=bad, **s.options)
     rows = engine.ParquetColumns(out / "interactions.parquet", INTERACTIONS)
     user, item_id, time, rating, review, seq, raw_user = (c.append for c in rows.columns)
     for k, x in enumerate(stream, 1):
@@ -61,10 +62,10 @@ def write_source(cfg: dict, s: dict, out: pathlib.Path) -> dict:
             "bad_line_examples": bad.examples, "ignored_rows": dict(sorted(bad.ignored.items()))}
 
 
-def normalise(cfg: dict, s: dict) -> dict:
+def normalise(cfg: BuildConfig, s: SourceConfig) -> dict:
     """The normalised source (reused when its reader, options and input files are unchanged) -> its record."""
     fp = source_fingerprint(cfg, s)
-    folder = source_dir(cfg, s["name"])
+    folder = source_dir(cfg, s.name)
     if not workdir.is_done(folder, fp):
-        workdir.log(f"reading {s['name']} ({s['reader']})")
-    return workdir.run_stage(folder, fp, lambda out: write_source(cfg, s, out), f"source {s['name']}")
+        workdir.log(f"reading {s.name} ({s.reader})")
+    return workdir.run_stage(folder, fp, lambda out: write_source(cfg, s, out), f"source {s.name}")

@@ -1,8 +1,8 @@
 """Build the RecGPT corpus: raw datasets -> packed pre-training rows, instruction pairs, benchmark evaluation
 files, manifests for the leakage audit and a Table-4 report (formats: data/README.md).
 
-    python -m data.prepare --config configs/data/movielens-100k.yaml       # every stage; resumes where it stopped
-    python -m data.prepare --config configs/data/amazon-beauty.yaml --max_seq_len=1024 --skip-bad
+    python -m data.prepare configs/data/movielens-100k.yaml                # every stage; resumes where it stopped
+    python -m data.prepare configs/data/amazon-beauty.yaml --max_seq_len=1024 --skip_bad=true
     scripts/build_slurm.sh configs/data/paper.yaml                        # the same stages as Slurm jobs
 
 The stages, each resumable (data/prepare/workdir.py), in <work_dir> (default <out_dir>/work):
@@ -28,10 +28,12 @@ import time
 
 from tqdm import tqdm
 
+import config
 from data.formats import tokenizer as tokenizer_lib
 from data.formats.packed import read_meta
 from data.prepare import bpe, normalise, plan, workdir
 from data.prepare import config as config_lib
+from data.prepare.config import BuildConfig
 from data.prepare import jobs as jobs_lib
 from data.prepare import merge as merge_lib
 from data.prepare.workdir import log
@@ -78,44 +80,40 @@ class Runner:
             self._pool.shutdown()
 
 
-def prepare(cfg: dict, runner: Runner | None) -> dict:
+def prepare(cfg: BuildConfig, runner: Runner | None) -> dict:
     """Stages 1-2 and the tokenizer -> what the jobs and the merge need. Without a runner nothing is built: a
     stage that is not done (with this config) is an error (a job of a Slurm array must not redo the plan)."""
-    names = [s["name"] for s in cfg["sources"]]
-    for s in cfg["sources"]:
-        for o in s["exclude_users_of"]:
-            if o not in names or names.index(o) >= names.index(s["name"]):
-                raise config_lib.ConfigError(f"source {s['name']}: exclude_users_of {o!r} must name an earlier source")
-    fps = {s["name"]: normalise.source_fingerprint(cfg, s) for s in cfg["sources"]}
-    plan_fps = {s["name"]: plan.plan_fingerprint(cfg, s, fps) for s in cfg["sources"]}
+    names = [s.name for s in cfg.sources]
+    fps = {s.name: normalise.source_fingerprint(cfg, s) for s in cfg.sources}
+    plan_fps = {s.name: plan.plan_fingerprint(cfg, s, fps) for s in cfg.sources}
 
     def stage(fn, folder, fp, tasks, desc):
         """The done records of a stage's tasks, running those that are not done."""
-        todo = [i for i, s in enumerate(cfg["sources"]) if not workdir.is_done(folder(s), fp(s))]
+        todo = [i for i, s in enumerate(cfg.sources) if not workdir.is_done(folder(s), fp(s))]
         if todo and runner is None:
-            s = cfg["sources"][todo[0]]
-            raise SystemExit(f"{desc} of {s['name']} is not prepared for this config: run `python -m data.prepare "
-                             f"--config ... --stage prepare` first ({folder(s)})")
+            s = cfg.sources[todo[0]]
+            raise SystemExit(f"{desc} of {s.name} is not prepared for this config: run `python -m data.prepare "
+                             f"CONFIG --stage prepare` first ({folder(s)})")
         done = runner.map(fn, [tasks[i] for i in todo], desc) if todo else []
-        records = [workdir.done_record(folder(s)) for s in cfg["sources"]]
+        records = [workdir.done_record(folder(s)) for s in cfg.sources]
         for i, r in zip(todo, done):
             records[i] = r
         return dict(zip(names, records))
     t0 = time.perf_counter()
-    sources = stage(normalise.normalise, lambda s: normalise.source_dir(cfg, s["name"]),
-                    lambda s: fps[s["name"]], [(cfg, s) for s in cfg["sources"]], "read")
+    sources = stage(normalise.normalise, lambda s: normalise.source_dir(cfg, s.name),
+                    lambda s: fps[s.name], [(cfg, s) for s in cfg.sources], "read")
     # the engine uses the cores that the plans running side by side leave it
     threads = max(1, (os.cpu_count() or 1) // min(runner.workers if runner else 1, len(names)))
     t1 = time.perf_counter()
-    plans = stage(plan.plan, lambda s: plan.plan_dir(cfg, s["name"]), lambda s: plan_fps[s["name"]],
-                  [(cfg, s, fps, threads) for s in cfg["sources"]], "plan")
+    plans = stage(plan.plan, lambda s: plan.plan_dir(cfg, s.name), lambda s: plan_fps[s.name],
+                  [(cfg, s, fps, threads) for s in cfg.sources], "plan")
     t2 = time.perf_counter()
-    if cfg["tokenizer"].get("path"):
-        tok_path = cfg["tokenizer"]["path"]
+    if cfg.tokenizer.path:
+        tok_path = cfg.tokenizer.path
     elif runner is not None:
         tok_path = bpe.tokenizer_path(cfg)
     else:
-        tok_path = str(pathlib.Path(cfg["out_dir"]) / "tokenizer.json")
+        tok_path = str(pathlib.Path(cfg.out_dir) / "tokenizer.json")
         if not bpe.is_trained(cfg):
             raise SystemExit(f"{tok_path}: the tokenizer is not trained for this config: run --stage prepare first")
     tok = jobs_lib.load_tokenizer(tok_path)
@@ -131,15 +129,15 @@ def prepare(cfg: dict, runner: Runner | None) -> dict:
             "warnings": warnings}
 
 
-def job_task(cfg: dict, state: dict, job) -> tuple:
+def job_task(cfg: BuildConfig, state: dict, job) -> tuple:
     return cfg, job, state["plan_fps"][job.source], state["tokenizer"]["path"], state["tokenizer"]["sha256"]
 
 
-def job_fingerprint(cfg: dict, state: dict, job) -> str:
+def job_fingerprint(cfg: BuildConfig, state: dict, job) -> str:
     return jobs_lib.job_fingerprint(cfg, job, state["plan_fps"][job.source], state["tokenizer"]["sha256"])
 
 
-def run_jobs(cfg: dict, state: dict, runner: Runner) -> dict:
+def run_jobs(cfg: BuildConfig, state: dict, runner: Runner) -> dict:
     """Every job not done yet -> {job name: done record}."""
     records = {j.name: workdir.done_record(jobs_lib.job_dir(cfg, j)) for j in state["jobs"]}
     todo = [j for j in state["jobs"] if (records[j.name] or {}).get("fingerprint") != job_fingerprint(cfg, state, j)]
@@ -151,17 +149,17 @@ def run_jobs(cfg: dict, state: dict, runner: Runner) -> dict:
     return records
 
 
-def merge_fingerprint(cfg: dict, state: dict) -> str:
+def merge_fingerprint(cfg: BuildConfig, state: dict) -> str:
     code = workdir.code_fingerprint("data.prepare.merge", "data.prepare.stats", "data.formats.packed",
                                     "data.formats.instructions")
-    return workdir.fingerprint("merge", code, [job_fingerprint(cfg, state, j) for j in state["jobs"]], cfg["pack"],
-                               cfg["write_manifests"], cfg["name"])
+    return workdir.fingerprint("merge", code, [job_fingerprint(cfg, state, j) for j in state["jobs"]], cfg.pack,
+                               cfg.write_manifests, cfg.name)
 
 
-def built(cfg: dict, state: dict) -> bool:
+def built(cfg: BuildConfig, state: dict) -> bool:
     """meta.json is there and was written by a merge of exactly these jobs."""
     try:
-        return read_meta(cfg["out_dir"])[1].get("fingerprint") == merge_fingerprint(cfg, state)
+        return read_meta(cfg.out_dir)[1].get("fingerprint") == merge_fingerprint(cfg, state)
     except (FileNotFoundError, ValueError):
         return False
 
@@ -169,20 +167,22 @@ def built(cfg: dict, state: dict) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True)
+    ap.add_argument("config", help="a data-build YAML (configs/data/*.yaml); --key=value overrides follow")
     ap.add_argument("--stage", choices=["all", "prepare", "merge"], default="all",
                     help="prepare: read and plan every source, train the tokenizer, list the jobs; merge: after all "
                          "jobs (--job) are done")
     ap.add_argument("--job", type=int, default=None, help="run job K of the prepared build (0-based; a Slurm task)")
-    ap.add_argument("--skip-bad", action="store_true", help="skip malformed input lines, counted by reason")
     ap.add_argument("--fresh", action="store_true", help="discard the work dir and outputs of an earlier run first")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     args, rest = ap.parse_known_args(argv)
-    cfg = config_lib.load(args.config, config_lib.parse_overrides(rest))
-    if args.skip_bad:
-        cfg["skip_bad"] = True
-    out_dir = pathlib.Path(cfg["out_dir"])
+    cfg = config_lib.load(args.config, rest)
+    if args.dry_run:
+        print(config.dump(cfg), end="")
+        return 0
+    log("resolved config:\n" + config.dump(cfg).rstrip())
+    out_dir = pathlib.Path(cfg.out_dir)
     if args.fresh:
-        shutil.rmtree(cfg["work_dir"], ignore_errors=True)
+        shutil.rmtree(cfg.work_dir, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -194,13 +194,13 @@ def main(argv=None) -> int:
         jobs_lib.run_job(*job_task(cfg, state, job))
         log(f"job {args.job} ({job.name}) done")
         return 0
-    runner = Runner(cfg["workers"] or os.cpu_count() or 1) if args.stage != "merge" else None
+    runner = Runner(cfg.workers or os.cpu_count() or 1) if args.stage != "merge" else None
     try:
         state = prepare(cfg, runner)
         if args.stage == "prepare":
-            (pathlib.Path(cfg["work_dir"]) / "jobs.txt").write_text("".join(f"{j.name}\n" for j in state["jobs"]))
+            (pathlib.Path(cfg.work_dir) / "jobs.txt").write_text("".join(f"{j.name}\n" for j in state["jobs"]))
             print(len(state["jobs"]))
-            log(f"prepared: {len(state['jobs'])} jobs ({cfg['work_dir']}/jobs.txt); run each with --job K, then "
+            log(f"prepared: {len(state['jobs'])} jobs ({cfg.work_dir}/jobs.txt); run each with --job K, then "
                 f"--stage merge")
             return 0
         if built(cfg, state):
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     meta = merge_lib.merge(cfg, state["sources"], state["plans"], state["jobs"], done, state["tokenizer"],
                            merge_fingerprint(cfg, state), state["warnings"])
-    shutil.rmtree(pathlib.Path(cfg["work_dir"]) / "tmp", ignore_errors=True)  # the engine's spill files
+    shutil.rmtree(pathlib.Path(cfg.work_dir) / "tmp", ignore_errors=True)  # the engine's spill files
     log(f"merge {time.perf_counter() - t1:.1f} s")
     print((out_dir / "stats.md").read_text())
     for w in state["warnings"]:  # again, where they cannot be missed

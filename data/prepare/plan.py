@@ -30,38 +30,39 @@ import pathlib
 
 import pyarrow as pa
 
-from data.formats.evalfiles import item_id_order
+from data.formats.evalfiles import RATING_LOW, item_id_order
 from data.prepare import engine, normalise, recipe, templates, workdir
+from data.prepare.config import BuildConfig, SourceConfig
 from data.prepare.records import ITEM_FIELDS, Item
 
 
-def plan_dir(cfg: dict, name: str) -> pathlib.Path:
-    return pathlib.Path(cfg["work_dir"]) / "plan" / name
+def plan_dir(cfg: BuildConfig, name: str) -> pathlib.Path:
+    return pathlib.Path(cfg.work_dir) / "plan" / name
 
 
-def plan_fingerprint(cfg: dict, s: dict, source_fps: dict) -> str:
+def plan_fingerprint(cfg: BuildConfig, s: SourceConfig, source_fps: dict) -> str:
     code = workdir.code_fingerprint(__name__, "data.prepare.recipe", "data.prepare.templates", "data.prepare.engine")
-    return workdir.fingerprint("plan", code, source_fps[s["name"]], [source_fps[o] for o in s["exclude_users_of"]],
-                               {k: s[k] for k in ("domain", "benchmark", "rating_split", "finetune_from_train",
-                                                  "exclude_users_of")},
-                               {k: cfg[k] for k in ("seed", "min_interactions", "finetune_fraction",
-                                                    "bucket_interactions")},
-                               cfg["eval"]["missing_title"])
+    return workdir.fingerprint("plan", code, source_fps[s.name], [source_fps[o] for o in s.exclude_users_of],
+                               {k: getattr(s, k) for k in ("domain", "benchmark", "rating_split", "finetune_from_train",
+                                                           "exclude_users_of")},
+                               {k: getattr(cfg, k) for k in ("seed", "min_interactions", "finetune_fraction",
+                                                             "valid_fraction", "bucket_interactions")},
+                               cfg.eval.missing_title)
 
 
-def plan(cfg: dict, s: dict, source_fps: dict, threads: int | None = None) -> dict:
+def plan(cfg: BuildConfig, s: SourceConfig, source_fps: dict, threads: int | None = None) -> dict:
     """The plan of source `s` (reused when done with the same fingerprint) -> its record."""
     fp = plan_fingerprint(cfg, s, source_fps)
-    return workdir.run_stage(plan_dir(cfg, s["name"]), fp, lambda out: write_plan(cfg, s, out, threads),
-                             f"plan of {s['name']}")
+    return workdir.run_stage(plan_dir(cfg, s.name), fp, lambda out: write_plan(cfg, s, out, threads),
+                             f"plan of {s.name}")
 
 
-def write_plan(cfg: dict, s: dict, out: pathlib.Path, threads: int | None = None) -> dict:
-    name = s["name"]
+def write_plan(cfg: BuildConfig, s: SourceConfig, out: pathlib.Path, threads: int | None = None) -> dict:
+    name = s.name
     workdir.log(f"planning {name}")
     src = normalise.source_dir(cfg, name)
     db = out / "plan.duckdb"  # a database file, so that the engine can move its tables out of memory
-    con = engine.connect(cfg["work_dir"], cfg["memory_limit"], threads, database=db)
+    con = engine.connect(cfg.work_dir, cfg.memory_limit, threads, database=db)
     try:
         con.execute(f"""
             CREATE TABLE hist AS
@@ -76,21 +77,23 @@ def write_plan(cfg: dict, s: dict, out: pathlib.Path, threads: int | None = None
         read = con.execute("SELECT count(*) FROM hist").fetchall()[0][0]
         counts = {"read": read, "dropped": collections.Counter(), "users_dropped": collections.Counter(),
                   "kept": collections.Counter()}
-        plan_users = benchmark_users if s["benchmark"] else corpus_users
+        plan_users = benchmark_users if s.benchmark else corpus_users
         result = plan_users(con, cfg, s, counts)
+        n_valid_users = mark_validation_users(con, cfg.valid_fraction, counts)
         n_train = counts["kept"]["pretrain"] + counts["kept"].get("finetune", 0)
         if read != sum(counts["dropped"].values()) + sum(counts["kept"].values()):
             raise AssertionError(f"{name}: ledger does not add up: read {read} != dropped {dict(counts['dropped'])} "
                                  f"+ kept {dict(counts['kept'])}")
         n_users = con.execute("SELECT count(*) FROM users WHERE position IS NOT NULL").fetchall()[0][0]
-        buckets = min(max(n_users, 1), max(1, math.ceil(n_train / cfg["bucket_interactions"])))
-        con.execute(f"""
-            COPY (SELECT u.position * {buckets} // {max(n_users, 1)} AS bucket, u.position, u.pretrain, u.finetune,
-                         h.user, h.ord, h.item, h.time, h.rating, h.review, h.occurrence, h.raw_user, h.raw_item
-                  FROM hist h JOIN users u USING (user) WHERE h.train AND h.titled AND u.position IS NOT NULL)
-            TO {engine.quote(out / 'train')} (FORMAT parquet, PARTITION_BY (bucket), COMPRESSION zstd)""")
-        result.update(train_buckets=buckets, users_in_order=n_users)
-        if s["benchmark"]:
+        buckets = min(max(n_users, 1), max(1, math.ceil(n_train / cfg.bucket_interactions)))
+        write_users(con, out / "train", "NOT u.valid", f"u.position * {buckets} // {max(n_users, 1)}")
+        result.update(train_buckets=buckets, users_in_order=n_users, validation_users=n_valid_users)
+        if n_valid_users:
+            n_valid = counts["kept"]["pretrain_valid"] + counts["kept"]["finetune_valid"]
+            valid_buckets = min(n_valid_users, max(1, math.ceil(n_valid / cfg.bucket_interactions)))
+            write_users(con, out / "valid", "u.valid", f"u.valid_rank * {valid_buckets} // {n_valid_users}")
+            result.update(valid_buckets=valid_buckets)
+        if s.benchmark:
             result.update(write_benchmark(con, cfg, s, out, read))
     finally:
         con.close()
@@ -101,15 +104,50 @@ def write_plan(cfg: dict, s: dict, out: pathlib.Path, threads: int | None = None
             "interactions_kept": dict(sorted(counts["kept"].items())), **result}
 
 
+def write_users(con, folder: pathlib.Path, which: str, bucket: str) -> None:
+    """The training rows of the users `which` (users u), partitioned into job buckets by the expression `bucket`."""
+    con.execute(f"""
+        COPY (SELECT {bucket} AS bucket, u.position, u.pretrain, u.finetune,
+                     h.user, h.ord, h.item, h.time, h.rating, h.review, h.occurrence, h.raw_user, h.raw_item
+              FROM hist h JOIN users u USING (user) WHERE h.train AND h.titled AND u.position IS NOT NULL AND {which})
+        TO {engine.quote(folder)} (FORMAT parquet, PARTITION_BY (bucket), COMPRESSION zstd)""")
+
+
+def mark_validation_users(con, fraction: float, counts: dict) -> int:
+    """users.valid: the last round(fraction x n) places of the pre-training users and, apart, of the users who only
+    fine-tune (so that both splits get some), held out whole for the validation loss; valid_rank orders them.
+    Their kept interactions move to the ledger's pretrain_valid / finetune_valid -> how many users."""
+    con.execute("""ALTER TABLE users ADD COLUMN valid BOOLEAN DEFAULT false;
+                   ALTER TABLE users ADD COLUMN valid_rank BIGINT""")
+    if fraction <= 0:
+        return 0
+    con.execute(f"""
+        UPDATE users SET valid = true FROM (
+            SELECT user, row_number() OVER (PARTITION BY pretrain ORDER BY position DESC) - 1 AS from_end,
+                   count(*) OVER (PARTITION BY pretrain) AS n
+            FROM users WHERE position IS NOT NULL) g
+        WHERE users.user = g.user AND g.from_end < round({fraction} * g.n)""")
+    con.execute("""UPDATE users SET valid_rank = r.rank FROM (
+                       SELECT user, row_number() OVER (ORDER BY position) - 1 AS rank FROM users WHERE valid) r
+                   WHERE users.user = r.user""")
+    pre, ft = _counts(con, """SELECT count(*) FILTER (WHERE u.pretrain), count(*) FILTER (WHERE NOT u.pretrain)
+                              FROM hist h JOIN users u USING (user) WHERE u.valid AND h.train AND h.titled""")
+    for use, n in (("pretrain", pre), ("finetune", ft)):
+        if n:
+            counts["kept"][use] -= n
+            counts["kept"][f"{use}_valid"] += n
+    return _counts(con, "SELECT count(*) FROM users WHERE valid")[0]
+
+
 def _counts(con, sql: str) -> tuple:
     return tuple(int(v or 0) for v in con.execute(sql).fetchall()[0])
 
 
-def place_users(con, cfg: dict, name: str, where: str) -> int:
+def place_users(con, cfg: BuildConfig, name: str, where: str) -> int:
     """users.position: the seeded place of each user with `where`, NULL for the others -> their number."""
     n = con.execute(f"SELECT count(*) FROM users WHERE {where}").fetchall()[0][0]
     places = pa.table({"rank": pa.array(range(n), pa.int64()),
-                       "position": pa.array(recipe.user_positions(n, cfg["seed"], name))})
+                       "position": pa.array(recipe.user_positions(n, cfg.seed, name))})
     con.register("places", places)
     con.execute(f"""
         CREATE OR REPLACE TABLE users AS
@@ -121,10 +159,10 @@ def place_users(con, cfg: dict, name: str, where: str) -> int:
     return n
 
 
-def corpus_users(con, cfg: dict, s: dict, counts: dict) -> dict:
+def corpus_users(con, cfg: BuildConfig, s: SourceConfig, counts: dict) -> dict:
     """A non-benchmark source: exclusion, cleaning, the seeded user split."""
-    name, min_n = s["name"], cfg["min_interactions"]
-    others = [normalise.source_dir(cfg, o) / "interactions.parquet" for o in s["exclude_users_of"]]
+    name, min_n = s.name, cfg.min_interactions
+    others = [normalise.source_dir(cfg, o) / "interactions.parquet" for o in s.exclude_users_of]
     if others:
         con.execute(f"""CREATE TABLE excluded AS SELECT DISTINCT coalesce(raw_user, user) AS raw_user
                         FROM read_parquet([{', '.join(engine.quote(p) for p in others)}])""")
@@ -145,7 +183,7 @@ def corpus_users(con, cfg: dict, s: dict, counts: dict) -> dict:
         counts["dropped"]["user_in_benchmark_version"] += ex_read
         counts["users_dropped"]["user_in_benchmark_version"] += n_ex
     elif others:
-        warnings.append(f"source {name}: exclude_users_of {s['exclude_users_of']} removed no user. If these sources "
+        warnings.append(f"source {name}: exclude_users_of {s.exclude_users_of} removed no user. If these sources "
                         f"number users differently (a P5 benchmark next to the raw Amazon files it came from), give "
                         f"the P5 reader its datamaps.json (option datamaps) so that users are compared by raw id")
     if n_other:  # items without a title are dropped from every user not excluded (the count may be 0)
@@ -155,7 +193,7 @@ def corpus_users(con, cfg: dict, s: dict, counts: dict) -> dict:
         counts["dropped"][f"user_under_{min_n}_interactions"] += short_titled
         counts["users_dropped"][f"user_under_{min_n}_interactions"] += n_short
     n = place_users(con, cfg, name, f"NOT excluded AND n_titled >= {min_n}")
-    n_ft = round(cfg["finetune_fraction"] * n)
+    n_ft = round(cfg.finetune_fraction * n)
     con.execute(f"""ALTER TABLE users ADD COLUMN finetune BOOLEAN; ALTER TABLE users ADD COLUMN pretrain BOOLEAN;
                     UPDATE users SET finetune = position < {n_ft}, pretrain = position >= {n_ft}""")
     con.execute("ALTER TABLE hist ADD COLUMN train BOOLEAN; UPDATE hist SET train = true")
@@ -169,19 +207,19 @@ def corpus_users(con, cfg: dict, s: dict, counts: dict) -> dict:
             "excluded_users": n_ex, "warnings": warnings}
 
 
-def benchmark_users(con, cfg: dict, s: dict, counts: dict) -> dict:
+def benchmark_users(con, cfg: BuildConfig, s: SourceConfig, counts: dict) -> dict:
     """A benchmark: P5's splits on the full sequences (untitled items included), the leakage rule, the users
     with a training history left in seeded order."""
-    name = s["name"]
+    name = s.name
     con.execute("""CREATE TABLE users AS SELECT user, count(*) AS n_read, row_number() OVER (ORDER BY user) - 1 AS rank
                    FROM hist GROUP BY user""")
     n_users = con.execute("SELECT count(*) FROM users").fetchall()[0][0]
     con.execute("ALTER TABLE hist ADD COLUMN rating_split TINYINT")
-    if s["rating_split"]:
+    if s.rating_split:
         sizes = con.execute("SELECT n_read FROM users ORDER BY user").fetchnumpy()["n_read"]
         item_ranks = con.execute("""SELECT dense_rank() OVER (ORDER BY item) - 1 AS r FROM hist
                                     ORDER BY user, ord""").fetchnumpy()["r"]
-        split = recipe.p5_rating_split(sizes.astype("int64"), item_ranks.astype("int64"), cfg["seed"], name)
+        split = recipe.p5_rating_split(sizes.astype("int64"), item_ranks.astype("int64"), cfg.seed, name)
         con.register("split", pa.table({"g": pa.array(range(len(split)), pa.int64()), "s": pa.array(split)}))
         con.execute("""
             CREATE OR REPLACE TABLE hist AS
@@ -208,16 +246,16 @@ def benchmark_users(con, cfg: dict, s: dict, counts: dict) -> dict:
     place_users(con, cfg, name, "n_train > 0")
     con.execute(f"""ALTER TABLE users ADD COLUMN pretrain BOOLEAN; ALTER TABLE users ADD COLUMN finetune BOOLEAN;
                     UPDATE users SET pretrain = position IS NOT NULL,
-                                     finetune = {str(bool(s['finetune_from_train'])).lower()} AND n_train >= 2""")
+                                     finetune = {str(bool(s.finetune_from_train)).lower()} AND n_train >= 2""")
     n_items = _counts(con, "SELECT count(DISTINCT item) FROM hist")[0]
     return {"table4": {"users": n_users, "items": n_items, "interactions": counts["read"]},
             "excluded_users": 0, "warnings": []}
 
 
-def write_benchmark(con, cfg: dict, s: dict, out: pathlib.Path, read: int) -> dict:
+def write_benchmark(con, cfg: BuildConfig, s: SourceConfig, out: pathlib.Path, read: int) -> dict:
     """The held-out table for the evaluation jobs, the catalog and the training split's statistics."""
     n_users = con.execute("SELECT count(*) FROM users").fetchall()[0][0]
-    buckets = min(max(n_users, 1), max(1, math.ceil(read / cfg["bucket_interactions"])))
+    buckets = min(max(n_users, 1), max(1, math.ceil(read / cfg.bucket_interactions)))
     con.execute(f"""
         COPY (SELECT u.rank * {buckets} // {max(n_users, 1)} AS bucket, u.rank, h.user, h.ord, h.item, h.time,
                      h.rating, h.review, h.occurrence, h.raw_user, h.raw_item, h.next_split, h.rating_split
@@ -234,17 +272,18 @@ def write_benchmark(con, cfg: dict, s: dict, out: pathlib.Path, read: int) -> di
                 c[1] += 1
                 c[2] += rating
     rated = sum(c[1] for c in items.values())
+    d = templates.get_domain(s.domain)
     stats = {"interactions": sum(c[0] for c in items.values()), "rated_interactions": rated,
              "mean_rating": sum(c[2] for c in items.values()) / rated if rated else None,
+             "rating_scale": [RATING_LOW, d.scale] if d.scale is not None else None,
              "items": {i: items[i] for i in sorted(items)}}
     (out / "train_stats.json").write_text(json.dumps(stats, sort_keys=True) + "\n")
-    d = templates.get_domain(s["domain"])
     catalog = {}
-    items = normalise.source_dir(cfg, s["name"]) / "items.parquet"
+    items = normalise.source_dir(cfg, s.name) / "items.parquet"
     for batch in engine.rows(con, f"SELECT * FROM {engine.parquet(items)}"):
         for i, item_id in enumerate(batch["id"]):
             catalog[item_id] = Item(item_id, **{f: batch[f][i] for f in ITEM_FIELDS})
-    missing = cfg["eval"]["missing_title"]
+    missing = cfg.eval.missing_title
     with open(out / "catalog.jsonl", "w", encoding="utf-8") as f:
         for i in sorted(catalog, key=item_id_order):
             item = catalog[i]

@@ -78,7 +78,7 @@ class BadLines:
     def bad(self, path, lineno: int, reason: str, detail: str = "") -> None:
         where = f"{path}:{lineno}: {reason}" + (f": {detail}" if detail else "")
         if not self.skip_bad:
-            raise DataError(where + " (use --skip-bad to skip and count such lines)")
+            raise DataError(where + " (use --skip_bad=true to skip and count such lines)")
         self.counts[reason] += 1
         self.examples.setdefault(reason, where)
 

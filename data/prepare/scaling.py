@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1M,4M,16M")
     ap.add_argument("--out", default="out/scaling")
     ap.add_argument("--config", default="configs/data/movielens-100k-neox.yaml")
-    ap.add_argument("--module", default="data.prepare", help="the builder (python -m MODULE --config ...)")
+    ap.add_argument("--module", default="data.prepare", help="the builder (python -m MODULE CONFIG ...)")
     ap.add_argument("--tag", default="current", help="names this builder's outputs (e.g. old, new)")
     ap.add_argument("--cwd", default=None, help="run the builder from this checkout (the config path too)")
     args, rest = ap.parse_known_args(argv)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         n = parse_size(size)
         data = write_dataset(out / "datasets" / f"movielens-{size}", n)
         build = out / f"build-{size}-{args.tag}"
-        cmd = [sys.executable, "-m", args.module, "--config", args.config, f"--out_dir={build}",
+        cmd = [sys.executable, "-m", args.module, args.config, f"--out_dir={build}",
                f"--sources.0.options.path={data}", f"--tokenizer.path={tokenizer}", "--finetune_fraction=0.005",
                "--write_manifests=false", *rest]
         subprocess.run(["rm", "-rf", str(build)], check=True)  # a fresh build (its work dir is inside)

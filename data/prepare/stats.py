@@ -1,7 +1,7 @@
 """The statistics report in the shape of the paper's Table 4 (users, items, interactions per source),
 with the documents and tokens this build produced, the instruction pairs, and every count of what was
 skipped or dropped. `python -m data.prepare.stats out/data/<name>` prints it again from meta.json."""
-import sys
+import argparse
 
 from data.formats.packed import read_meta
 
@@ -50,4 +50,6 @@ def report(meta: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(report(read_meta(sys.argv[1])[1]))
+    ap = argparse.ArgumentParser(prog="python -m data.prepare.stats", description="the Table-4 style report of a build")
+    ap.add_argument("out_dir", help="a data build (the folder with meta.json)")
+    print(report(read_meta(ap.parse_args().out_dir)[1]))

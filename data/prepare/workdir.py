@@ -7,6 +7,7 @@ of dead processes on this host are discarded. So a build killed at any moment an
 only the unfinished stages, and never mixes outputs of two configs; two processes that run the same stage
 (a requeued Slurm task beside its first run) each write their own folder, and the first renamed wins.
 """
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -25,7 +26,12 @@ def log(msg: str) -> None:
 
 
 def fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_plain).encode()).hexdigest()[:20]
+
+
+def _plain(value):
+    """A config section (a dataclass) hashes as its values."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else str(value)
 
 
 @functools.lru_cache(maxsize=None)
