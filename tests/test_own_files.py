@@ -86,7 +86,7 @@ def test_prompt_response_jsonl_build(tmp_path, tok_path):
             assert x["input_ids"].tolist() == prompt_ids + response_ids + [eos]
             assert (x["labels"][:len(prompt_ids)] == IGNORE_INDEX).all()
             assert x["labels"][len(prompt_ids):].tolist() == response_ids + [eos]
-            assert record["source"] == {"user": int(record["id"][1:])}  # other fields carried along
+            assert record["fields"] == {"user": int(record["id"][1:])}  # other fields carried along
     train_ids = {ds.record(i)["id"] for i in range(len(ds))}
     valid_ids = {valid.record(i)["id"] for i in range(len(valid))}
     assert not train_ids & valid_ids and len(train_ids | valid_ids) == 20
@@ -120,7 +120,7 @@ def test_alpaca_json_list_build_and_eval_prompt_identity(tmp_path, tok_path):
     assert trained[0]["prompt"] == ALPACA_TEMPLATE.format(instruction=records[0]["instruction"],
                                                           input=records[0]["input"])
     assert trained[1]["prompt"] == ALPACA_TEMPLATE_NO_INPUT.format(instruction=records[1]["instruction"])
-    assert trained[0]["prompt"].endswith("### Response:") and trained[2]["source"] == {"lang": "en"}
+    assert trained[0]["prompt"].endswith("### Response:") and trained[2]["fields"] == {"lang": "en"}
     examples = read_examples(out / "eval" / "own" / "text_test.jsonl", "text")
     for i, (x, r) in enumerate(zip(examples, trained)):
         assert x["id"] == r["id"] == str(i + 1)  # no "id" key: the record number

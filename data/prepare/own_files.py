@@ -50,15 +50,15 @@ prompt_response, else "instruction" and "output" mean alpaca; anything else is a
                       {input} (write a literal brace as {{ or }}).
 The rendered prompt is what is trained on (tokens(prompt) + tokens(response) + EOS, loss on the response and EOS)
 and, byte for byte, the prompt of the evaluation file: one function renders both.
-A record's other keys are carried along under "source" (an "id" key, string or integer, becomes the example id).
+A record's other keys are carried along under "fields" (an "id" key, string or integer, becomes the example id).
 
 Outputs, in out_dir (meta.json written last, atomically; a reader trusts only what it lists):
     instructions/, instructions_valid/   pairs: data/formats/instructions.py (InstructionWriter); each JSONL record
-                                         is {"id", "prompt", "response", "origin" (file:line), "source"}
+                                         is {"id", "prompt", "response", "origin" (file:line), "fields"}
     pretrain/, pretrain_valid/           documents + EOS, packed into rows: data/formats/packed.py (PackWriter)
     eval/<name>/{eval_task}_test.jsonl   one example a line: "id" (the record's "id", else its record number
                                          in the file, from 1), "prompt", "response" (as written), "origin",
-                                         "source", and text: "target_text" (the response) | yes_no:
+                                         "fields", and text: "target_text" (the response) | yes_no:
                                          "target_label" (1 yes, 0 no)
     eval/<name>/yes_no_answers.json      yes_no only: {"yes", "no"}, the answer strings to score (see below)
     tokenizer.json                       a copy of the tokenizer (training's export takes it from here)
@@ -93,8 +93,10 @@ from typing import Iterator, Literal, Optional
 
 import config as config_lib
 from config import invalid
-from data.formats.instructions import IGNORE_INDEX, InstructionWriter
+from data.formats.instructions import InstructionWriter
+from data.formats.instructions import section_meta as instructions_meta
 from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
+from data.formats.packed import section_meta as packed_meta
 from data.formats.tokenizer import EOS, load as load_tokenizer, sha256_file, token_dtype
 from data.prepare.config import PackSection
 from data.prepare.records import DataError
@@ -361,7 +363,7 @@ def parse_yes_no(response: str) -> Optional[int]:
 
 
 def _examples(file: InputFile, p: PairsSection) -> Iterator[tuple[str, int, dict]]:
-    """(where, position, {"id", "prompt", "response", "origin", "source"}) for each well-formed pair of `file`."""
+    """(where, position, {"id", "prompt", "response", "origin", "fields"}) for each well-formed pair of `file`."""
     fmt = None if p.format == "auto" else p.format
     for where, position, record in file.records():
         fmt = fmt or detect_format(record, where)
@@ -373,9 +375,9 @@ def _examples(file: InputFile, p: PairsSection) -> Iterator[tuple[str, int, dict
         own_id = record.get("id")
         has_id = isinstance(own_id, (str, int)) and not isinstance(own_id, bool)
         example_id = str(own_id) if has_id else str(position + 1)
-        source = {k: v for k, v in record.items() if k not in used and not (has_id and k == "id")}
+        fields = {k: v for k, v in record.items() if k not in used and not (has_id and k == "id")}
         yield where, position, {"id": example_id, "prompt": prompt, "response": response,
-                                "origin": where, "source": source}
+                                "origin": where, "fields": fields}
 
 
 def _encoded(tok, examples, texts=("prompt", "response")):
@@ -392,21 +394,6 @@ def _too_long(tally: Tally, where: str, n_prompt: int, max_seq_len: int) -> bool
         tally.drop("prompt_too_long", f"{where}: prompt_too_long: {n_prompt} tokens >= max_seq_len {max_seq_len}")
         return True
     return False
-
-
-def _instruction_section(folder: str, n: int, dtype: str, eos_id: int) -> dict:
-    """meta.json's description of one InstructionWriter's output (the layout data/prepare/merge.py writes)."""
-    return {"dtype": dtype, "eos_id": eos_id, "ignore_index": IGNORE_INDEX, "examples": n,
-            "parts": [{"jsonl": f"{folder}/instructions.jsonl", "tokens": f"{folder}/instructions.tokens.bin",
-                       "index": f"{folder}/instructions.index.npy", "examples": n}]}
-
-
-def _pack_section(folder: str, writer: PackWriter, shards: list) -> dict:
-    """meta.json's description of one PackWriter's output (the layout data/prepare/merge.py writes)."""
-    return {"dtype": str(writer.dtype), "seq_len": writer.seq_len, "eos_id": writer.eos_id,
-            "shards": [{"file": f"{folder}/{s['file']}", "rows": s["rows"]} for s in shards],
-            "rows": sum(s["rows"] for s in shards), "documents": writer.documents, "tokens": writer.tokens,
-            "padding_tokens": writer.padding_tokens}
 
 
 class Build:
@@ -466,9 +453,9 @@ class Build:
         self._check_nonempty(train, "training pair")
         if valid:
             self._check_nonempty(valid, "pair")
-        self.sections["instructions"] = _instruction_section("instructions", n["train"], self.dtype, self.eos_id)
+        self.sections["instructions"] = instructions_meta("instructions", n["train"], self.dtype, self.eos_id)
         if n.get("valid"):
-            self.sections["instructions_valid"] = _instruction_section("instructions_valid", n["valid"], self.dtype,
+            self.sections["instructions_valid"] = instructions_meta("instructions_valid", n["valid"], self.dtype,
                                                                        self.eos_id)
         elif "valid" in writers:
             shutil.rmtree(self.out_dir / "instructions_valid")
@@ -561,7 +548,7 @@ class Build:
             self._check_nonempty(valid, "document")
         for folder, w in writers.items():
             if w.documents:
-                self.sections[folder] = _pack_section(folder, w, shards[folder])
+                self.sections[folder] = packed_meta(w, shards[folder], folder)
 
     @staticmethod
     def _texts(file: InputFile, text_field: str):
