@@ -37,12 +37,13 @@ import argparse
 import json
 import logging
 import pathlib
+import sys
 import time
 
 import torch
 from tqdm import tqdm
 
-from config import dump, save, to_dict
+from config import cli, dump, save, to_dict
 from data.formats.evalfiles import DEFAULT_RATING_SCALE, read_catalog, read_examples, read_train_stats, sample_examples
 from data.formats.tokenizer import EOS
 from evaluation.config import EvalConfig, load_eval_config
@@ -350,4 +351,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

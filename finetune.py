@@ -15,7 +15,7 @@ allow_pad_trimming false) or to the longest in the micro-batch (`data.pad_to=lon
 import os
 import sys
 
-from config import command_line
+from config import cli, command_line
 from training import distributed as dist_utils
 from training.config import TrainConfig
 from training.data import FilteredDataset, open_instructions, open_valid, sft_batch
@@ -62,6 +62,7 @@ def train(cfg, d):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    code = cli.run(main)  # an expected error: one line naming the culprit, exit 1 (config/cli.py)
     sys.stdout.flush()
-    os._exit(0)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here
+    sys.stderr.flush()
+    os._exit(code)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here

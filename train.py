@@ -15,7 +15,7 @@ LION, checkpoints and logging are shared with finetune.py (training/).
 import os
 import sys
 
-from config import command_line
+from config import cli, command_line
 from training import distributed as dist_utils
 from training.config import TrainConfig
 from training.data import SyntheticDataset, open_packed, open_valid, pretrain_batch
@@ -59,6 +59,7 @@ def train(cfg, d):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    code = cli.run(main)  # an expected error: one line naming the culprit, exit 1 (config/cli.py)
     sys.stdout.flush()
-    os._exit(0)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here
+    sys.stderr.flush()
+    os._exit(code)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here

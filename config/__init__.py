@@ -20,7 +20,9 @@ loader turns into a message naming the key's full path and its file.
 """
 import copy
 import dataclasses
+import math
 import pathlib
+import re
 import types
 import typing
 from typing import Any
@@ -76,6 +78,9 @@ def _error(origins, dotted, value, why) -> ConfigError:
     return ConfigError(f"{origins(dotted)}: key '{dotted}' = {value!r}: {why}")
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _convert(tp, value, dotted: str, origins):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -115,8 +120,12 @@ def _convert(tp, value, dotted: str, origins):
             raise _error(origins, dotted, value, "must be an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; it is the number everyone means
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _error(origins, dotted, value, "must be a number")
+        if not math.isfinite(value):
+            raise _error(origins, dotted, value, "must be finite")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -247,7 +256,8 @@ def command_line(schema, argv, doc: str, base: dict = None):
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
         try:
-            keys = "\n\nConfig keys with their defaults (--section.key=value sets one):\n" + dump(load(schema, None, (), base))
+            keys = ("\n\nConfig keys with their defaults (--section.key=value sets one):\n"
+                    + dump(load(schema, None, (), base)))
         except ConfigError:  # a schema with required keys: its docstring lists them
             keys = ""
         print(doc.rstrip() + keys)

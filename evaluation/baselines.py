@@ -14,7 +14,9 @@ same --sample/--sample-seed for that task.
 import argparse
 import json
 import pathlib
+import sys
 
+from config import cli
 from data.formats.evalfiles import item_id_order, read_examples, read_train_stats, sample_examples
 from evaluation.metrics import ranking_metrics, rating_metrics
 
@@ -95,4 +97,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -70,8 +70,20 @@ class EvalConfig:
         for key in ("checkpoint", "benchmark", "task", "out"):
             if getattr(self, key) is None:
                 raise invalid(key, None, f"is required (in the config file, or --{key}=...)")
-        if self.batch_size < 1:
-            raise invalid("batch_size", self.batch_size, "must be >= 1")
+        for key, value in (("batch_size", self.batch_size), ("limit", self.limit), ("sample", self.sample),
+                           ("max_new_tokens", self.max_new_tokens), ("next_item.num_beams", self.next_item.num_beams),
+                           ("next_item.num_return_sequences", self.next_item.num_return_sequences)):
+            if value is not None and value < 1:
+                raise invalid(key, value, "must be >= 1")
+        n = self.next_item
+        if n.num_return_sequences > n.num_beams:
+            raise invalid("next_item.num_return_sequences", n.num_return_sequences,
+                          f"must be <= next_item.num_beams = {n.num_beams}")
+        r = self.rating
+        for key, ok, why in (("temperature", r.temperature > 0, "must be > 0"), ("top_p", 0 < r.top_p <= 1,
+                             "must be in (0, 1]"), ("top_k", r.top_k >= 0, "must be >= 0 (0: no top-k)")):
+            if not ok:
+                raise invalid(f"rating.{key}", getattr(r, key), why)
 
 
 def load_eval_config(path=None, argv=(), flags: dict = None) -> EvalConfig:

@@ -113,7 +113,9 @@ class Decoder:
         self.cache = model.new_kv_cache(ids.shape[0], max_len=total) if use_cache else None
 
     def prefill(self) -> torch.Tensor:
-        return self.model(self.ids, attention_mask=self.mask, kv_cache=self.cache, last_token_only=True)[:, -1]
+        self.generated = 0
+        return _finite(self.model(self.ids, attention_mask=self.mask, kv_cache=self.cache, last_token_only=True)[:, -1],
+                       "the prompts")
 
     def step(self, rows: Optional[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """rows: (R,) indices into the current rows, or None for all in order; tokens: (R,) -> logits (R, V)."""
@@ -129,7 +131,17 @@ class Decoder:
         else:
             self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
             logits = self.model(self.ids, attention_mask=self.mask, last_token_only=True)
-        return logits[:, -1]
+        self.generated += 1
+        return _finite(logits[:, -1], f"generated token {self.generated}")
+
+
+def _finite(logits: torch.Tensor, where: str) -> torch.Tensor:
+    """A NaN or inf logit would surface later as an unreadable sampling or sorting error: name it here."""
+    if not torch.isfinite(logits).all():
+        rows = (~torch.isfinite(logits)).any(-1).nonzero()[:, 0].tolist()
+        raise ValueError(f"the model's logits are not finite after {where} (batch rows {rows[:8]}): its weights hold "
+                         f"NaN/inf, or the dtype overflows (try --dtype float32)")
+    return logits
 
 
 class StopStrings:

@@ -17,8 +17,10 @@ import sys
 
 import torch
 
+from config import cli
+
 from model.card import read_card, write_card
-from model.checkpoint import (TOKENIZER_FILES, CheckpointError, ShardWriter, iter_checkpoint, ours_to_hf,
+from model.checkpoint import (TOKENIZER_FILES, ShardWriter, iter_checkpoint, ours_to_hf,
                               read_config, shard_count, write_config)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,13 +78,10 @@ def main(argv=None):
         p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: keep)")
     args = parser.parse_args(argv)
     convert = convert_from_hf if args.direction == "from-hf" else convert_to_hf
-    try:
-        config = convert(args.src, args.dst, DTYPES.get(args.dtype))
-    except (CheckpointError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    config = convert(args.src, args.dst, DTYPES.get(args.dtype))
     print(f"{args.direction}: {args.src} -> {args.dst} ({config.num_params():,} parameters, "
           f"{config.n_layers} layers, d_model {config.d_model})")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -51,9 +51,9 @@ def test_data_build_config_grammar(tmp_path):
     path = tmp_path / "d.yaml"
     path.write_text("name: x\ntokenizer: {train: {vocab_size: 300}}\n"
                     "sources:\n  - {name: a, reader: movielens, domain: movielens, options: {path: /a}}\n")
-    cfg = load_build(path, ["--sources.0.options.path=/b", "--max_seq_len=64", "--tokenizer.train.max_documents=9"])
+    cfg = load_build(path, ["--sources.0.options.path=/b", "--max_seq_len=256", "--tokenizer.train.max_documents=9"])
     assert isinstance(cfg, BuildConfig)
-    assert cfg.sources[0].options == {"path": "/b"} and cfg.max_seq_len == 64 and cfg.pack.seq_len == 64
+    assert cfg.sources[0].options == {"path": "/b"} and cfg.max_seq_len == 256 and cfg.pack.seq_len == 256
     assert cfg.tokenizer.train.vocab_size == 300 and cfg.tokenizer.train.max_documents == 9
     assert cfg.out_dir == "out/data/x" and cfg.work_dir == "out/data/x/work"
     with pytest.raises(ConfigError, match=r"command line: --sources\.3\.name: the list has 1 entries"):

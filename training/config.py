@@ -137,12 +137,28 @@ class TrainConfig:
     benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
 
     def __post_init__(self):
-        for key in ("global_batch_size", "micro_batch_size", "epochs"):
-            if getattr(self.train, key) < 1:
-                raise invalid(f"train.{key}", getattr(self.train, key), "must be >= 1")
-        for key in ("interval", "batches"):
-            if getattr(self.eval, key) < 0:
-                raise invalid(f"eval.{key}", getattr(self.eval, key), "must be >= 0")
+        for key, ok, why in RANGES:
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value is not None and not ok(value):
+                raise invalid(key, value, why)
+
+
+# value ranges (null stays allowed where the key is optional)
+RANGES = [
+    *[(f"train.{k}", lambda v: v >= 1, "must be >= 1") for k in ("global_batch_size", "micro_batch_size", "epochs",
+                                                                   "max_steps", "stop_after")],
+    *[(k, lambda v: v >= 0, "must be >= 0") for k in ("eval.interval", "eval.batches", "checkpoint.interval",
+                                                       "optim.weight_decay", "optim.grad_clip", "schedule.t_warmup",
+                                                       "benchmark.warmup_steps", "data.eos_id")],
+    *[(k, lambda v: v >= 1, "must be >= 1") for k in ("data.seq_len", "checkpoint.keep_last", "log.interval",
+                                                       "benchmark.steps")],
+    ("optim.lr", lambda v: v > 0, "must be > 0"),
+    ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "must be in [0, 1)"),
+    ("schedule.alpha_f", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("log.peak_flops", lambda v: v > 0, "must be > 0"),
+]
 
 
 # Keys a resume may change without `checkpoint.allow_changes`: they change how a run is watched, saved or laid out

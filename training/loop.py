@@ -121,6 +121,10 @@ def train_step(model, optimizer, micro_batches: list, device, grad_clip: float) 
     return {"loss": loss, "grad_norm": float(grad_norm), "valid_tokens": global_valid}
 
 
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or inf: the run stops, naming the step, the batch and the last checkpoint."""
+
+
 def check_resumable(cfg, path, log, task: str) -> None:
     """A resume continues the saved run only: any difference in a key outside SAFE_TO_CHANGE (training/config.py)
     stops it, naming the keys, unless checkpoint.allow_changes lists them."""
@@ -284,7 +288,11 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid=None):
         record = {"step": step, "loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"],
                   "valid_tokens": out["valid_tokens"], "tokens_seen": tokens_seen, "data_s": t_data}
         if not math.isfinite(out["loss"]):
-            raise FloatingPointError(f"loss is {out['loss']} at step {step}")
+            raise NonFiniteLoss(
+                f"loss is {out['loss']} at step {step} (its global batch: examples "
+                f"{sampler.global_indices(step - 1)[:8].tolist()}... of {cfg.data.path or 'synthetic data'}); the last "
+                f"complete checkpoint is {ckpt.latest(ckpt_root) or 'none'}: resume from it with a smaller optim.lr, "
+                f"optim.grad_clip, or a fix to the data")
         if step % cfg.log.interval == 0 or step == max_steps or step == start_step + 1:
             if not (bench and step <= cfg.benchmark.warmup_steps):
                 record.update(throughput.report())

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import sys
 
+from config import cli
 from model.config import MPTConfig
 from training.config import load_config
 from training.loop import model_config
@@ -105,4 +106,4 @@ def _has_config(path) -> bool:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli.run(main))

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 
+from config import cli
 from data.formats.packed import read_meta
 from data.prepare import engine
 
@@ -130,4 +131,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

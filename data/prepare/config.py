@@ -100,6 +100,17 @@ class BuildConfig:
         if not 0.0 <= self.valid_fraction < 0.5:
             raise invalid("valid_fraction", self.valid_fraction, "must be in [0, 0.5)")
         self.pack.seq_len = self.pack.seq_len or self.max_seq_len
+        for key, value, low in (("pack.seq_len", self.pack.seq_len, 2),
+                                ("pack.rows_per_shard", self.pack.rows_per_shard, 1),
+                                ("eval.max_new_tokens", self.eval.max_new_tokens, 1)):
+            if value < low:
+                raise invalid(key, value, f"must be >= {low}")
+        if self.eval.max_new_tokens >= self.max_seq_len:
+            raise invalid("eval.max_new_tokens", self.eval.max_new_tokens, f"must leave room for a prompt in "
+                          f"max_seq_len = {self.max_seq_len}")
+        if self.tokenizer.train is not None and self.tokenizer.train.vocab_size < 257:
+            raise invalid("tokenizer.train.vocab_size", self.tokenizer.train.vocab_size,
+                          "must be > 256 (the byte alphabet and EOS)")
         if not self.sources:
             raise invalid("sources", self.sources, "no sources")
         names = [s.name for s in self.sources]

@@ -92,6 +92,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Literal, Optional
 
 import config as config_lib
+from config import cli
 from config import invalid
 from data.formats.instructions import InstructionWriter
 from data.formats.instructions import section_meta as instructions_meta
@@ -625,15 +626,11 @@ def main(argv=None) -> int:
     if not argv:
         print(__doc__)
         return 2
-    try:
-        cfg = config_lib.command_line(OwnFilesConfig, argv, __doc__)  # --help, --dry-run exit here
-        print(config_lib.dump(cfg), flush=True)
-        build(cfg)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError, DataError: messages name the key or the file
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cfg = config_lib.command_line(OwnFilesConfig, argv, __doc__)  # --help, --dry-run exit here
+    print(config_lib.dump(cfg), flush=True)
+    build(cfg)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -2,7 +2,9 @@
 with the documents and tokens this build produced, the instruction pairs, and every count of what was
 skipped or dropped. `python -m data.prepare.stats out/data/<name>` prints it again from meta.json."""
 import argparse
+import sys
 
+from config import cli
 from data.formats.packed import read_meta
 
 
@@ -49,7 +51,11 @@ def report(meta: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data.prepare.stats", description="the Table-4 style report of a build")
     ap.add_argument("out_dir", help="a data build (the folder with meta.json)")
-    print(report(read_meta(ap.parse_args().out_dir)[1]))
+    print(report(read_meta(ap.parse_args(argv).out_dir)[1]))
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
