@@ -48,6 +48,7 @@ from data.formats.evalfiles import DEFAULT_RATING_SCALE, read_catalog, read_exam
 from data.formats.tokenizer import EOS
 from evaluation.config import EvalConfig, load_eval_config
 from evaluation.generate import GenerationConfig, generate_text
+from output import OutputLock, staged_dir
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
 log = logging.getLogger("evaluate")
@@ -323,10 +324,11 @@ def main(argv=None):
     from model.checkpoint import load_model
 
     log.info("resolved config:\n%s", dump(cfg).rstrip())
-    out = pathlib.Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save(cfg, out / "config.yaml")
+    with OutputLock(cfg.out, "evaluate.py"):  # one writer of OUT; its files appear together at the end
+        return evaluate(cfg, load_tokenizer, load_model)
 
+
+def evaluate(cfg, load_tokenizer, load_model) -> dict:
     tok_path = pathlib.Path(cfg.tokenizer or pathlib.Path(cfg.checkpoint) / "tokenizer.json")
     tokenizer = load_tokenizer(tok_path)
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
@@ -340,12 +342,14 @@ def main(argv=None):
     metrics["settings"] = to_dict(cfg)
     metrics["settings"]["n_examples"] = len(examples)
 
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
-    (out / "metrics.json").write_text(json.dumps(_no_nan(metrics), indent=2, allow_nan=False) + "\n")
     table = markdown_table(cfg, metrics, len(examples))
-    (out / "metrics.md").write_text(table)
+    with staged_dir(cfg.out) as out:  # written beside OUT, then renamed into place whole
+        with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
+            for p in predictions:
+                f.write(json.dumps(p, ensure_ascii=False) + "\n")
+        (out / "metrics.json").write_text(json.dumps(_no_nan(metrics), indent=2, allow_nan=False) + "\n")
+        (out / "metrics.md").write_text(table)
+        save(cfg, out / "config.yaml")
     print(table)
     return metrics
 

@@ -63,6 +63,7 @@ def train(cfg, d):
 
 if __name__ == "__main__":
     code = cli.run(main)  # an expected error: one line naming the culprit, exit 1 (config/cli.py)
+    if code:
+        sys.exit(code)
     sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here
+    os._exit(0)  # gloo workers can abort in interpreter shutdown after DCP; everything is flushed and closed here

@@ -6,7 +6,8 @@
 Expected errors are the ones a user can cause and fix: a bad config (ConfigError), bad input data (ValueError and its
 kinds, with the file and line in the message), a missing or unreadable file, a full disk. They print
 `error: <message>` on stderr and exit 1; with RECGPT_DEBUG=1 in the environment (or `--debug` on the command line)
-the traceback is printed too. Anything else is a bug and keeps its traceback. Under torchrun only rank 0 prints the
+the traceback is printed too. Anything else is a bug and keeps its traceback. `--take-over-lock` is read here too,
+for every command (output/__init__.py). Under torchrun only rank 0 prints the
 line (every rank raises the same error).
 """
 import errno
@@ -44,7 +45,9 @@ def is_expected(e: BaseException) -> bool:
 def run(main, argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("RECGPT_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    if "--take-over-lock" in argv:  # output/: take an output folder's lock from a holder this host cannot see
+        os.environ["RECGPT_TAKE_OVER_LOCK"] = "1"
+    argv = [a for a in argv if a not in ("--debug", "--take-over-lock")]
     try:
         code = main(argv)
     except Exception as e:  # noqa: BLE001  (sorted into expected errors, one line, and bugs, a traceback)

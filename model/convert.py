@@ -7,7 +7,8 @@ Every command that reads a model (load_model, evaluate.py, model.init_from, this
 layout as it is (model/checkpoint.py reads HF directories through a name-mapping adapter); converting is
 only needed to write the other layout, e.g. to share a trained model in transformers' format. One shard at
 a time: each input shard becomes one output shard, so converting the 13 GB MPT-7B needs little more memory
-than its largest shard. `to-hf` writes a model card (README.md) with what is known of the model.
+than its largest shard. `to-hf` writes a model card (README.md) with what is known of the model. The output is
+written into a temporary sibling and renamed into place when complete (output/), under a lock.
 """
 import argparse
 import json
@@ -18,10 +19,10 @@ import sys
 import torch
 
 from config import cli
-
 from model.card import read_card, write_card
 from model.checkpoint import (TOKENIZER_FILES, ShardWriter, iter_checkpoint, ours_to_hf,
                               read_config, shard_count, write_config)
+from output import OutputLock, staged_dir
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,7 +79,11 @@ def main(argv=None):
         p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="cast weights (default: keep)")
     args = parser.parse_args(argv)
     convert = convert_from_hf if args.direction == "from-hf" else convert_to_hf
-    config = convert(args.src, args.dst, DTYPES.get(args.dtype))
+    if pathlib.Path(args.dst).resolve() == pathlib.Path(args.src).resolve():
+        raise ValueError(f"{args.dst}: the output folder must not be the input folder")
+    # one writer; written beside the destination and renamed into place whole (a failure leaves the old one intact)
+    with OutputLock(args.dst, f"model.convert {args.direction}"), staged_dir(args.dst) as tmp:
+        config = convert(args.src, tmp, DTYPES.get(args.dtype))
     print(f"{args.direction}: {args.src} -> {args.dst} ({config.num_params():,} parameters, "
           f"{config.n_layers} layers, d_model {config.d_model})")
 

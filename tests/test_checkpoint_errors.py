@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from config import cli
 from model.checkpoint import CheckpointError, load_model, save_model
 from model.config import ConfigError, MPTConfig
 from model.convert import convert_from_hf, main as convert_main
@@ -198,8 +199,10 @@ def test_no_weights_at_all(tmp_path):
 def test_cli_reports_error_and_exits_nonzero(tmp_path, capsys):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps({**TINY.to_mpt_json(), "n_embd": 3}))
-    with pytest.raises(SystemExit, match="error: .*'n_embd'"):
-        convert_main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "ours")])
+    assert cli.run(convert_main, ["from-hf", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'n_embd'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ours").exists() and not list(tmp_path.glob("ours.*"))  # no half-written output, no lock
 
 
 # --- our format ------------------------------------------------------------------------------

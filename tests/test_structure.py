@@ -1,14 +1,14 @@
 """The rooms' import rules (data/README.md, ../shared/spec/style.md §5): the formats import nothing else of the
 project; the trainer and the evaluator never import the corpus build; the model knows nothing of data, training or
-evaluation; the config system (config/) imports nothing of the project. Checked on every import statement of the
-sources, including those inside functions."""
+evaluation; the config system (config/) and the output rules (output/) import nothing else of the project.
+Checked on every import statement of the sources, including those inside functions."""
 import ast
 import pathlib
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PROJECT = ("data", "model", "kernels", "training", "evaluation", "train", "finetune", "evaluate", "config")
+PROJECT = ("data", "model", "kernels", "training", "evaluation", "train", "finetune", "evaluate", "config", "output")
 
 
 def imports(path: pathlib.Path) -> set[str]:
@@ -38,8 +38,9 @@ def offending(paths, allowed) -> dict:
     ("formats", ["data/formats/*.py"], lambda n: n.startswith("data.formats")),
     ("trainer", ["training/*.py", "train.py", "finetune.py"], lambda n: not n.startswith("data.prepare")),
     ("evaluator", ["evaluation/*.py", "evaluate.py"], lambda n: not n.startswith("data.prepare")),
-    ("model", ["model/*.py", "kernels/*.py"], lambda n: n.split(".")[0] in ("model", "kernels", "config")),
+    ("model", ["model/*.py", "kernels/*.py"], lambda n: n.split(".")[0] in ("model", "kernels", "config", "output")),
     ("config", ["config/*.py"], lambda n: n.split(".")[0] == "config"),
+    ("output", ["output/*.py"], lambda n: False),
 ])
 def test_import_rules(room, patterns, allowed):
     paths = files(*patterns)

@@ -190,7 +190,7 @@ def write_export_card(cfg, task: str, record: dict, config, out_dir) -> pathlib.
 
 
 def is_exported(out_dir) -> bool:
-    """An export finished: its model card is written last (write_export_card, after the weights and tokenizer)."""
+    """An export is in place (exports are staged and renamed whole: training/loop.py); the card is written last."""
     return (pathlib.Path(out_dir) / "README.md").is_file()
 
 

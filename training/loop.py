@@ -21,11 +21,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
-from model.checkpoint import read_config
-from model.config import MPTConfig
-from training import checkpoint as ckpt
 import config as config_lib
 from config import dump, to_dict
+from model.checkpoint import read_config
+from model.config import MPTConfig
+from output import OutputLock, OutputLocked, partial_dir, remove_partials, replace_dir
+from training import checkpoint as ckpt
 from training.config import unsafe_changes
 from training.data import IGNORE_INDEX, GlobalBatchSampler
 from training.distributed import build_sharded_model
@@ -170,7 +171,31 @@ def validation_loss(model, dataset, make_batch, micro_batch: int, limit: int, d)
 
 def run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid=None):
     """Everything after the data: model, optimizer, resume, loop, validation, checkpoints, export. Returns the
-    last record. `valid`: the build's held-out split (same kind as `dataset`), or None."""
+    last record. `valid`: the build's held-out split (same kind as `dataset`), or None.
+
+    Rank 0 holds the lock of run.out_dir (output/) for the whole run: a second training into the same folder stops
+    before it touches anything; the other ranks learn the outcome from rank 0."""
+    lock = OutputLock(cfg.run.out_dir, f"{task} ({cfg.run.name})") if d.is_main and not cfg.benchmark.enabled else None
+    refused = None
+    if lock is not None:
+        try:
+            lock.__enter__()
+        except OutputLocked as e:
+            refused = e
+    flag = torch.tensor([refused is not None], dtype=torch.int32, device=d.device)
+    dist.broadcast(flag, src=0)
+    if refused is not None:
+        raise refused
+    if flag.item():
+        raise OutputLocked(f"rank 0 could not lock {cfg.run.out_dir} (its message names the holder)")
+    try:
+        return _run(cfg, d, dataset, make_batch, seq_len, task, valid)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
     log = Logger(cfg, d.is_main)
     config = model_config(cfg)
     if seq_len > config.max_seq_len:
@@ -222,6 +247,9 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid=None):
         step, tokens_seen, best = int(state["step"]), int(state["tokens_seen"]), state.get("best")
         sampler.load_state_dict(state["data"])
         log.print(f"[{task}] resumed from {path} at step {step} (written by {state['world_size']} ranks)")
+        dropped = log.cut_back(step)  # the killed segment's later steps are redone: one record per step
+        if dropped:
+            log.print(f"[{task}] metrics.jsonl: {dropped} records after step {step} (from the interrupted run) removed")
     if d.is_main and not bench:
         config_lib.save(cfg, out_dir / "config.yaml")  # the config of the run's latest segment
     finished = not bench and step >= max_steps
@@ -241,12 +269,15 @@ def run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid=None):
         log.print(f"[{task}] saved {path} in {time.perf_counter() - t_save:.1f}s")
 
     def export(step, out, metrics):
-        if d.is_main:  # the card marks a finished export (ckpt.is_exported): gone while the weights change
-            (out / "README.md").unlink(missing_ok=True)
-        ckpt.export_model(model, config, out, export_dtype, d.rank)
+        """Written into a temporary sibling and renamed into place whole (output/): never a mix of two exports."""
+        tmp = partial_dir(out)
         if d.is_main:
-            ckpt.copy_tokenizer(cfg.data.path, out)
-            ckpt.write_export_card(cfg, task, metrics, config, out)
+            remove_partials(out)
+        ckpt.export_model(model, config, tmp, export_dtype, d.rank)
+        if d.is_main:
+            ckpt.copy_tokenizer(cfg.data.path, tmp)
+            ckpt.write_export_card(cfg, task, metrics, config, tmp)
+            replace_dir(tmp, out)
         log.print(f"[{task}] exported the model of step {step} to {out} ({cfg.checkpoint.export_dtype})")
 
     def validate(step) -> dict:

@@ -86,6 +86,18 @@ class Logger:
             self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.run.name, mode=mode,
                                     dir=str(out), config=config_lib.to_dict(cfg))
 
+    def cut_back(self, step: int) -> int:
+        """Keep the records of steps <= `step` (a resume redoes the later ones) -> how many were removed."""
+        if not self.is_main:
+            return 0
+        self.jsonl.close()
+        path = pathlib.Path(self.jsonl.name)
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(kept))
+        self.jsonl = open(path, "a")
+        return len(lines) - len(kept)
+
     def print(self, *args):
         if self.is_main:
             print(*args, flush=True)

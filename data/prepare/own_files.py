@@ -101,6 +101,7 @@ from data.formats.packed import section_meta as packed_meta
 from data.formats.tokenizer import EOS, load as load_tokenizer, sha256_file, token_dtype
 from data.prepare.config import PackSection
 from data.prepare.records import DataError
+from output import OutputLock
 
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides further "
                    "context. Write a response that appropriately completes the request.\n\n"
@@ -628,7 +629,8 @@ def main(argv=None) -> int:
         return 2
     cfg = config_lib.command_line(OwnFilesConfig, argv, __doc__)  # --help, --dry-run exit here
     print(config_lib.dump(cfg), flush=True)
-    build(cfg)
+    with OutputLock(cfg.out_dir, "data.prepare.own_files"):  # one build writes out_dir at a time
+        build(cfg)
     return 0
 
 

@@ -37,6 +37,7 @@ from data.prepare.config import BuildConfig
 from data.prepare import jobs as jobs_lib
 from data.prepare import merge as merge_lib
 from data.prepare.workdir import log
+from output import OutputLock
 
 
 def _init_worker(threads: int) -> None:
@@ -180,20 +181,29 @@ def main(argv=None) -> int:
         print(config.dump(cfg), end="")
         return 0
     log("resolved config:\n" + config.dump(cfg).rstrip())
+    if args.job is not None:  # one job of a prepared build (a Slurm array task): jobs share the build's lock holder
+        return run_one_job(cfg, args.job)
+    with OutputLock(cfg.out_dir, "data.prepare"):  # one build writes out_dir at a time
+        return build(cfg, args)
+
+
+def run_one_job(cfg: BuildConfig, k: int) -> int:
+    state = prepare(cfg, None)
+    if not 0 <= k < len(state["jobs"]):
+        raise SystemExit(f"--job {k}: this build has jobs 0..{len(state['jobs']) - 1}")
+    job = state["jobs"][k]
+    jobs_lib.run_job(*job_task(cfg, state, job))
+    log(f"job {k} ({job.name}) done")
+    return 0
+
+
+def build(cfg: BuildConfig, args) -> int:
     out_dir = pathlib.Path(cfg.out_dir)
     if args.fresh:
         shutil.rmtree(cfg.work_dir, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if args.job is not None:  # one job of a prepared build, in this process
-        state = prepare(cfg, None)
-        if not 0 <= args.job < len(state["jobs"]):
-            raise SystemExit(f"--job {args.job}: this build has jobs 0..{len(state['jobs']) - 1}")
-        job = state["jobs"][args.job]
-        jobs_lib.run_job(*job_task(cfg, state, job))
-        log(f"job {args.job} ({job.name}) done")
-        return 0
     runner = Runner(cfg.workers or os.cpu_count() or 1) if args.stage != "merge" else None
     try:
         state = prepare(cfg, runner)
