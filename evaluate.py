@@ -332,7 +332,11 @@ def evaluate(cfg, load_tokenizer, load_model) -> dict:
     tok_path = pathlib.Path(cfg.tokenizer or pathlib.Path(cfg.checkpoint) / "tokenizer.json")
     tokenizer = load_tokenizer(tok_path)
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
-    model = load_model(cfg.checkpoint, device=cfg.device, dtype=dtype).eval()
+    model = load_model(cfg.checkpoint, device=cfg.device, dtype=dtype, verify=cfg.verify).eval()
+    n_tokens = tokenizer.get_vocab_size(with_added_tokens=True)
+    if n_tokens > model.config.vocab_size:
+        raise ValueError(f"{tok_path} has {n_tokens:,} tokens, more than the model's vocab_size "
+                         f"{model.config.vocab_size:,} ({cfg.checkpoint}): a tokenizer of another model?")
     examples = read_examples(pathlib.Path(cfg.benchmark) / f"{cfg.task}_{cfg.split}.jsonl", cfg.task, cfg.limit)
     n_file = len(examples)
     examples = sample_examples(examples, cfg.sample, cfg.sample_seed)

@@ -57,6 +57,7 @@ class EvalConfig:
     batch_size: int = 8  # prompts per generate call (beams run together)
     device: Optional[str] = None  # default: cuda when available, else cpu
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None  # default: the checkpoint's
+    verify: Literal["full", "fast"] = "full"  # checkpoint integrity: full = sha256 of every shard; fast = sizes, headers
     limit: Optional[int] = None  # only the first N examples (a quick look)
     sample: Optional[int] = None  # a seeded random sample of N examples (the same for every model and baseline)
     sample_seed: int = 0

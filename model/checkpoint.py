@@ -2,7 +2,8 @@
 
     OUR_DIR/
       config.yaml                     the resolved MPTConfig (every key written out)
-      model.safetensors.index.json    {"metadata": {"total_size": bytes}, "weight_map": {tensor: shard}}
+      model.safetensors.index.json    {"metadata": {"total_size": bytes, "config_sha256": sha256 of config.yaml,
+                                      "shards": {shard: {"bytes": n, "sha256": hex}}}, "weight_map": {tensor: shard}}
       model-00001-of-0000N.safetensors
       (tokenizer files, when the source had them; README.md, the model card, on exports)
 
@@ -20,6 +21,12 @@ tensors. `read_config`, `iter_checkpoint` and `load_model` take either layout. `
 `meta` and fills each parameter from its shard directly on the target device and dtype, so the weights are
 never held twice. A missing, unexpected, duplicated, mis-placed or mis-shaped tensor, or an unreadable file,
 is an error naming it.
+
+Integrity (our layout): the index, written last, records each shard's size and sha256 and the sha256 of config.yaml.
+Loading always checks the config's hash (an edited n_heads or alibi_bias_max would load as a different model) and
+each shard's size; `verify="full"` (the default) also hashes every shard (about a minute for MPT-7B's 13 GB),
+`verify="fast"` checks sizes and the safetensors headers only. A mismatch is an error naming the file. Indexes
+written before these fields existed are read without the checks.
 """
 import dataclasses
 import hashlib
@@ -75,24 +82,40 @@ class ShardWriter:
     def __init__(self, out_dir, n_shards: int):
         self.out_dir = pathlib.Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.n_shards, self.written, self.weight_map, self.total = n_shards, 0, {}, 0
+        self.n_shards, self.written, self.weight_map, self.total, self.shards = n_shards, 0, {}, 0, {}
 
     def write(self, tensors: dict):
         self.written += 1
         shard = f"model-{self.written:05d}-of-{self.n_shards:05d}.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, self.out_dir / shard, metadata={"format": "pt"})
+        path = self.out_dir / shard
+        self.shards[shard] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
         for name, t in tensors.items():
             self.weight_map[name] = shard
             self.total += t.numel() * t.element_size()
 
-    def finish(self):
+    def finish(self, config_name: str, config_text: str):
+        """The config file (ours: config.yaml; HF's: config.json), then the index: last, as it vouches for both."""
         assert self.written == self.n_shards, f"wrote {self.written} of {self.n_shards} shards"
-        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(self.weight_map.items()))}
+        (self.out_dir / config_name).write_text(config_text)
+        text = config_text
+        index = {"metadata": {"total_size": self.total, "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                              "shards": self.shards},
+                 "weight_map": dict(sorted(self.weight_map.items()))}
         (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def write_config(config: MPTConfig, out_dir):
-    (pathlib.Path(out_dir) / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_yaml(config: MPTConfig) -> str:
+    """Our config.yaml: every key of the resolved MPTConfig."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def save_model(state_dict: dict, config: MPTConfig, out_dir, max_shard_bytes: int = 5 * 2**30, dtype=None):
@@ -118,8 +141,7 @@ def save_model(state_dict: dict, config: MPTConfig, out_dir, max_shard_bytes: in
         shard = {name: state_dict[name].detach().to("cpu", dtype=dtype or state_dict[name].dtype) for name in names}
         writer.write(shard)
         del shard
-    writer.finish()
-    write_config(config, out_dir)
+    writer.finish(CONFIG_NAME, config_yaml(config))
 
 
 def layout(model_dir) -> str:
@@ -140,19 +162,39 @@ def read_config(model_dir) -> MPTConfig:
     return MPTConfig.from_mpt_json(model_dir / HF_CONFIG_NAME)
 
 
-def read_index(model_dir) -> dict:
-    """{tensor name: shard path}, checking that every shard the index names exists."""
+VERIFY = ("full", "fast")
+
+
+def read_index(model_dir, verify: str = "fast") -> dict:
+    """{tensor name: shard path}, checking that every shard the index names exists and, when the index records them,
+    the hash of config.yaml and each shard's size ("fast") or size and sha256 ("full")."""
+    if verify not in VERIFY:
+        raise ValueError(f"verify = {verify!r}: must be one of {VERIFY}")
     model_dir = pathlib.Path(model_dir)
     path = model_dir / INDEX_NAME
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
+        index = json.loads(path.read_text())
+        weight_map, meta = index["weight_map"], index.get("metadata") or {}
     except FileNotFoundError:
         raise CheckpointError(f"{model_dir}: no {INDEX_NAME}") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not a valid safetensors index ({e})") from None
     for shard in sorted(set(weight_map.values())):
         if not (model_dir / shard).is_file():
             raise CheckpointError(f"{path}: names shard '{shard}', which does not exist")
+    if "config_sha256" in meta:
+        config_path = model_dir / (CONFIG_NAME if (model_dir / CONFIG_NAME).is_file() else HF_CONFIG_NAME)
+        if hashlib.sha256(config_path.read_bytes()).hexdigest() != meta["config_sha256"]:
+            raise CheckpointError(f"{config_path}: changed since the weights were written (its hash differs from "
+                                  f"{path}'s): it would load as another model")
+    for shard, recorded in sorted((meta.get("shards") or {}).items()):
+        f = model_dir / shard
+        if f.stat().st_size != recorded["bytes"]:
+            raise CheckpointError(f"{f}: {f.stat().st_size} bytes, {path} says {recorded['bytes']} (truncated or "
+                                  f"replaced)")
+        if verify == "full" and sha256_file(f) != recorded["sha256"]:
+            raise CheckpointError(f"{f}: its sha256 differs from {path}'s (corrupted since it was written; "
+                                  f"verify=fast skips this check)")
     return {name: model_dir / shard for name, shard in weight_map.items()}
 
 
@@ -169,15 +211,16 @@ def iter_safetensors(path, names=None, device="cpu"):
         raise CheckpointError(f"{path}: unreadable safetensors file (truncated or corrupt?): {e}") from None
 
 
-def iter_checkpoint(model_dir, config: MPTConfig, device="cpu"):
+def iter_checkpoint(model_dir, config: MPTConfig, device="cpu", verify: str = "full"):
     """A checkpoint of either layout one shard at a time: yields (shard path, {our name: tensor on device}),
     every name and shape checked against `config` and no tensor missing. Only one shard is in memory at a
-    time (an HF shard holding only the tied lm_head yields an empty dict)."""
+    time (an HF shard holding only the tied lm_head yields an empty dict). verify: "full" | "fast" (see above;
+    our layout only: an HF download carries no hashes of ours)."""
     if layout(model_dir) == "hf":
         yield from _iter_hf(pathlib.Path(model_dir), config, device)
         return
     expected = expected_shapes(config)
-    index = read_index(model_dir)
+    index = read_index(model_dir, verify)
     index_path = pathlib.Path(model_dir) / INDEX_NAME
     for name in index:
         if name not in expected:
@@ -201,17 +244,18 @@ def shard_count(model_dir) -> int:
     return len(set(read_index(model_dir).values()))
 
 
-def load_model(model_dir, device="cpu", dtype=None, **overrides) -> MPT:
+def load_model(model_dir, device="cpu", dtype=None, verify: str = "full", **overrides) -> MPT:
     """Build the model from a checkpoint of either layout onto `device` in `dtype` (default: as stored).
 
-    `overrides` replace config keys that do not change the weights, e.g. attn_impl="torch".
+    `overrides` replace config keys that do not change the weights, e.g. attn_impl="torch"; verify: "full" |
+    "fast" (the integrity checks above).
     """
     config = read_config(model_dir)
     if overrides:
         config = dataclasses.replace(config, **overrides)
     with torch.device("meta"):
         model = MPT(config)
-    for _, tensors in iter_checkpoint(model_dir, config, device):
+    for _, tensors in iter_checkpoint(model_dir, config, device, verify):
         if dtype is not None:
             tensors = {name: t.to(dtype) for name, t in tensors.items()}
         model.load_state_dict(tensors, strict=False, assign=True)  # replaces the meta tensors, no copy

@@ -20,8 +20,8 @@ import torch
 
 from config import cli
 from model.card import read_card, write_card
-from model.checkpoint import (TOKENIZER_FILES, ShardWriter, iter_checkpoint, ours_to_hf,
-                              read_config, shard_count, write_config)
+from model.checkpoint import (CONFIG_NAME, HF_CONFIG_NAME, TOKENIZER_FILES, ShardWriter, config_yaml,
+                              iter_checkpoint, ours_to_hf, read_config, shard_count)
 from output import OutputLock, staged_dir
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,8 +35,7 @@ def convert_from_hf(src_dir, out_dir, dtype=None):
     for _, tensors in iter_checkpoint(src_dir, config):
         writer.write({name: t.to(dtype) if dtype is not None else t for name, t in tensors.items()})
         del tensors
-    writer.finish()
-    write_config(config, out_dir)
+    writer.finish(CONFIG_NAME, config_yaml(config))
     _copy_tokenizer_files(src_dir, out_dir)
     return config
 
@@ -52,10 +51,9 @@ def convert_to_hf(src_dir, hf_dir, dtype=None):
         stored_dtype = stored_dtype or next((t.dtype for t in out.values()), None)
         writer.write(out)
         del out, tensors
-    writer.finish()
     hf_config = config.to_mpt_json()
     hf_config["torch_dtype"] = str(stored_dtype).removeprefix("torch.")
-    (hf_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    writer.finish(HF_CONFIG_NAME, json.dumps(hf_config, indent=2) + "\n")
     _copy_tokenizer_files(src_dir, hf_dir)
     card = read_card(src_dir)
     write_card(hf_dir, config, **{**card, "converted_from": str(src_dir),

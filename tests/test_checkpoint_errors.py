@@ -207,10 +207,40 @@ def test_cli_reports_error_and_exits_nonzero(tmp_path, capsys):
 
 # --- our format ------------------------------------------------------------------------------
 
-def saved_model(tmp_path):
+def saved_model(tmp_path, integrity=False):
+    """A saved tiny model. Without integrity, its index is stripped of the shard and config hashes (as written before
+    they existed), so that the checks behind them (names, shapes, readable files) are what a tampered shard meets."""
     model = build_model(TINY, seed=0)
     save_model(model.state_dict(), TINY, tmp_path / "ours")
+    if not integrity:
+        index_path = tmp_path / "ours" / "model.safetensors.index.json"
+        index = json.loads(index_path.read_text())
+        index["metadata"] = {"total_size": index["metadata"]["total_size"]}
+        index_path.write_text(json.dumps(index))
     return tmp_path / "ours", next((tmp_path / "ours").glob("model-*.safetensors"))
+
+
+@pytest.mark.parametrize("verify", ["full", "fast"])
+def test_integrity_catches_a_flipped_bit_a_truncation_and_an_edited_config(tmp_path, verify):
+    ours, shard = saved_model(tmp_path, integrity=True)
+    assert load_model(ours, verify=verify) is not None
+    data = bytearray(shard.read_bytes())
+    original = bytes(data)
+    data[-7] ^= 0x10  # one bit of the last tensor's data: the file still parses, the weights would differ
+    shard.write_bytes(bytes(data))
+    if verify == "full":
+        with pytest.raises(CheckpointError, match=rf"{shard.name}: its sha256 differs from .*index\.json"):
+            load_model(ours, verify=verify)
+    else:  # fast: sizes and headers only (documented), so a flipped bit in the data loads
+        load_model(ours, verify=verify)
+    shard.write_bytes(original[:-100])
+    with pytest.raises(CheckpointError, match=rf"{shard.name}: {len(original) - 100} bytes, .* says {len(original)}"):
+        load_model(ours, verify=verify)
+    shard.write_bytes(original)
+    config = ours / "config.yaml"
+    config.write_text(config.read_text().replace("n_heads: 4", "n_heads: 2"))
+    with pytest.raises(CheckpointError, match=r"config\.yaml: changed since the weights were written"):
+        load_model(ours, verify=verify)
 
 
 def test_load_missing_and_misshaped_tensor(tmp_path):

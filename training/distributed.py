@@ -187,9 +187,9 @@ class _ShardsOnDemand(dict):
     """name -> tensor of a checkpoint (ours or HF's layout), read through model.checkpoint.iter_checkpoint (names,
     shapes and completeness checked there): the next shard is read only when a requested name is not loaded yet."""
 
-    def __init__(self, model_dir, config: MPTConfig):
+    def __init__(self, model_dir, config: MPTConfig, verify: str = "full"):
         super().__init__()
-        self._shards = iter_checkpoint(model_dir, config)
+        self._shards = iter_checkpoint(model_dir, config, verify=verify)
 
     def pop(self, name):
         while not dict.__contains__(self, name):
@@ -206,7 +206,8 @@ class _ShardsOnDemand(dict):
             pass
 
 
-def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0, compile=False) -> MPT:
+def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0, compile=False,
+                        verify: str = "full") -> MPT:
     """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a checkpoint (ours or
     HF's layout). `pcfg`: the run config's `parallel` section.
 
@@ -225,7 +226,7 @@ def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: 
             if expected_shapes(read_config(init_from)) != shapes:
                 raise ValueError(f"model.init_from = {init_from}: its config has different shapes from the "
                                  f"model config of this run")
-            source = _ShardsOnDemand(init_from, config)
+            source = _ShardsOnDemand(init_from, config, verify)
     elif d.is_main:
         source = build_model(config, device="cpu", seed=seed).state_dict()  # MPT's init on rank 0's CPU
     fill_from_rank0(model, source, shapes, d.rank)

@@ -122,6 +122,24 @@ def train_step(model, optimizer, micro_batches: list, device, grad_clip: float) 
     return {"loss": loss, "grad_norm": float(grad_norm), "valid_tokens": global_valid}
 
 
+def check_vocabulary(cfg, config: MPTConfig) -> None:
+    """The data's token ids must fit the model's embedding: the build's meta.json records its tokenizer's size (a
+    larger one would end in an index error inside the embedding, far from its cause)."""
+    if cfg.data.synthetic or cfg.data.path is None:
+        return
+    from data.formats.packed import read_meta
+
+    meta_path, meta = read_meta(cfg.data.path)
+    tok = meta.get("tokenizer") or {}
+    n = tok.get("vocab_size")
+    if n is not None and n > config.vocab_size:
+        raise ValueError(f"{meta_path}: the data's tokenizer has {n:,} tokens ({tok.get('path')}), more than the "
+                         f"model's vocab_size {config.vocab_size:,}: the data was built for another model")
+    if cfg.data.eos_id is not None and cfg.data.eos_id >= config.vocab_size:
+        raise ValueError(f"data.eos_id = {cfg.data.eos_id} is not a token of the model (vocab_size "
+                         f"{config.vocab_size:,})")
+
+
 class NonFiniteLoss(ValueError):
     """The training loss became NaN or inf: the run stops, naming the step, the batch and the last checkpoint."""
 
@@ -201,6 +219,7 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
     if seq_len > config.max_seq_len:
         raise ValueError(f"data sequence length {seq_len} exceeds the model's max_seq_len {config.max_seq_len} "
                          f"(set data.seq_len)")
+    check_vocabulary(cfg, config)
     bench = cfg.benchmark.enabled
     export_dtype = getattr(torch, str(cfg.checkpoint.export_dtype), None)
     if not isinstance(export_dtype, torch.dtype):
@@ -212,7 +231,7 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
     # model, sharded ----------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     model = build_sharded_model(config, d, cfg.parallel, init_from=cfg.model.init_from, seed=cfg.run.seed,
-                                compile=cfg.train.compile)
+                                compile=cfg.train.compile, verify=cfg.model.verify)
     log.print(f"[{task}] model: {config.num_params():,} parameters, {config.n_layers} layers, d_model "
               f"{config.d_model}; weights from {cfg.model.init_from or 'scratch (seed %d)' % cfg.run.seed} "
               f"in {time.perf_counter() - t0:.1f}s")
