@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
+from config.cli import DiskFull
 from training.distributed import canonical_name, seed_rngs
 
 MARKER = "COMPLETE"
@@ -68,18 +69,43 @@ def latest(root):
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The generators' states as tensors and numbers only, so that loading needs no pickle (weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def _set_rng_state(state: dict):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    p, n = state["python"], state["numpy"]
+    random.setstate((p["version"], tuple(p["mt"].tolist()), p["gauss"]))
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def _size(path: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def make_room(root: pathlib.Path, need: int, keep_last: int) -> None:
+    """Before a save: when the disk has less free space than a checkpoint needs, delete the oldest complete
+    checkpoints first (the newest always stays), or stop naming how much is needed (rank 0)."""
+    complete = complete_checkpoints(root)
+    while shutil.disk_usage(root).free < need and len(complete) > 1:
+        step, old = complete.pop(0)
+        print(f"[checkpoint] the disk of {root} is short: deleting {old.name} before saving", flush=True)
+        shutil.rmtree(old, ignore_errors=True)
+    free = shutil.disk_usage(root).free
+    if free < need:
+        raise DiskFull(root, need, free)
 
 
 def save(root, step: int, model, optimizer, train_state: dict, config_yaml: str, rank: int, keep_last: int):
@@ -90,10 +116,27 @@ def save(root, step: int, model, optimizer, train_state: dict, config_yaml: str,
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("*.partial"):  # left by a crash; never read
             shutil.rmtree(stale, ignore_errors=True)
-    dist.barrier()
+    # room: about the size of the newest checkpoint (or of fp32 weights + LION's momentum before the first one)
+    newest = latest(root)
+    need = _size(newest) if newest is not None else 8 * sum(p.numel() for p in model.parameters())
+    short = torch.zeros(1, dtype=torch.int32, device=next(model.parameters()).device)
+    if rank == 0:
+        try:
+            make_room(root, int(need * 1.05), keep_last)
+        except DiskFull as e:
+            short += 1
+            refusal = e
+    dist.broadcast(short, src=0)  # every rank stops, not only rank 0
+    if short.item():
+        raise refusal if rank == 0 else DiskFull(root)
     model_sd, optim_sd = get_model_state_dict(model), get_optimizer_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rank-{rank:05d}.pt")
+    try:
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save(_rng_state(), tmp / f"rank-{rank:05d}.pt")
+    except Exception as e:  # DCP reports a full disk as a write-position mismatch: say what it was
+        if shutil.disk_usage(root).free < need:
+            raise DiskFull(tmp, need, shutil.disk_usage(root).free) from e
+        raise
     dist.barrier()
     if rank == 0:
         (tmp / "train_state.json").write_text(json.dumps(train_state, indent=1) + "\n")
@@ -120,10 +163,16 @@ def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
     set_optimizer_state_dict(model, optimizer, state["optim"])
     train_state = json.loads((path / "train_state.json").read_text())
     rng_file = path / f"rank-{rank:05d}.pt"
+    rng = None
     if train_state["world_size"] == world_size and rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        try:
+            rng = torch.load(rng_file, weights_only=True)  # tensors and numbers: never a pickle of anything else
+        except Exception as e:  # noqa: BLE001  (a file written before the states were plain data, or a bad one)
+            warnings.warn(f"{rng_file}: not readable as plain data ({type(e).__name__}); reseeding instead")
+    if rng is not None:
+        _set_rng_state(rng)
     else:
-        if rank == 0:
+        if rank == 0 and train_state["world_size"] != world_size:
             warnings.warn(f"{path} was written by {train_state['world_size']} ranks, this run has {world_size}: "
                           f"RNG states are reseeded from (seed, step, rank); model, optimizer and data position "
                           f"are resharded exactly")

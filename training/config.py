@@ -30,7 +30,7 @@ class ModelSection:
     config: Optional[str] = None  # or a path to a model YAML (instead of name)
     init_from: Optional[str] = None  # a checkpoint dir, ours or a HF MPT dir (mosaicml/mpt-7b); null = scratch
     overrides: dict = field(default_factory=dict)  # model keys that do not change the weights, e.g. {attn_impl: triton}
-    verify: Literal["full", "fast"] = "full"  # init_from's integrity: full = sha256 of every shard; fast = sizes, headers
+    verify: Literal["full", "fast"] = "full"  # init_from integrity: full = sha256 of each shard; fast = sizes, headers
 
     def __post_init__(self):
         if self.name is not None and self.config is not None:

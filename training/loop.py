@@ -272,7 +272,8 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
     if d.is_main and not bench:
         config_lib.save(cfg, out_dir / "config.yaml")  # the config of the run's latest segment
     finished = not bench and step >= max_steps
-    if finished and not cfg.checkpoint.reexport and (not cfg.checkpoint.export_final or ckpt.is_exported(out_dir / "model")):
+    exported = not cfg.checkpoint.export_final or ckpt.is_exported(out_dir / "model")
+    if finished and not cfg.checkpoint.reexport and exported:
         raise SystemExit(f"[{task}] {out_dir} holds a finished run (step {step} of {max_steps}"
                          + (f", model in {out_dir / 'model'}" if cfg.checkpoint.export_final else "") + "): nothing "
                          "to do. Use another run.out_dir, --checkpoint.reexport=true to export the model again, or "

@@ -6,7 +6,7 @@ values are parsed as YAML (`--max_seq_len=512`, `--skip_bad=true`). Relative pat
 directory. Every key is typed; a typo or a wrong type is an error naming the key and the file.
 """
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import config as config_lib
 from config import ConfigError, invalid
@@ -44,6 +44,13 @@ class EvalPromptSection:
 
 
 @dataclass
+class LimitsSection:
+    """Bounds on one record's cost, applied when a source is read, before any encoding; what they cut is counted."""
+    history: int = 100_000  # a user's most recent interactions kept (older ones dropped: history_over_<N>)
+    text_chars: int = 10_000  # an item's title/description/... and a review, cut to this many characters
+
+
+@dataclass
 class SourceConfig:
     name: str
     reader: str  # data/prepare/sources: movielens | amazon | p5 | ...
@@ -75,6 +82,10 @@ class BuildConfig:
     # pretrain_valid/ and instructions_valid/, never to training. 0: no validation split (the paper has none)
     valid_fraction: float = 0.0
     skip_bad: bool = False
+    # an exact repeat of a timed interaction (user, item, time, rating, review): kept and counted | dropped | error
+    duplicate_interactions: Literal["keep", "drop", "error"] = "keep"
+    duplicate_items: Literal["keep_first", "keep_last", "error"] = "keep_first"  # an item id defined twice
+    limits: LimitsSection = field(default_factory=LimitsSection)
     write_manifests: bool = True  # interaction keys of every output, for the audit
     # Execution (not part of what is built: the outputs are the same for any values of these)
     batch_users: int = 512  # users rendered and tokenized together
@@ -93,6 +104,9 @@ class BuildConfig:
         for key in ("bucket_interactions", "batch_users", "max_seq_len", "min_interactions"):
             if getattr(self, key) < 1:
                 raise invalid(key, getattr(self, key), "must be a positive integer")
+        for key in ("history", "text_chars"):
+            if getattr(self.limits, key) < 1:
+                raise invalid(f"limits.{key}", getattr(self.limits, key), "must be >= 1")
         if self.workers is not None and self.workers < 1:
             raise invalid("workers", self.workers, "must be a positive integer or null")
         if not 0.0 <= self.finetune_fraction < 1.0:

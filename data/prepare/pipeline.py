@@ -85,6 +85,8 @@ def prepare(cfg: BuildConfig, runner: Runner | None) -> dict:
     """Stages 1-2 and the tokenizer -> what the jobs and the merge need. Without a runner nothing is built: a
     stage that is not done (with this config) is an error (a job of a Slurm array must not redo the plan)."""
     names = [s.name for s in cfg.sources]
+    for i, s in enumerate(cfg.sources):
+        normalise.check_options(s, i)
     fps = {s.name: normalise.source_fingerprint(cfg, s) for s in cfg.sources}
     plan_fps = {s.name: plan.plan_fingerprint(cfg, s, fps) for s in cfg.sources}
 

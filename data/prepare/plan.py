@@ -33,7 +33,7 @@ import pyarrow as pa
 from data.formats.evalfiles import RATING_LOW, item_id_order
 from data.prepare import engine, normalise, recipe, templates, workdir
 from data.prepare.config import BuildConfig, SourceConfig
-from data.prepare.records import ITEM_FIELDS, Item
+from data.prepare.records import ITEM_FIELDS, DataError, Item
 
 
 def plan_dir(cfg: BuildConfig, name: str) -> pathlib.Path:
@@ -46,7 +46,9 @@ def plan_fingerprint(cfg: BuildConfig, s: SourceConfig, source_fps: dict) -> str
                                {k: getattr(s, k) for k in ("domain", "benchmark", "rating_split", "finetune_from_train",
                                                            "exclude_users_of")},
                                {k: getattr(cfg, k) for k in ("seed", "min_interactions", "finetune_fraction",
-                                                             "valid_fraction", "bucket_interactions")},
+                                                             "valid_fraction", "bucket_interactions",
+                                                             "duplicate_interactions")},
+                               cfg.limits.history,
                                cfg.eval.missing_title)
 
 
@@ -64,19 +66,41 @@ def write_plan(cfg: BuildConfig, s: SourceConfig, out: pathlib.Path, threads: in
     db = out / "plan.duckdb"  # a database file, so that the engine can move its tables out of memory
     con = engine.connect(cfg.work_dir, cfg.memory_limit, threads, database=db)
     try:
+        interactions = engine.parquet(src / "interactions.parquet")
+        read, duplicates = con.execute(f"""
+            SELECT count(*), count(*) FILTER (WHERE time IS NOT NULL)
+                             - (SELECT count(*) FROM (SELECT DISTINCT user, item, time, rating, review
+                                                      FROM {interactions} WHERE time IS NOT NULL))
+            FROM {interactions}""").fetchall()[0]  # without a time, a repeated item is a new event of a sequence
+        if duplicates and cfg.duplicate_interactions == "error":
+            raise DataError(f"source {name}: {duplicates} interactions repeat an earlier one exactly (user, item, "
+                            f"time, rating, review); set duplicate_interactions: keep or drop")
+        drop = cfg.duplicate_interactions == "drop"
+        # a user's history keeps its most recent limits.history interactions (the tail, as the chunking keeps the
+        # order): no step downstream then grows with one user's raw length
         con.execute(f"""
             CREATE TABLE hist AS
-            SELECT i.user, i.item, i.time, i.rating, i.review, i.seq,
-                   coalesce(i.raw_user, i.user) AS raw_user, coalesce(t.raw_id, i.item) AS raw_item,
-                   t.title IS NOT NULL AS titled,
-                   row_number() OVER (PARTITION BY i.user ORDER BY i.time NULLS FIRST, i.seq) - 1 AS ord,
+            SELECT *, row_number() OVER (PARTITION BY user ORDER BY time NULLS FIRST, seq) - 1 AS ord,
                    -- earlier interactions of the user with the same item at the same time
-                   row_number() OVER (PARTITION BY i.user, i.item, i.time ORDER BY i.seq) - 1 AS occurrence
-            FROM {engine.parquet(src / 'interactions.parquet')} i
-            LEFT JOIN {engine.parquet(src / 'items.parquet')} t ON t.id = i.item""")
-        read = con.execute("SELECT count(*) FROM hist").fetchall()[0][0]
+                   row_number() OVER (PARTITION BY user, item, time ORDER BY seq) - 1 AS occurrence
+            FROM (SELECT i.user, i.item, i.time, i.rating, i.review, i.seq,
+                         coalesce(i.raw_user, i.user) AS raw_user, coalesce(t.raw_id, i.item) AS raw_item,
+                         t.title IS NOT NULL AS titled,
+                         row_number() OVER (PARTITION BY i.user ORDER BY i.time DESC NULLS LAST, i.seq DESC) - 1
+                           AS from_end
+                  FROM (SELECT * FROM {interactions}
+                        {"QUALIFY time IS NULL OR row_number() OVER (PARTITION BY user, item, time, rating, review "
+                         "ORDER BY seq) = 1" if drop else ""}) i
+                  LEFT JOIN {engine.parquet(src / 'items.parquet')} t ON t.id = i.item)
+            WHERE from_end < {cfg.limits.history}""")
+        kept_rows = con.execute("SELECT count(*) FROM hist").fetchall()[0][0]
         counts = {"read": read, "dropped": collections.Counter(), "users_dropped": collections.Counter(),
                   "kept": collections.Counter()}
+        if drop and duplicates:
+            counts["dropped"]["duplicate_interaction"] += duplicates
+        if read - kept_rows - (duplicates if drop else 0):
+            counts["dropped"][f"history_over_{cfg.limits.history}"] += read - kept_rows - (duplicates if drop else 0)
+        result_extra = {"duplicate_interactions": duplicates}
         plan_users = benchmark_users if s.benchmark else corpus_users
         result = plan_users(con, cfg, s, counts)
         n_valid_users = mark_validation_users(con, cfg.valid_fraction, counts)
@@ -101,7 +125,7 @@ def write_plan(cfg: BuildConfig, s: SourceConfig, out: pathlib.Path, threads: in
         pathlib.Path(str(db) + ".wal").unlink(missing_ok=True)
     return {"interactions_read": read, "interactions_dropped": dict(sorted(counts["dropped"].items())),
             "users_dropped": dict(sorted(counts["users_dropped"].items())),
-            "interactions_kept": dict(sorted(counts["kept"].items())), **result}
+            "interactions_kept": dict(sorted(counts["kept"].items())), **result_extra, **result}
 
 
 def write_users(con, folder: pathlib.Path, which: str, bucket: str) -> None:

@@ -18,6 +18,7 @@ import datetime
 import gzip
 import io
 import json
+import math
 import pathlib
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -66,17 +67,22 @@ def clean_text(value) -> Optional[str]:
 
 
 class BadLines:
-    """Raise on the first malformed line, or (skip_bad) count it by reason and go on."""
+    """Raise on the first malformed line, or (skip_bad) count it by reason and go on. It also carries the
+    source's other input rules: the ratings its domain allows (`rating_range`, checked by parse_rating) and what a
+    repeated item id means (`duplicate_items`: keep_first | keep_last | error, applied by ItemTable)."""
 
-    def __init__(self, skip_bad: bool = False):
+    def __init__(self, skip_bad: bool = False, rating_range: Optional[tuple] = None,
+                 duplicate_items: str = "keep_first"):
         self.skip_bad = skip_bad
+        self.rating_range, self.duplicate_items = rating_range, duplicate_items
         self.counts: collections.Counter = collections.Counter()
         self.examples: dict[str, str] = {}  # first occurrence per reason, for the report
         # well-formed rows that are not interactions by design (e.g. Steam "play" rows), by reason
         self.ignored: collections.Counter = collections.Counter()
 
-    def bad(self, path, lineno: int, reason: str, detail: str = "") -> None:
-        where = f"{path}:{lineno}: {reason}" + (f": {detail}" if detail else "")
+    def bad(self, path, lineno: Optional[int], reason: str, detail: str = "") -> None:
+        where = (f"{path}:{lineno}" if lineno is not None else f"{path}") + f": {reason}"
+        where += f": {detail}" if detail else ""
         if not self.skip_bad:
             raise DataError(where + " (use --skip_bad=true to skip and count such lines)")
         self.counts[reason] += 1
@@ -88,6 +94,26 @@ class BadLines:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+class ItemTable(dict):
+    """A reader's items by id. A repeated id follows the source's `duplicate_items` policy (BadLines): keep_first
+    (the default) or keep_last, counted as ignored rows "duplicate_item_id", or error (a bad line naming the id)."""
+
+    def __init__(self, bad: BadLines, path):
+        super().__init__()
+        self.bad, self.path = bad, path
+
+    def __setitem__(self, key, item) -> None:
+        if key in self:
+            policy = self.bad.duplicate_items
+            if policy == "error":
+                self.bad.bad(self.path, None, "duplicate_item_id", f"item {key!r} is defined twice")
+                return
+            self.bad.ignore("duplicate_item_id")
+            if policy == "keep_first":
+                return
+        super().__setitem__(key, item)
 
 
 def open_text_lines(path, bad: BadLines, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -127,10 +153,15 @@ def parse_rating(value, path, lineno: int, bad: BadLines, *, missing=()) -> tupl
     except (TypeError, ValueError):
         bad.bad(path, lineno, "bad_rating", f"not a number: {value!r}")
         return False, None
-    if rating != rating:  # NaN
-        bad.bad(path, lineno, "bad_rating", f"not a number: {value!r}")
+    if not math.isfinite(rating):  # NaN, inf
+        bad.bad(path, lineno, "bad_rating", f"not a finite number: {value!r}")
         return False, None
-    return True, (None if rating in missing else rating)
+    if rating in missing:
+        return True, None
+    if bad.rating_range is not None and not bad.rating_range[0] <= rating <= bad.rating_range[1]:
+        bad.bad(path, lineno, "rating_out_of_scale", f"{value!r} is outside the domain's scale {bad.rating_range}")
+        return False, None
+    return True, rating
 
 
 def json_lines(path, bad: BadLines) -> Iterator[tuple[int, dict]]:

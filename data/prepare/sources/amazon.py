@@ -16,7 +16,7 @@ import html
 import json
 from typing import Iterator, Optional
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, open_text_lines, parse_rating
+from data.prepare.records import BadLines, Interaction, Item, ItemTable, clean_text, open_text_lines, parse_rating
 
 
 def parse_object(line: str) -> Optional[dict]:
@@ -47,7 +47,7 @@ def _text(value) -> Optional[str]:
 
 
 def read_meta(path, bad: BadLines) -> dict[str, Item]:
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for lineno, obj in _objects(path, bad):
         asin = obj.get("asin")
         if not isinstance(asin, str) or not asin:

@@ -7,13 +7,13 @@ import html
 import pathlib
 from typing import Iterator
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, parse_rating
+from data.prepare.records import BadLines, Interaction, Item, ItemTable, clean_text, parse_rating
 from data.prepare.sources.csvutil import rows
 
 
 def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
     path = pathlib.Path(path)
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for _, r in rows(path / "anime.csv", bad, ["anime_id", "name", "genre"]):
         items[r["anime_id"]] = Item(r["anime_id"], title=clean_text(html.unescape(r["name"])), genres=clean_text(r["genre"]))
     seq = 0

@@ -7,14 +7,14 @@ feedback (no rating); explicit ratings are 1-10 (template /10.0). No timestamps 
 import pathlib
 from typing import Iterator
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, parse_rating
+from data.prepare.records import BadLines, Interaction, Item, ItemTable, clean_text, parse_rating
 from data.prepare.sources.csvutil import rows
 
 
 def read(path, bad: BadLines, books="BX-Books.csv", ratings="BX-Book-Ratings.csv", encoding="latin-1",
          delimiter=";", **_) -> Iterator[Interaction]:
     path = pathlib.Path(path)
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for _, r in rows(path / books, bad, ["ISBN", "Book-Title", "Book-Author"], encoding, delimiter, escapechar="\\"):
         items[r["ISBN"]] = Item(r["ISBN"], title=clean_text(r["Book-Title"]), author=clean_text(r["Book-Author"]))
     seq = 0

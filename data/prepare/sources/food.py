@@ -5,13 +5,13 @@ date `YYYY-MM-DD`). Config: `path` (the folder). Rating 0 means a review without
 import pathlib
 from typing import Iterator
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, parse_rating, parse_utc_time
+from data.prepare.records import BadLines, Interaction, Item, ItemTable, clean_text, parse_rating, parse_utc_time
 from data.prepare.sources.csvutil import rows
 
 
 def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
     path = pathlib.Path(path)
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for _, r in rows(path / "RAW_recipes.csv", bad, ["name", "id"]):
         items[r["id"]] = Item(r["id"], title=clean_text(r["name"]))
     seq = 0

@@ -8,7 +8,7 @@
 import datetime
 from typing import Iterator
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, json_lines, parse_rating
+from data.prepare.records import BadLines, Interaction, Item, ItemTable, clean_text, json_lines, parse_rating
 
 
 def read(reviews, bad: BadLines, books, authors=None, genres=None, **_) -> Iterator[Interaction]:
@@ -18,7 +18,7 @@ def read(reviews, bad: BadLines, books, authors=None, genres=None, **_) -> Itera
         for _, o in json_lines(genres, bad):
             g = sorted((o.get("genres") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
             book_genres[o["book_id"]] = ", ".join(k for k, _ in g) or None
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, books)
     for _, o in json_lines(books, bad):
         author_names = [names.get(a.get("author_id")) for a in o.get("authors") or []]
         items[o["book_id"]] = Item(o["book_id"], title=clean_text(o.get("title")),

@@ -10,13 +10,14 @@ the region too, e.g. "Giulianova Province of Teramo Abruzzo"). Review = `text` (
 import re
 from typing import Iterator
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, json_lines, parse_rating, parse_utc_time
+from data.prepare.records import (BadLines, Interaction, Item, ItemTable, clean_text, json_lines, parse_rating,
+                                  parse_utc_time)
 
 URL = re.compile(r"-Reviews-(?P<name>[^-]+)-(?P<loc>[^.]+)\.html$")
 
 
 def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     seq = 0
     for lineno, r in json_lines(path, bad):
         url, user, date = r.get("hotel_url"), r.get("author"), r.get("date")

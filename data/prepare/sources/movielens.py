@@ -16,7 +16,8 @@ Expected files in `path`, whichever is present:
 import pathlib
 from typing import Iterator
 
-from data.prepare.records import BadLines, DataError, Interaction, Item, clean_text, open_text_lines, parse_rating
+from data.prepare.records import (BadLines, DataError, Interaction, Item, ItemTable, clean_text, open_text_lines,
+                                  parse_rating)
 from data.prepare.sources.csvutil import rows
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -33,7 +34,7 @@ def _genres_100k(path: pathlib.Path, bad: BadLines) -> tuple[str, ...]:
 
 def _read_100k(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
     genres = _genres_100k(path, bad)
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for lineno, line in open_text_lines(path / "u.item", bad, "latin-1"):
         if not line.strip():
             continue
@@ -70,7 +71,7 @@ def _read_tab_interactions(data_path: pathlib.Path, items: dict, bad: BadLines, 
 
 
 def _read_csv_layout(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for _, r in rows(path / "movies.csv", bad, ["movieId", "title", "genres"]):
         genres = None if r["genres"] == "(no genres listed)" else ", ".join(r["genres"].split("|"))
         items[r["movieId"]] = Item(r["movieId"], title=clean_text(r["title"]), genres=clean_text(genres))
@@ -91,7 +92,7 @@ def _read_csv_layout(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]
 
 
 def _read_recbole(path: pathlib.Path, bad: BadLines) -> Iterator[Interaction]:
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for lineno, line in open_text_lines(path / "ml-100k.item", bad):
         f = line.split("\t")
         if lineno == 1 or not line.strip():

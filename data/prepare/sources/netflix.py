@@ -6,12 +6,13 @@ Config: `path` (the folder), optional `files` (default: the four combined_data f
 import pathlib
 from typing import Iterator
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, open_text_lines, parse_rating, parse_utc_time
+from data.prepare.records import (BadLines, Interaction, Item, ItemTable, clean_text, open_text_lines, parse_rating,
+                                  parse_utc_time)
 
 
 def read(path, bad: BadLines, files=None, **_) -> Iterator[Interaction]:
     path = pathlib.Path(path)
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for lineno, line in open_text_lines(path / "movie_titles.csv", bad, "latin-1"):
         f = line.split(",", 2)
         if len(f) != 3:

@@ -15,8 +15,8 @@ import json
 import pathlib
 from typing import Iterator, Optional
 
-from data.prepare.records import (ITEM_FIELDS, BadLines, DataError, Interaction, Item, clean_text, json_lines,
-                                open_text_lines)
+from data.prepare.records import (ITEM_FIELDS, BadLines, DataError, Interaction, Item, ItemTable, clean_text,
+                                  json_lines, open_text_lines)
 
 
 def read_datamaps(path) -> tuple[dict[str, str], dict[str, str]]:
@@ -36,7 +36,7 @@ def read_datamaps(path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def read_items(path, bad: BadLines, raw_items: Optional[dict] = None) -> dict[str, Item]:
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     for lineno, row in json_lines(path, bad):
         if "item_id" not in row or "title" not in row:
             bad.bad(path, lineno, "missing_field", "item_id" if "item_id" not in row else "title")

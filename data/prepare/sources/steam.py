@@ -7,12 +7,12 @@ hours and are counted as ignored. No timestamps (file order) and no ratings, as 
 """
 from typing import Iterator
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text
+from data.prepare.records import BadLines, Interaction, Item, ItemTable, clean_text
 from data.prepare.sources.csvutil import rows
 
 
 def read(path, bad: BadLines, **_) -> Iterator[Interaction]:
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, path)
     seq = 0
     for lineno, row in rows(path, bad):
         if len(row) < 4:

@@ -15,7 +15,7 @@ Files (config options `interactions` and `items`, paths; plain or .gz):
 """
 from typing import Iterator, Union
 
-from data.prepare.records import BadLines, DataError, Interaction, Item, clean_text
+from data.prepare.records import BadLines, DataError, Interaction, Item, ItemTable, clean_text
 from data.prepare.sources.csvutil import rows
 
 Column = Union[int, str]
@@ -31,7 +31,7 @@ def _position(column: Column, header: list[str], path, key: str) -> int:
 
 
 def read_items(items, bad: BadLines, title_column: Column = 1, description_column: Column = 2) -> dict[str, Item]:
-    table: dict[str, Item] = {}
+    table = ItemTable(bad, items)
     header = None
     for lineno, row in rows(items, bad):
         if header is None:

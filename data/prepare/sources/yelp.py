@@ -8,12 +8,13 @@ date_min <= date <= date_max compared **as strings**, exactly as P5's Yelp noteb
 """
 from typing import Iterator, Optional
 
-from data.prepare.records import BadLines, Interaction, Item, clean_text, json_lines, parse_rating, parse_utc_time
+from data.prepare.records import (BadLines, Interaction, Item, ItemTable, clean_text, json_lines, parse_rating,
+                                  parse_utc_time)
 
 
 def read(reviews, bad: BadLines, business=None, date_min: Optional[str] = None, date_max: Optional[str] = None,
          **_) -> Iterator[Interaction]:
-    items: dict[str, Item] = {}
+    items = ItemTable(bad, business)
     if business:
         for lineno, obj in json_lines(business, bad):
             if not obj.get("business_id"):
