@@ -29,11 +29,13 @@ class DiskFull(OSError):
 
 def describe(e: BaseException) -> str:
     """The one line a user sees for an expected error."""
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC and not isinstance(e, DiskFull):
+    if isinstance(e, DiskFull):
+        return e.strerror
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"no space left on the device writing {e.filename or 'the output'}: free some space or write elsewhere"
     if isinstance(e, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({e.reason} at byte {e.start})"
-    if isinstance(e, OSError) and e.filename is not None and not isinstance(e, DiskFull):
+    if isinstance(e, OSError) and e.filename is not None:
         return f"{e.filename}: {e.strerror}"
     return str(e).strip() or type(e).__name__
 

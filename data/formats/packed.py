@@ -102,8 +102,14 @@ def read_meta(path) -> tuple[pathlib.Path, dict]:
     meta_path = path / "meta.json" if path.is_dir() else path
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: no meta.json (run python -m data.prepare first)")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path}: not valid JSON ({e}); the build was interrupted or the file edited: build "
+                         f"again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: not a JSON object")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r} v{meta.get('format_version')!r}, "
                          f"expected {FORMAT!r} v{FORMAT_VERSION}")

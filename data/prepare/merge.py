@@ -146,7 +146,8 @@ def merge(cfg: BuildConfig, sources: dict, plans: dict, jobs: list[Job], done: d
             "bad_lines": src["bad_lines"], "bad_line_examples": src["bad_line_examples"],
             "ignored_rows": src["ignored_rows"], "interactions_read": p["interactions_read"],
             "interactions_dropped": p["interactions_dropped"], "users_dropped": p["users_dropped"],
-            "interactions_kept": p["interactions_kept"], "excluded_users": p["excluded_users"], "counts": counts}
+            "interactions_kept": p["interactions_kept"], "excluded_users": p["excluded_users"], "counts": counts,
+            "duplicate_interactions": p["duplicate_interactions"]}
         if cfg.valid_fraction > 0:
             per_source[name].update(validation_users=p["validation_users"], validation_counts=_summed(valid))
     meta = {
