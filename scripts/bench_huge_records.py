@@ -13,7 +13,7 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from data_fixtures import movielens_fixture, p5_fixture, write_config  # noqa: E402
 
 GENRES = "|".join(["0"] * 19)

@@ -220,6 +220,25 @@ def test_one_huge_title_and_one_huge_history_are_cut_and_counted(tmp_path):
     assert "x" * 501 not in (out / "instructions" / "instructions.jsonl").read_text()
 
 
+def test_one_huge_p5_line_is_cut_while_reading(tmp_path):
+    """A P5 user line of 30,000 valid ids with limits.history 500: its newest 500 are read, the rest counted, and the
+    user's evaluation prompts come from that tail (whose examples would otherwise copy the whole history each)."""
+    data = p5_fixture(tmp_path / "p5")
+    ids = [str(1 + k % 40) for k in range(30_000)]
+    with open(data / "sequential_data.txt", "a") as f:
+        f.write("31 " + " ".join(ids) + "\n")
+    out = build(tmp_path, "p5", [{"name": "b", "reader": "p5", "domain": "amazon", "benchmark": True,
+                                  "options": {"path": str(data)}}], limits={"history": 500})
+    meta = json.loads((out / "meta.json").read_text())["sources"]["b"]
+    assert meta["ignored_rows"]["history_over_limit"] == 30_000 - 500
+    test = [json.loads(line) for line in open(out / "eval" / "b" / "next_item_test.jsonl")]
+    mine = next(r for r in test if r["user"] == "31")
+    titled = [i for i in ids[-500:-1] if i != "7"]  # the fixture's item 7 has no title
+    assert mine["target_item_id"] == ids[-1]
+    assert mine["history_item_ids"] == titled[len(titled) - len(mine["history_item_ids"]):]  # the newest that fit
+    assert mine["history_items_dropped_oldest"] + len(mine["history_item_ids"]) == len(titled)
+
+
 # ---------------------------------------------------------------------------------------------------- bad configs
 
 

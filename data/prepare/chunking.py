@@ -27,7 +27,10 @@ def smallest_k(line_tokens: Sequence[int], overhead: int, limit: int) -> int:
     prefix = [0]
     for t in line_tokens:
         prefix.append(prefix[-1] + t)
-    for k in range(1, n + 1):
+    # no k below total / (limit - overhead - 1) can fit (its largest group holds at least the mean): start there,
+    # so that a huge history costs a few passes, not one per k
+    first = max(1, -(-prefix[-1] // max(1, limit - overhead - 1)))
+    for k in range(min(first, n), n + 1):
         if all(prefix[b] - prefix[a] + overhead < limit for a, b in near_equal_groups(n, k)):
             return k
     return n

@@ -73,11 +73,12 @@ def write_prompts(d: templates.Domain, source: str, users: list, enc: Encoder, c
                               else templates.rating_line(d, x))
             return lines[key]
 
-        for h in recipe.heldout_examples(user, history, rating_split):
+        for h in recipe.heldout_examples(user, history, rating_split, max_titled=budget):
             if manifest:
                 manifest.add("heldout", [h.target], task=h.task, split=h.split)
             titled = [x for x in h.history if x.item.title]
-            counts["eval_history_items_without_title_dropped"] += len(h.history) - len(titled)
+            counts["eval_history_items_without_title_dropped"] += (len(h.history) - len(titled)
+                                                                   + h.cut_oldest - h.cut_titled)
             target = h.target
             if not target.item.title:
                 counts[f"eval_{h.task}_targets_without_title"] += 1
@@ -98,8 +99,10 @@ def write_prompts(d: templates.Domain, source: str, users: list, enc: Encoder, c
             todo.append((h, titled, extra, [line(x, h.task) for x in titled], make))
     dropped = fewest_dropped(enc, [(lines, make) for _, _, _, lines, make in todo], budget)
     for (h, titled, extra, lines, make), m in zip(todo, dropped):
-        counts["eval_prompts_truncated"] += m > 0
+        counts["eval_prompts_truncated"] += m + h.cut_oldest > 0
         prompt, response = make(lines[m:])
+        dropped = m + h.cut_titled  # titled items left out, oldest first (cut_titled: never could fit)
         writer.write({"task": h.task, "split": h.split, "source": source, "domain": d.name, "user": h.user,
                       "prompt": prompt, "response": response,
-                      "history_item_ids": [x.item.id for x in titled[m:]], "history_items_dropped_oldest": m, **extra})
+                      "history_item_ids": [x.item.id for x in titled[m:]], "history_items_dropped_oldest": dropped,
+                      **extra})

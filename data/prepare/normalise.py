@@ -41,7 +41,7 @@ def source_fingerprint(cfg: BuildConfig, s: SourceConfig) -> str:
     code = workdir.code_fingerprint(__name__, "data.prepare.records", "data.prepare.engine", "data.prepare.sources",
                                     "data.prepare.sources.csvutil", f"data.prepare.sources.{s.reader}")
     return workdir.fingerprint("normalise", code, s.reader, s.domain, s.options, cfg.skip_bad, cfg.duplicate_items,
-                               cfg.limits.text_chars, workdir.input_stats(s.options))
+                               cfg.limits, workdir.input_stats(s.options))
 
 
 # timestamps a real interaction can have: from 1970 to 2100 (unix seconds)
@@ -74,7 +74,7 @@ def write_source(cfg: BuildConfig, s: SourceConfig, out: pathlib.Path) -> dict:
     reader = get_reader(s.reader)
     scale = templates.get_domain(s.domain).scale
     bad = BadLines(cfg.skip_bad, rating_range=(RATING_LOW, scale) if scale is not None else None,
-                   duplicate_items=cfg.duplicate_items)
+                   duplicate_items=cfg.duplicate_items, history_limit=cfg.limits.history)
     items: dict = {}  # id -> Item, in first-seen order (the reader's catalog first)
     if hasattr(reader, "read_catalog"):
         items.update(reader.read_catalog(bad=bad, **s.options))

@@ -88,26 +88,51 @@ class HeldOut:
     user: str
     history: History
     target: Interaction
+    # older items left out because they could never fit in the prompt (max_titled): all of them, the titled ones
+    cut_oldest: int = 0
+    cut_titled: int = 0
 
 
-def heldout_examples(user: str, history: History, rating_split: Optional[list[int]]) -> list[HeldOut]:
+def _tail(history: History, end: int, max_titled: Optional[int], titled_upto_end: int) -> tuple[History, int, int]:
+    """history[:end], or only its newest part holding max_titled titled items (what a prompt can show) -> (the
+    items, how many older ones were left out, how many of those had a title). Walks back from `end`: the cost is the
+    tail's, not the history's (`titled_upto_end`: titled items in history[:end], kept by the caller as it goes)."""
+    if max_titled is None:
+        return history[:end], 0, 0
+    start, titled = end, 0
+    while start > 0 and titled < max_titled:
+        start -= 1
+        titled += bool(history[start].item.title)
+    return history[start:end], start, titled_upto_end - titled
+
+
+def heldout_examples(user: str, history: History, rating_split: Optional[list[int]],
+                     max_titled: Optional[int] = None) -> list[HeldOut]:
     """The held-out examples of one benchmark user, in the order the evaluation files list them.
 
     next item: leave-one-out, last item = test, second-to-last = validation (P5); rating (when
     `rating_split`, the RATING_* of each interaction): every validation/test interaction, whose history is
-    the user's earlier rating-train interactions (evaluation.md §4)."""
+    the user's earlier rating-train interactions (evaluation.md §4). max_titled: keep only the newest items up to
+    that many titled ones (a prompt of B tokens shows at most B item lines), so that a user with a huge history
+    costs linear, not quadratic, memory: every rating example would otherwise copy its whole earlier history."""
     out = []
-    if len(history) >= 2:
-        out.append(HeldOut("next_item", "validation", user, history[:-2], history[-2]))
-    if history:
-        out.append(HeldOut("next_item", "test", user, history[:-1], history[-1]))
+    titled = [0]  # titled items in history[:i]
+    for x in history:
+        titled.append(titled[-1] + bool(x.item.title))
+    for split, end in (("validation", len(history) - 2), ("test", len(history) - 1)):
+        if end >= 0:
+            kept, cut, cut_titled = _tail(history, end, max_titled, titled[end])
+            out.append(HeldOut("next_item", split, user, kept, history[end], cut, cut_titled))
     if rating_split is not None:
         earlier_train: History = []
+        n_titled = 0
         for x, s in zip(history, rating_split):
             if s == RATING_TRAIN:
                 earlier_train.append(x)
+                n_titled += bool(x.item.title)
             else:
-                out.append(HeldOut("rating", RATING_SPLITS[s], user, list(earlier_train), x))
+                kept, cut, cut_titled = _tail(earlier_train, len(earlier_train), max_titled, n_titled)
+                out.append(HeldOut("rating", RATING_SPLITS[s], user, list(kept), x, cut, cut_titled))
     return out
 
 

@@ -72,9 +72,12 @@ class BadLines:
     repeated item id means (`duplicate_items`: keep_first | keep_last | error, applied by ItemTable)."""
 
     def __init__(self, skip_bad: bool = False, rating_range: Optional[tuple] = None,
-                 duplicate_items: str = "keep_first"):
+                 duplicate_items: str = "keep_first", history_limit: Optional[int] = None):
         self.skip_bad = skip_bad
         self.rating_range, self.duplicate_items = rating_range, duplicate_items
+        # a reader whose line is one user's whole history (P5) keeps only its newest history_limit items while
+        # reading, so that one huge line costs no more than its text (counted "history_over_limit")
+        self.history_limit = history_limit
         self.counts: collections.Counter = collections.Counter()
         self.examples: dict[str, str] = {}  # first occurrence per reason, for the report
         # well-formed rows that are not interactions by design (e.g. Steam "play" rows), by reason

@@ -13,6 +13,7 @@ P5 has no ratings or review text offline, so interactions carry neither.
 """
 import json
 import pathlib
+import re
 from typing import Iterator, Optional
 
 from data.prepare.records import (ITEM_FIELDS, BadLines, DataError, Interaction, Item, ItemTable, clean_text,
@@ -61,8 +62,17 @@ def read(path, bad: BadLines, sequences: str = "sequential_data.txt", items: str
     if catalog is None:
         catalog = read_items(path / items, bad, raw_items)
     seq = 0
+    limit = bad.history_limit
     for lineno, line in open_text_lines(path / sequences, bad):
-        fields = line.split()
+        if limit is not None and len(line) > 2 * limit:  # possibly more than `limit` ids: split off the newest only
+            head, *newest = line.rsplit(None, limit)
+            user, *older = head.split(None, 1)
+            cut = sum(1 for _ in re.finditer(r"\S+", older[0])) if older and newest else 0
+            fields = [user, *newest] if newest else [user]
+            if cut:
+                bad.ignore("history_over_limit", cut)
+        else:
+            fields = line.split()
         if not fields:
             continue
         if len(fields) < 2:
