@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import zipfile
 
 import torch
 import yaml
@@ -303,8 +304,11 @@ def _read_safetensors(path, device="cpu"):
 
 
 def _read_bin(path, device="cpu"):
-    try:  # weights_only refuses to unpickle anything but tensors and plain containers
-        state = torch.load(path, map_location=device, weights_only=True, mmap=True)
+    # weights_only refuses to unpickle anything but tensors and plain containers. mmap needs the zip format of
+    # torch >= 1.6; a file in the legacy format (benign, and still tensors only) is read without it
+    legacy = not zipfile.is_zipfile(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True, mmap=not legacy)
     except Exception as e:  # truncated zip, not a pickle, or a forbidden global
         raise CheckpointError(f"{path}: unreadable PyTorch weights file (truncated, corrupt or not "
                               f"tensor-only?): {type(e).__name__}: {e}") from None

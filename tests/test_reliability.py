@@ -307,3 +307,38 @@ def test_a_short_disk_makes_room_or_says_how_much_is_needed(tiny_data, tmp_path,
     assert [s for s, _ in ckpt.complete_checkpoints(out / "checkpoints")] == [4]  # room was made first; newest kept
     free["bytes"] = int(size * 1.2)  # room for one more: the run goes on
     assert cli.run(finetune.main, args) == 0
+
+
+def test_a_legacy_non_zip_bin_checkpoint_loads(tmp_path):
+    """A benign pytorch_model.bin in torch's pre-1.6 (non-zip) format: read with weights_only, without mmap."""
+    import torch
+    from safetensors.torch import load_file
+
+    from model.checkpoint import load_model, save_model
+    from model.config import MPTConfig
+    from model.convert import convert_to_hf
+    from model.mpt import build_model
+
+    config = MPTConfig.from_name("tiny")
+    model = build_model(config, seed=0)
+    save_model(model.state_dict(), config, tmp_path / "ours")
+    convert_to_hf(tmp_path / "ours", tmp_path / "hf")
+    hf = tmp_path / "hf"
+    state = {}
+    for f in sorted(hf.glob("*.safetensors")):
+        state.update(load_file(f))
+        f.unlink()
+    (hf / "model.safetensors.index.json").unlink()
+    torch.save(state, hf / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    ids = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_model(hf)(ids), model.eval()(ids))
+
+
+def test_a_bad_catalog_line_is_counted_once(tmp_path):
+    data = p5_fixture(tmp_path / "p5")
+    with open(data / "items.jsonl", "a") as f:
+        f.write("{broken\n")
+    out = build(tmp_path, "b", [{"name": "b", "reader": "p5", "domain": "amazon", "benchmark": True,
+                                 "options": {"path": str(data)}}], "--skip_bad=true")
+    assert json.loads((out / "meta.json").read_text())["sources"]["b"]["bad_lines"] == {"broken_json": 1}
