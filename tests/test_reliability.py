@@ -342,3 +342,17 @@ def test_a_bad_catalog_line_is_counted_once(tmp_path):
     out = build(tmp_path, "b", [{"name": "b", "reader": "p5", "domain": "amazon", "benchmark": True,
                                  "options": {"path": str(data)}}], "--skip_bad=true")
     assert json.loads((out / "meta.json").read_text())["sources"]["b"]["bad_lines"] == {"broken_json": 1}
+
+
+def test_nan_weights_are_named_not_a_sampling_error():
+    import torch
+
+    from evaluation.generate import GenerationConfig, generate
+    from model.config import MPTConfig
+    from model.mpt import build_model
+
+    model = build_model(MPTConfig.from_name("tiny"), seed=0).eval()
+    with torch.no_grad():
+        model.blocks[1].ffn.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"logits are not finite after the prompts .*NaN/inf"):
+        generate(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=2, do_sample=True, eos_token_id=0))
