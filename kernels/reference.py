@@ -14,6 +14,11 @@ Conventions (see ../shared/spec/mpt.md sections 5-6 and 14):
   so softmax outputs are identical to MPT's; for non-causal attention it is MPT's full |i - j| form.
 - key_padding_mask is (B, Sk) bool, True for a real key. A query row with no visible key (a pad query
   of a left-padded batch) outputs zeros, as FlashAttention-2 does, instead of NaN.
+- Blank infilling (RecSysLLM / GLM, ../shared/spec/recsysllm.md 1.5, 2.3): `prefix_end` (B,) makes the keys
+  j < prefix_end[b] visible to every query of row b (GLM's bidirectional Part A: j < sep or j <= i), and
+  `positions` (B, Sk) gives every key its ALiBi position (queries take the last Sq): the bias becomes
+  -slope * |pos_i - pos_j|, always with the absolute value (with a prefix, a query sees keys after it). The mask
+  uses indices, ALiBi uses positions. Without them the attention is exactly the causal one above.
 """
 import math
 from typing import NamedTuple, Optional
@@ -22,21 +27,31 @@ import torch
 import torch.nn.functional as F
 
 
-def alibi_bias(slopes, seq_q, seq_k, device=None):
-    """(H,) slopes -> (H, Sq, Sk) fp32 bias -slope * |i + Sk - Sq - j|."""
+def alibi_bias(slopes, seq_q, seq_k, device=None, positions=None):
+    """(H,) slopes -> (H, Sq, Sk) fp32 bias -slope * |i + Sk - Sq - j|, or with `positions` (B, Sk) of the keys
+    (the queries' are the last Sq) -> (B, H, Sq, Sk) -slope * |pos_i - pos_j|."""
     device = device if device is not None else slopes.device
+    slopes = slopes.to(device=device, dtype=torch.float32)
+    if positions is not None:
+        pos = positions.to(device=device, dtype=torch.int64)
+        distance = (pos[:, -seq_q:, None] - pos[:, None, :]).abs().float()  # (B, Sq, Sk), exact ints first
+        return -slopes[None, :, None, None] * distance[:, None]
     q_pos = torch.arange(seq_k - seq_q, seq_k, device=device, dtype=torch.float32)  # absolute positions
     k_pos = torch.arange(seq_k, device=device, dtype=torch.float32)
     distance = (q_pos[:, None] - k_pos[None, :]).abs()  # (Sq, Sk)
-    return -slopes.to(device=device, dtype=torch.float32)[:, None, None] * distance
+    return -slopes[:, None, None] * distance
 
 
-def attention_mask(seq_q, seq_k, causal, key_padding_mask=None, device=None):
-    """Boolean "may attend" mask, broadcastable to (B, 1, Sq, Sk); None when everything is visible."""
+def attention_mask(seq_q, seq_k, causal, key_padding_mask=None, device=None, prefix_end=None):
+    """Boolean "may attend" mask, broadcastable to (B, 1, Sq, Sk); None when everything is visible.
+    prefix_end (B,): keys before it are visible to every query (causal only)."""
     allowed = None
     if causal and seq_q > 1:
         q_pos = torch.arange(seq_k - seq_q, seq_k, device=device)
         allowed = (torch.arange(seq_k, device=device)[None, :] <= q_pos[:, None])[None, None]  # (1,1,Sq,Sk)
+        if prefix_end is not None:
+            in_prefix = torch.arange(seq_k, device=device)[None, :] < prefix_end.to(device)[:, None]  # (B, Sk)
+            allowed = allowed | in_prefix[:, None, None, :]  # (B,1,Sq,Sk)
     if key_padding_mask is not None:
         keys = key_padding_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # (B,1,1,Sk)
         allowed = keys if allowed is None else allowed & keys
@@ -52,9 +67,17 @@ class AttentionBias(NamedTuple):
     rows_without_keys: Optional[torch.Tensor]  # (B or 1, 1, Sq, 1) bool: rows that output 0
 
 
-def attention_bias(alibi_slopes, seq_q, seq_k, *, causal=True, key_padding_mask=None, device=None) -> AttentionBias:
-    allowed = attention_mask(seq_q, seq_k, causal, key_padding_mask, device=device)
-    bias = alibi_bias(alibi_slopes, seq_q, seq_k, device=device)[None] if alibi_slopes is not None else None
+def attention_bias(alibi_slopes, seq_q, seq_k, *, causal=True, key_padding_mask=None, device=None, positions=None,
+                   prefix_end=None) -> AttentionBias:
+    if prefix_end is not None and not causal:
+        raise ValueError("prefix_end is given but causal=False: every key is visible already")
+    if positions is not None and tuple(positions.shape[1:]) != (seq_k,):
+        raise ValueError(f"positions has shape {tuple(positions.shape)}; expected (batch, Sk={seq_k})")
+    allowed = attention_mask(seq_q, seq_k, causal, key_padding_mask, device=device, prefix_end=prefix_end)
+    bias = None
+    if alibi_slopes is not None:
+        bias = alibi_bias(alibi_slopes, seq_q, seq_k, device=device, positions=positions)
+        bias = bias if positions is not None else bias[None]
     if allowed is None:
         return AttentionBias(bias, None)
     # finfo.min rather than -inf keeps fully masked rows finite (they are zeroed, with zero gradients)
@@ -63,7 +86,8 @@ def attention_bias(alibi_slopes, seq_q, seq_k, *, causal=True, key_padding_mask=
 
 
 def attention_reference(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None,
-                        softmax_scale=None, sdpa=False, dropout_p=0.0, bias: AttentionBias = None):
+                        softmax_scale=None, sdpa=False, dropout_p=0.0, bias: AttentionBias = None, positions=None,
+                        prefix_end=None):
     """q (B, H, Sq, D), k/v (B, H, Sk, D), alibi_slopes (H,) or None -> (B, H, Sq, D) in q's dtype.
 
     Scores, bias and softmax are computed in fp32 (as MPT and transformers do); the probabilities are
@@ -71,13 +95,14 @@ def attention_reference(q, k, v, alibi_slopes=None, *, causal=True, key_padding_
     the Triton kernel has no dropout). With sdpa=True the same fp32 bias is handed to torch's
     scaled_dot_product_attention instead of being applied by hand (faster, same result; the bias is cast
     to q's dtype, which SDPA requires). `bias`: a precomputed `attention_bias(...)` for these shapes, in
-    which case alibi_slopes, causal and key_padding_mask are not consulted.
+    which case alibi_slopes, causal, key_padding_mask, positions and prefix_end are not consulted.
     """
     D = q.shape[-1]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
     if bias is None:
         bias = attention_bias(alibi_slopes, q.shape[2], k.shape[2], causal=causal,
-                              key_padding_mask=key_padding_mask, device=q.device)
+                              key_padding_mask=key_padding_mask, device=q.device, positions=positions,
+                              prefix_end=prefix_end)
     if sdpa:
         mask = bias.bias.to(q.dtype) if bias.bias is not None else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout_p)

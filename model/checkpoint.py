@@ -70,8 +70,18 @@ def check_tensor(name, shape, expected: dict, source):
                               f"{expected[name]} (does config.json match the weights?)")
 
 
+# tensors of an optional extension that a checkpoint of the base model lacks; they start as zeros (model/mpt.py)
+EXTENSION_TENSORS = ("wte_intra.weight",)
+
+
+def _zero_extensions(seen, expected: dict) -> dict:
+    """The extension tensors a config asks for and a checkpoint does not hold, as zeros (a converted MPT-7B with
+    the blank-infilling extension switched on computes exactly its own logits)."""
+    return {name: torch.zeros(expected[name]) for name in EXTENSION_TENSORS if name in expected and name not in seen}
+
+
 def check_complete(seen, expected: dict, source):
-    missing = sorted(set(expected) - set(seen))
+    missing = sorted(set(expected) - set(seen) - set(EXTENSION_TENSORS))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{source}: missing tensor(s) {missing[:5]}{more}")
@@ -236,6 +246,9 @@ def iter_checkpoint(model_dir, config: MPTConfig, device="cpu", verify: str = "f
             check_tensor(name, t.shape, expected, shard)
             tensors[name] = t
         yield shard, tensors
+    zeros = _zero_extensions(index, expected)
+    if zeros:
+        yield "<zero-initialised extension>", {name: t.to(device) for name, t in zeros.items()}
 
 
 def shard_count(model_dir) -> int:
@@ -350,3 +363,6 @@ def _iter_hf(hf_dir: pathlib.Path, config: MPTConfig, device="cpu"):
     check_complete(seen, expected, hf_dir)
     if TIED_HEAD in digests and digests[TIED_HEAD] != digests.get(HF_PREFIX + "wte.weight"):
         raise CheckpointError(f"{hf_dir}: '{TIED_HEAD}' differs from 'transformer.wte.weight', but MPT ties them")
+    zeros = _zero_extensions(seen, expected)
+    if zeros:
+        yield "<zero-initialised extension>", {name: t.to(device) for name, t in zeros.items()}

@@ -58,6 +58,10 @@ class MPTConfig:
     init_div_is_residual: bool = True  # residual output projections /= sqrt(2 * n_layers)
     emb_init_std: Optional[float] = None
     emb_init_uniform_lim: Optional[float] = None
+    # RecSysLLM's blank-infilling extension (docs/recsysllm.md): rows of a learned intra-position table added to the
+    # token embeddings (entity-local positions), initialised to ZERO so that a converted MPT-7B computes exactly
+    # its original logits until trained. 0 = no table (MPT-7B, RecGPT)
+    intra_positions: int = 0
 
     def __post_init__(self):
         def check(key, ok, why):
@@ -81,6 +85,8 @@ class MPTConfig:
         check("init_name", self.init_name in ("kaiming_normal_", "kaiming_uniform_", "normal_"),
               "must be kaiming_normal_, kaiming_uniform_ or normal_")
         check("fan_mode", self.fan_mode in ("fan_in", "fan_out"), "must be fan_in or fan_out")
+        check("intra_positions", isinstance(self.intra_positions, int) and self.intra_positions >= 0,
+              "must be an integer >= 0 (0: no intra-position table)")
         check("attn_pdrop", self.attn_pdrop == 0 or self.attn_impl == "torch",
               "attention dropout is only implemented for attn_impl 'torch'")
 
@@ -132,6 +138,9 @@ class MPTConfig:
 
     def to_mpt_json(self) -> dict:
         """The config.json of an MPT checkpoint that transformers' MptForCausalLM and llm-foundry load."""
+        if self.intra_positions:
+            raise ConfigError(f"intra_positions = {self.intra_positions}: the blank-infilling extension has no "
+                              f"counterpart in transformers' MPT (it runs the plain causal path only)")
         flat = dataclasses.asdict(self)
         out = {"architectures": ["MptForCausalLM"], "model_type": "mpt"}
         for ours, (section, theirs) in _MPT_JSON_KEYS.items():

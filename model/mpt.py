@@ -49,7 +49,8 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8.0) -> torch.Tensor:
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated to `max_len` positions: (B, H, max_len, D) each.
+    """Keys and values of every layer, preallocated to `max_len` positions: (B, H, max_len, D) each, and the
+    ALiBi position of every key, (B, max_len): a blank-infilling prompt's keys are not at their indices.
 
     `length` positions are filled. The model writes a step's new keys for every layer, then advances
     `length` once. The attention mask handed to the model covers all `length + new` key positions, so
@@ -64,6 +65,8 @@ class KVCache:
         # empty, not zeros: positions past `length` are never read, and at 7B with beams this is tens of GB
         self.keys = torch.empty(shape, device=device, dtype=dtype)
         self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.positions = torch.empty((batch_size, max_len), device=device, dtype=torch.int64)
+        self.explicit_positions = False  # some key was given a position other than its index
         self.length = 0
 
     @property
@@ -96,6 +99,11 @@ class KVCache:
             for layer in range(old.shape[0]):
                 new[layer, :rows, :, :n] = old[layer, :, :, :n].index_select(0, index)  # (R, H, n, D)
         self.keys, self.values = targets[0][:, :rows], targets[1][:, :rows]
+        positions = self.positions[:, :n].index_select(0, index)  # (R, n): small, a copy is fine
+        if rows > self.positions.shape[0]:
+            self.positions = torch.empty((rows, self.max_len), device=positions.device, dtype=torch.int64)
+        self.positions = self.positions[:rows]
+        self.positions[:, :n] = positions
 
 
 class AttentionInputs(NamedTuple):
@@ -103,15 +111,21 @@ class AttentionInputs(NamedTuple):
     slopes: torch.Tensor  # (H,) fp32
     key_padding_mask: Optional[torch.Tensor]  # (B, past + S) bool, True = real key; None = no padding
     bias: Optional[AttentionBias]  # PyTorch path: the materialised ALiBi + mask bias; None on the Triton path
+    positions: Optional[torch.Tensor] = None  # (B, past + S) ALiBi positions of the keys; None = their indices
+    prefix_end: Optional[torch.Tensor] = None  # (B,) keys before it are visible to every query; None = causal
 
 
 def attention(q, k, v, inputs: AttentionInputs, config: MPTConfig, dropout_p: float = 0.0):
-    """The attention switch: (B, H, Sq, D) queries against (B, H, Sk, D) keys/values, causal, ALiBi."""
+    """The attention switch: (B, H, Sq, D) queries against (B, H, Sk, D) keys/values, causal (with an optional
+    bidirectional prefix), ALiBi (on indices, or on given positions)."""
     if inputs.bias is None:
         from kernels.flash_alibi import flash_attn_alibi
 
+        extra = {}
+        if inputs.positions is not None or inputs.prefix_end is not None:  # only then: the plain call stays as it was
+            extra = {"positions": inputs.positions, "prefix_end": inputs.prefix_end}
         return flash_attn_alibi(q, k, v, inputs.slopes, causal=True, key_padding_mask=inputs.key_padding_mask,
-                                softmax_scale=config.scale)
+                                softmax_scale=config.scale, **extra)
     # fp32 goes through SDPA (fast); in bf16/fp16 the explicit path keeps the bias and softmax in fp32 as MPT does
     return attention_reference(q, k, v, bias=inputs.bias, softmax_scale=config.scale,
                                sdpa=q.dtype == torch.float32, dropout_p=dropout_p)
@@ -194,6 +208,8 @@ class MPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        # blank infilling: entity-local intra positions (RecSysLLM's 2D encoding), zero-initialised; absent = off
+        self.wte_intra = nn.Embedding(config.intra_positions, config.d_model) if config.intra_positions else None
         self.emb_dropout = nn.Dropout(config.emb_pdrop)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=not config.no_bias)
@@ -205,11 +221,16 @@ class MPT(nn.Module):
             self._slopes_by_device[device] = alibi_slopes(self.config.n_heads, self.config.alibi_bias_max).to(device)
         return self._slopes_by_device[device]
 
-    def forward(self, input_ids, attention_mask=None, kv_cache: KVCache = None, last_token_only=False):
+    def forward(self, input_ids, attention_mask=None, kv_cache: KVCache = None, last_token_only=False,
+                positions=None, prefix_end=None, intra_positions=None):
         """input_ids (B, S) -> logits (B, S, vocab) fp32 (or (B, 1, vocab) with last_token_only).
 
         attention_mask: (B, past + S) bool/int, 1 for real tokens, covering the cached positions too;
         None means no padding. With kv_cache, input_ids are the S new tokens after `kv_cache.length`.
+        Blank infilling (docs/recsysllm.md; all None = the plain causal LM): positions (B, S) int, the ALiBi
+        positions of the new tokens (default: their indices; the cache keeps them for later steps); prefix_end
+        (B,) int, keys before this index (counting cached ones) are visible to every query (GLM's Part A);
+        intra_positions (B, S) int, rows of the zero-initialised intra table (needs config.intra_positions).
         """
         B, S = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -227,12 +248,24 @@ class MPT(nn.Module):
             if bool(key_padding_mask.all()):
                 key_padding_mask = None  # nothing padded: take the faster unmasked path
 
-        x = self.emb_dropout(self.wte(input_ids))  # (B, S, d_model)
+        x = self.wte(input_ids)  # (B, S, d_model)
+        if intra_positions is not None:
+            if self.wte_intra is None:
+                raise ValueError("intra_positions given, but this model has no intra-position table (model config "
+                                 "key intra_positions = 0): not a blank-infilling model")
+            if intra_positions.shape != (B, S):
+                raise ValueError(f"intra_positions has shape {tuple(intra_positions.shape)}; expected {(B, S)}")
+            x = x + self.wte_intra(intra_positions)  # (B, S, d_model)
+        x = self.emb_dropout(x)
+        key_positions = self._key_positions(B, S, past, positions, kv_cache, x.device)  # (B, past + S) or None
+        if prefix_end is not None and prefix_end.shape != (B,):
+            raise ValueError(f"prefix_end has shape {tuple(prefix_end.shape)}; expected (batch,) = {(B,)}")
         slopes = self.slopes(x.device)  # (H,) fp32
         bias = None
         if not (self.config.attn_impl == "triton" and _triton_usable(x)):
-            bias = attention_bias(slopes, S, past + S, causal=True, key_padding_mask=key_padding_mask, device=x.device)
-        attn_inputs = AttentionInputs(slopes, key_padding_mask, bias)
+            bias = attention_bias(slopes, S, past + S, causal=True, key_padding_mask=key_padding_mask, device=x.device,
+                                  positions=key_positions, prefix_end=prefix_end)
+        attn_inputs = AttentionInputs(slopes, key_padding_mask, bias, key_positions, prefix_end)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_inputs, kv_cache, i)
         if kv_cache is not None:
@@ -244,6 +277,21 @@ class MPT(nn.Module):
         if self.config.logit_scale is not None:
             logits = logits * self.config.logit_scale
         return logits.float()
+
+    @staticmethod
+    def _key_positions(B, S, past, positions, kv_cache, device):
+        """The ALiBi positions of all keys of this call (cached + new), or None when every key is at its index (the
+        plain path, untouched). The cache records the new tokens' positions for the steps that follow."""
+        if positions is not None and positions.shape != (B, S):
+            raise ValueError(f"positions has shape {tuple(positions.shape)}; expected (batch, new tokens) = {(B, S)}")
+        new = positions.to(device=device, dtype=torch.int64) if positions is not None else (
+            torch.arange(past, past + S, device=device).expand(B, S))
+        explicit = positions is not None
+        if kv_cache is None:
+            return new if explicit else None
+        kv_cache.positions[:, past:past + S] = new
+        kv_cache.explicit_positions |= explicit
+        return kv_cache.positions[:, :past + S] if kv_cache.explicit_positions else None
 
     def new_kv_cache(self, batch_size: int, max_len: int = None) -> KVCache:
         p = self.wte.weight
@@ -273,6 +321,8 @@ class MPT(nn.Module):
                     module.weight.div_(math.sqrt(2 * cfg.n_layers))  # residual branches start small
                 if module.bias is not None:
                     module.bias.zero_()
+            elif isinstance(module, nn.Embedding) and name == "wte_intra":
+                module.weight.zero_()  # the extension starts as a no-op: the model's logits are the base model's
             elif isinstance(module, nn.Embedding):
                 if cfg.emb_init_std is not None:
                     nn.init.normal_(module.weight, 0.0, cfg.emb_init_std, generator=generator)
