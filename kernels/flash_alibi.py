@@ -15,6 +15,17 @@ Conventions (identical to kernels/reference.py; facts in ../shared/spec/mpt.md s
 - head_dim is a power of two in 16..128; fp16/bf16 (and fp32, with IEEE dot products) on GPU, fp32 or
   fp16 under TRITON_INTERPRET=1 on the CPU (the interpreter cannot do bf16).
 
+Prefix-LM / GLM blank infilling (../shared/spec/recsysllm.md 1.5, 2.2, 2.3), both optional and integer-only
+(no gradient):
+- positions (B, Sk) int32/int64: the ALiBi position of every key; query i has the position of key
+  i + Sk - Sq (needs Sq <= Sk). The bias becomes -slope_h * |pos_q - pos_k|, always with the abs (span
+  tokens see Part-A keys at larger positions, and positions need not be monotone). The causal mask still
+  uses indices. Without positions the bias is today's index distance.
+- prefix_end (B,) int32/int64, causal only: keys j < prefix_end[b] are visible to every query of row b
+  (GLM's bidirectional Part A). Visibility V[i, j] = keypad[j] AND (j < prefix_end[b] OR j <= i + Sk - Sq).
+  Values are clamped to [0, Sk] in the kernel (no host sync to check them).
+- Both are compile-time switches (HAS_POS, HAS_PREFIX): without them the kernels are the plain ones.
+
 Algorithm (FlashAttention-2; ../shared/spec/mpt.md 14.2-14.3):
 - Forward, one program per (query block of BLOCK_M rows, batch*head). Stream the key/value blocks of
   BLOCK_N rows through an online softmax: running row max m, running row sum l, unnormalised output
@@ -31,6 +42,10 @@ Algorithm (FlashAttention-2; ../shared/spec/mpt.md 14.2-14.3):
 - Causal block skipping: key blocks entirely above the (bottom-right) diagonal are never visited, and
   the element-wise mask (causal + sequence bounds) is applied only in the blocks that straddle the
   diagonal or a sequence end (`MASK` constexpr); the key-padding mask, when given, applies everywhere.
+  With a prefix the visible region of a query block is the union of the causal triangle and the prefix
+  columns [0, prefix_end): its key loop runs to max(causal limit, prefix_end) and only the blocks beyond
+  max(first row's causal limit, prefix_end) are masked; a key block that begins inside the prefix is
+  seen by every query block in the dK/dV pass (and needs no mask there if it ends inside the prefix).
 - Fully masked rows: the running max stays -inf, so the kernel subtracts 0 instead (no inf - inf), l
   stays 0, the output is written as 0 and L as +inf, which makes the recomputed P exactly 0 in the
   backward, hence zero dQ and no contribution to dK/dV.
@@ -97,37 +112,46 @@ BWD_Q_CONFIGS = _configs([(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64,
                          [(64, 32, 4, 2), (32, 32, 4, 2)], interpret_shape=(32, 16))
 # Autotune keys: the flags, the head dim and bucketed lengths (Q_BUCKET/K_BUCKET); tensor dtypes are
 # added by the autotuner itself.
-_TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_ALIBI", "HAS_KPM"]
+_TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_ALIBI", "HAS_KPM", "HAS_POS", "HAS_PREFIX"]
 
 
 @triton.jit
-def _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2, kpm_ptr, stride_kpm_s,
+def _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2, kpm_ptr, stride_kpm_s,
             MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
-            DOT_PRECISION: tl.constexpr):
+            HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Base-2 scores of one tile: log2(e) * (scale * q k^T + alibi), -inf where the key is not visible.
 
     q (BLOCK_M, D), k (BLOCK_N, D); offs_m (BLOCK_M,) query rows, offs_n (BLOCK_N,) key rows;
     diag = Sk - Sq, the absolute position of query row 0; kpm_ptr points at this batch's key mask.
+    pos_q (BLOCK_M,), pos_k (BLOCK_N,): ALiBi positions (HAS_POS; unused otherwise, see `_positions`);
+    prefix_end: keys before it are visible to every query (HAS_PREFIX; see `_prefix_end`).
     Returns (BLOCK_M, BLOCK_N) fp32.
     """
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale2
-    # distance query position - key position, exact in int32 (then one convert): >= 0 on visible causal pairs
+    # index distance query - key, exact in int32 (then one convert): the causal mask, and the ALiBi distance
+    # when no positions are given. >= 0 on visible pairs of a plain causal tile.
     dist = (offs_m + diag)[:, None] - offs_n[None, :]
     if HAS_ALIBI:
-        if IS_CAUSAL:
+        if HAS_POS:
+            # always the abs: span tokens see Part-A keys at larger positions, positions may repeat or go back
+            s -= slope2 * tl.abs(pos_q[:, None] - pos_k[None, :]).to(tl.float32)
+        elif IS_CAUSAL and not HAS_PREFIX:
             s -= slope2 * dist.to(tl.float32)  # dist >= 0 wherever the causal mask keeps the score
-        else:
+        else:  # non-causal, or prefix keys to the right of the query
             s -= slope2 * tl.abs(dist).to(tl.float32)
     if HAS_KPM:  # bounded load: even an interior tile of the dK/dV pass may be the last, partial key block
         real = (tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0) != 0)[None, :]
-    if MASK:  # diagonal / boundary tile: causal mask and key bound element-wise
+    if MASK:  # diagonal / boundary tile: causal mask (or the prefix) and key bound element-wise
         visible = offs_n[None, :] < seq_k
         if IS_CAUSAL:
-            visible = visible & (dist >= 0)
+            if HAS_PREFIX:
+                visible = visible & ((dist >= 0) | (offs_n < prefix_end)[None, :])
+            else:
+                visible = visible & (dist >= 0)
         if HAS_KPM:
             visible = visible & real
         s = tl.where(visible, s, float("-inf"))
-    elif HAS_KPM:  # interior tile: keys causally visible; only padding remains
+    elif HAS_KPM:  # interior tile: keys visible (causally or as prefix); only padding remains
         s = tl.where(real, s, float("-inf"))
     return s
 
@@ -149,13 +173,39 @@ def _slope2(Slopes, h, HAS_ALIBI: tl.constexpr):
 
 
 @triton.jit
-def _key_range(start_m, seq_k, diag, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+def _prefix_end(Prefix, b, stride_prefix, seq_k, HAS_PREFIX: tl.constexpr):
+    """Batch row b's prefix end (int32, clamped to [0, Sk]: keys before it are visible to every query);
+    0 without a prefix. One scalar per program: the program axis covers b * H + h."""
+    prefix_end = 0
+    if HAS_PREFIX:
+        prefix_end = tl.minimum(tl.maximum(tl.load(Prefix + b.to(tl.int64) * stride_prefix).to(tl.int32), 0), seq_k)
+    return prefix_end
+
+
+@triton.jit
+def _positions(pos_ptr, idx, seq_k, stride_pos_s, HAS_POS: tl.constexpr):
+    """ALiBi positions of the key indices idx of this batch row (queries pass i + Sk - Sq), 0 outside
+    [0, Sk); a placeholder 0 without positions (`_scores` then uses the index distance)."""
+    pos = 0
+    if HAS_POS:
+        pos = tl.load(pos_ptr + idx * stride_pos_s, mask=(idx >= 0) & (idx < seq_k), other=0)
+    return pos
+
+
+@triton.jit
+def _key_range(start_m, seq_k, diag, prefix_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               IS_CAUSAL: tl.constexpr, HAS_PREFIX: tl.constexpr):
     """Key range of the query block at start_m (forward and dQ pass): (mid, hi) with key blocks [0, mid)
     fully visible and in bounds (no element-wise mask) and [mid, hi) the diagonal / last partial blocks."""
     if IS_CAUSAL:
-        # keys [0, hi) are visible to some row of the block; keys [0, start_m + diag] to every row
-        hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diag, 0), seq_k)
-        mid = tl.minimum(tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N, hi)
+        # keys [0, hi) are visible to some row of the block; keys [0, every) to every row
+        hi = start_m + BLOCK_M + diag
+        every = start_m + diag + 1
+        if HAS_PREFIX:  # prefix keys are visible to every row
+            hi = tl.maximum(hi, prefix_end)
+            every = tl.maximum(every, prefix_end)
+        hi = tl.minimum(tl.maximum(hi, 0), seq_k)
+        mid = tl.minimum(tl.maximum(every, 0) // BLOCK_N * BLOCK_N, hi)
     else:
         hi = seq_k
         mid = seq_k // BLOCK_N * BLOCK_N
@@ -163,10 +213,11 @@ def _key_range(start_m, seq_k, diag, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
 
 
 @triton.jit
-def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi, seq_k, diag, qk_scale2, slope2,
-               stride_kn, stride_vn, stride_kpm_s,
+def _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, lo, hi, seq_k, diag, prefix_end,
+               qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
                BLOCK_N: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-               HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+               HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
     """Online softmax over key blocks [lo, hi): updates acc (BLOCK_M, D), m_i, l_i (BLOCK_M,)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -174,8 +225,9 @@ def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi, seq_k,
             k = tl.load(k_ptrs + start_n * stride_kn, mask=(offs_n < seq_k)[:, None], other=0.0)
         else:
             k = tl.load(k_ptrs + start_n * stride_kn)
-        s = _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2,
-                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+        pos_k = _positions(pos_ptr, offs_n, seq_k, stride_pos_s, HAS_POS)
+        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row with no visible key so far has m_new = -inf: subtract 0 instead, so exp2(-inf - 0) = 0
         # rather than exp2(-inf + inf) = NaN
@@ -195,15 +247,16 @@ def _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi, seq_k,
 
 @triton.autotune(configs=FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit
-def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm,
+def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm, Pos, Prefix,
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
-              stride_kpm_b, stride_kpm_s,
+              stride_kpm_b, stride_kpm_s, stride_pos_b, stride_pos_s, stride_prefix,
               n_heads, seq_q, seq_k, qk_scale2, Q_BUCKET, K_BUCKET,
               HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
-              DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # Causal rows near the end see the most keys: launch them first so the long programs start early.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
     bh = tl.program_id(1)
@@ -219,23 +272,26 @@ def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm,
     k_ptrs = _tile(K, b, h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)  # (BLOCK_N, D) at key block 0
     v_ptrs = _tile(V, b, h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
     kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b  # this batch's (Sk,) key mask
+    pos_ptr = Pos + b.to(tl.int64) * stride_pos_b  # this batch's (Sk,) positions
 
     slope2 = _slope2(Slopes, h, HAS_ALIBI)
+    prefix_end = _prefix_end(Prefix, b, stride_prefix, seq_k, HAS_PREFIX)
+    pos_q = _positions(pos_ptr, offs_m + diag, seq_k, stride_pos_s, HAS_POS)
 
     q = tl.load(q_ptrs, mask=(offs_m < seq_q)[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    mid, hi = _key_range(start_m, seq_k, diag, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    mid, hi = _key_range(start_m, seq_k, diag, prefix_end, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_PREFIX)
     # interior tiles (fully visible, in bounds): no element-wise mask
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, 0, mid, seq_k, diag,
-                               qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s,
-                               BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, 0, mid, seq_k, diag,
+                               prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                               BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
     # diagonal and last partial tiles: causal mask and key bounds
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, offs_m, mid, hi, seq_k, diag,
-                               qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s,
-                               BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, mid, hi, seq_k, diag,
+                               prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                               BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
 
     # rows that saw no key: l = 0 -> output 0 and LSE = +inf (so the backward recomputes P = 0)
     empty = l_i == 0.0
@@ -267,10 +323,11 @@ def _bwd_preprocess(Out, dOut, Delta,
 
 
 @triton.jit
-def _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n, lo, hi,
-                  seq_q, seq_k, diag, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
+def _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n, lo, hi,
+                  seq_q, seq_k, diag, prefix_end, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
                   BLOCK_M: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                  HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
     """Accumulate dK, dV (BLOCK_N, D) of one key block over query blocks [lo, hi)."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -286,9 +343,10 @@ def _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, of
             do = tl.load(do_ptrs + start_m * stride_dom)
             lse = tl.load(lse_ptr + offs_m)
             delta = tl.load(delta_ptr + offs_m)
+        pos_q = _positions(pos_ptr, offs_m + diag, seq_k, stride_pos_s, HAS_POS)
         # the same scores as the forward, computed as (BLOCK_M, BLOCK_N) and transposed for dK/dV
-        s = _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2, kpm_ptr, stride_kpm_s,
-                    MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
         p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 on masked pairs and empty rows
         dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
@@ -299,18 +357,18 @@ def _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, of
 
 @triton.autotune(configs=BWD_KV_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit
-def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm,
+def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
                  stride_vb, stride_vh, stride_vn, stride_vd,
                  stride_dob, stride_doh, stride_dom, stride_dod,
                  stride_dkb, stride_dkh, stride_dkn, stride_dkd,
                  stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-                 stride_kpm_b, stride_kpm_s,
+                 stride_kpm_b, stride_kpm_s, stride_pos_b, stride_pos_s, stride_prefix,
                  n_heads, seq_q, seq_k, sm_scale, qk_scale2, Q_BUCKET, K_BUCKET,
                  HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                 HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (key block of BLOCK_N rows, batch*head): dK and dV of that block."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -329,8 +387,11 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm,
     lse_ptr = Lse + bh.to(tl.int64) * seq_q
     delta_ptr = Delta + bh.to(tl.int64) * seq_q
     kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b
+    pos_ptr = Pos + b.to(tl.int64) * stride_pos_b
 
     slope2 = _slope2(Slopes, h, HAS_ALIBI)
+    prefix_end = _prefix_end(Prefix, b, stride_prefix, seq_k, HAS_PREFIX)
+    pos_k = _positions(pos_ptr, offs_n, seq_k, stride_pos_s, HAS_POS)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -340,25 +401,32 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm,
         # from start_n + BLOCK_N - 1 - diag on see all of it
         lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
         see_all = start_n + BLOCK_N - 1 - diag
+        if HAS_PREFIX:
+            # a key block that begins inside the prefix is seen by query block 0 on; one that ends inside
+            # it is seen whole by every query (no causal mask anywhere)
+            lo = tl.where(start_n < prefix_end, 0, lo)
+            see_all = tl.where(start_n + BLOCK_N <= prefix_end, 0, see_all)
         diag_end = lo + tl.maximum(see_all - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
         diag_end = tl.minimum(diag_end, seq_q)
     else:
         lo = 0
         diag_end = 0
     # diagonal tiles: causal mask + bounds
-    dk, dv = _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n, lo, diag_end,
-                           seq_q, seq_k, diag, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
-                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
+                           lo, diag_end, seq_q, seq_k, diag, prefix_end, qk_scale2, slope2,
+                           stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
+                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
     # interior tiles: every query row in bounds and seeing every key (keys past Sk only feed dK/dV rows
     # that are never stored)
-    dk, dv = _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n, diag_end,
-                           full_end, seq_q, seq_k, diag, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
-                           BLOCK_M, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
+                           diag_end, full_end, seq_q, seq_k, diag, prefix_end, qk_scale2, slope2,
+                           stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
+                           BLOCK_M, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
     # last partial query tile: bounds
-    dk, dv = _bwd_kv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, offs_n,
-                           tl.maximum(diag_end, full_end), seq_q, seq_q, seq_k, diag, qk_scale2, slope2,
-                           stride_qm, stride_dom, stride_kpm_s,
-                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
+                           tl.maximum(diag_end, full_end), seq_q, seq_q, seq_k, diag, prefix_end, qk_scale2, slope2,
+                           stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
+                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
 
     dk *= sm_scale  # d(scale * q.k)/dk; the bias has no gradient
     tl.store(_tile(dK, b, h, offs_n, offs_d, stride_dkb, stride_dkh, stride_dkn, stride_dkd),
@@ -368,10 +436,11 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm,
 
 
 @triton.jit
-def _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi, seq_k, diag, qk_scale2,
-                 slope2, stride_kn, stride_vn, stride_kpm_s,
+def _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, lo, hi, seq_k, diag,
+                 prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
                  BLOCK_N: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                 HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
     """Accumulate dQ (BLOCK_M, D) of one query block over key blocks [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -381,8 +450,9 @@ def _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi,
         else:
             k = tl.load(k_ptrs + start_n * stride_kn)
             v = tl.load(v_ptrs + start_n * stride_vn)
-        s = _scores(q, k, offs_m, offs_n, seq_k, diag, qk_scale2, slope2,
-                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+        pos_k = _positions(pos_ptr, offs_n, seq_k, stride_pos_s, HAS_POS)
+        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -392,17 +462,17 @@ def _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, lo, hi,
 
 @triton.autotune(configs=BWD_Q_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit
-def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm,
+def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm, Pos, Prefix,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
                 stride_dob, stride_doh, stride_dom, stride_dod,
                 stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-                stride_kpm_b, stride_kpm_s,
+                stride_kpm_b, stride_kpm_s, stride_pos_b, stride_pos_s, stride_prefix,
                 n_heads, seq_q, seq_k, sm_scale, qk_scale2, Q_BUCKET, K_BUCKET,
                 HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                HAS_KPM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (query block of BLOCK_M rows, batch*head): dQ of that block (same loop as forward)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
     bh = tl.program_id(1)
@@ -424,17 +494,21 @@ def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm,
     k_ptrs = _tile(K, b, h, offs_n, offs_d, stride_kb, stride_kh, stride_kn, stride_kd)
     v_ptrs = _tile(V, b, h, offs_n, offs_d, stride_vb, stride_vh, stride_vn, stride_vd)
     kpm_ptr = Kpm + b.to(tl.int64) * stride_kpm_b
+    pos_ptr = Pos + b.to(tl.int64) * stride_pos_b
 
     slope2 = _slope2(Slopes, h, HAS_ALIBI)
+    prefix_end = _prefix_end(Prefix, b, stride_prefix, seq_k, HAS_PREFIX)
+    pos_q = _positions(pos_ptr, offs_m + diag, seq_k, stride_pos_s, HAS_POS)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    mid, hi = _key_range(start_m, seq_k, diag, BLOCK_M, BLOCK_N, IS_CAUSAL)  # the forward's key ranges
-    dq = _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, 0, mid, seq_k, diag, qk_scale2,
-                      slope2, stride_kn, stride_vn, stride_kpm_s,
-                      BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
-    dq = _bwd_q_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, offs_m, mid, hi, seq_k, diag, qk_scale2,
-                      slope2, stride_kn, stride_vn, stride_kpm_s,
-                      BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, DOT_PRECISION)
+    # the forward's key ranges
+    mid, hi = _key_range(start_m, seq_k, diag, prefix_end, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_PREFIX)
+    dq = _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, 0, mid, seq_k, diag,
+                      prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                      BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+    dq = _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, mid, hi, seq_k, diag,
+                      prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                      BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
     dq *= sm_scale
     tl.store(_tile(dQ, b, h, offs_m, offs_d, stride_dqb, stride_dqh, stride_dqm, stride_dqd),
              dq.to(dQ.dtype.element_ty), mask=row_ok[:, None])
@@ -448,8 +522,8 @@ def _bucket(n: int) -> int:
     return max(64, triton.next_power_of_2(max(n, 1)))
 
 
-def _flags(q, alibi_slopes, key_padding_mask):
-    """Common launch arguments: slopes / key-mask pointers (or dummies) and their flags."""
+def _flags(q, alibi_slopes, key_padding_mask, positions, prefix_end):
+    """Common launch arguments: slopes / key-mask / positions / prefix pointers (or dummies) and their flags."""
     has_alibi = alibi_slopes is not None
     slopes = (alibi_slopes.to(device=q.device, dtype=torch.float32).contiguous() if has_alibi
               else torch.empty(1, device=q.device, dtype=torch.float32))
@@ -459,15 +533,33 @@ def _flags(q, alibi_slopes, key_padding_mask):
         kpm = key_padding_mask.to(device=q.device, dtype=torch.bool).view(torch.uint8)
     else:
         kpm = torch.empty(1, 1, device=q.device, dtype=torch.uint8)
+    # int32 or int64 as given (read with their strides, no copy); dummies when absent
+    has_pos = positions is not None
+    pos = positions if has_pos else torch.empty(1, 1, device=q.device, dtype=torch.int32)
+    has_prefix = prefix_end is not None
+    prefix = prefix_end if has_prefix else torch.empty(1, device=q.device, dtype=torch.int32)
     # fp32 dot products would default to TF32 on GPU; ask for IEEE so fp32 means fp32 (fp16/bf16: default)
     precision = "ieee" if q.dtype == torch.float32 else None
-    return slopes, has_alibi, kpm, has_kpm, precision
+    return slopes, has_alibi, kpm, has_kpm, pos, has_pos, prefix, has_prefix, precision
 
 
-def _check(q, k, v, alibi_slopes, key_padding_mask):
+def _check_index_tensor(name, t, shape, what, device):
+    """positions / prefix_end: an int32/int64 tensor of the given shape on q's device."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor {what} = {shape}, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must be {what} = {shape}, got {tuple(t.shape)}")
+    if t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be int32 or int64, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but q is on {device}")
+
+
+def _check(q, k, v, alibi_slopes, key_padding_mask, causal=True, positions=None, prefix_end=None):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be (batch, heads, seq, head_dim)")
-    B, H, _, D = q.shape
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
     if k.shape != v.shape or k.shape[0] != B or k.shape[1] != H or k.shape[3] != D:
         raise ValueError(f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
     if D not in (16, 32, 64, 128):
@@ -476,69 +568,88 @@ def _check(q, k, v, alibi_slopes, key_padding_mask):
         raise ValueError(f"q, k, v must share one dtype among fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
     if alibi_slopes is not None and tuple(alibi_slopes.shape) != (H,):
         raise ValueError(f"alibi_slopes must be ({H},), got {tuple(alibi_slopes.shape)}")
-    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, k.shape[2]):
-        raise ValueError(f"key_padding_mask must be (batch, seq_k) = {(B, k.shape[2])}, "
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, Sk):
+        raise ValueError(f"key_padding_mask must be (batch, seq_k) = {(B, Sk)}, "
                          f"got {tuple(key_padding_mask.shape)}")
+    if positions is not None:
+        _check_index_tensor("positions", positions, (B, Sk), "(batch, seq_k)", q.device)
+        if Sq > Sk:  # queries take the last Sq key positions: there are not enough
+            raise ValueError(f"positions needs seq_q <= seq_k (queries use the last seq_q key positions), "
+                             f"got seq_q {Sq} > seq_k {Sk}")
+    if prefix_end is not None:
+        if not causal:
+            raise ValueError("prefix_end only applies with causal=True (with causal=False every key is visible)")
+        _check_index_tensor("prefix_end", prefix_end, (B,), "(batch,)", q.device)
 
 
 class _FlashAttnALiBi(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale):
+    def forward(ctx, q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale, positions=None, prefix_end=None):
         B, H, Sq, D = q.shape
         Sk = k.shape[2]
         scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
-        slopes, has_alibi, kpm, has_kpm, precision = _flags(q, alibi_slopes, key_padding_mask)
+        slopes, has_alibi, kpm, has_kpm, pos, has_pos, prefix, has_prefix, precision = _flags(
+            q, alibi_slopes, key_padding_mask, positions, prefix_end)
         # Output laid out as (B, Sq, H, D) in memory and returned as a (B, H, Sq, D) view: the model's
         # next step, out.transpose(1, 2).reshape(B, Sq, H * D), is then free
         out = torch.empty(B, Sq, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
         lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)  # base-2 row LSE
         if out.numel() > 0:
             grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
-            _attn_fwd[grid](q, k, v, out, lse, slopes, kpm,
-                            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm.stride(),
-                            H, Sq, Sk, scale * LOG2E, _bucket(Sq), _bucket(Sk),
+            _attn_fwd[grid](q, k, v, out, lse, slopes, kpm, pos, prefix,
+                            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm.stride(), *pos.stride(),
+                            prefix.stride(0), H, Sq, Sk, scale * LOG2E, _bucket(Sq), _bucket(Sk),
                             HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm,
-                            DOT_PRECISION=precision)
-        ctx.save_for_backward(q, k, v, out, lse, slopes, kpm)
-        ctx.flags = (causal, has_alibi, has_kpm, scale, precision)
+                            HAS_POS=has_pos, HAS_PREFIX=has_prefix, DOT_PRECISION=precision)
+        ctx.save_for_backward(q, k, v, out, lse, slopes, kpm, pos, prefix)
+        ctx.flags = (causal, has_alibi, has_kpm, has_pos, has_prefix, scale, precision)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse, slopes, kpm = ctx.saved_tensors
-        causal, has_alibi, has_kpm, scale, precision = ctx.flags
+        q, k, v, out, lse, slopes, kpm, pos, prefix = ctx.saved_tensors
+        causal, has_alibi, has_kpm, has_pos, has_prefix, scale, precision = ctx.flags
         B, H, Sq, D = q.shape
         Sk = k.shape[2]
+        no_grads = (None,) * 6  # alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end
         dq = torch.empty(B, H, Sq, D, device=q.device, dtype=q.dtype)
         dk = torch.empty(B, H, Sk, D, device=k.device, dtype=k.dtype)
         dv = torch.empty(B, H, Sk, D, device=v.device, dtype=v.dtype)
         if q.numel() == 0 or k.numel() == 0:
-            return dq.zero_(), dk.zero_(), dv.zero_(), None, None, None, None
+            return (dq.zero_(), dk.zero_(), dv.zero_()) + no_grads
         dout = dout.to(q.dtype)
         delta = torch.empty_like(lse)
         pre_block = 32 if _INTERPRET else 128
         _bwd_preprocess[(triton.cdiv(Sq, pre_block), B * H)](out, dout, delta, *out.stride(), *dout.stride(),
                                                              H, Sq, HEAD_DIM=D, BLOCK_M=pre_block)
-        common = dict(HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm, DOT_PRECISION=precision)
+        common = dict(HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm,
+                      HAS_POS=has_pos, HAS_PREFIX=has_prefix, DOT_PRECISION=precision)
+        masks = (*kpm.stride(), *pos.stride(), prefix.stride(0))
         grid_kv = lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * H)  # noqa: E731
-        _attn_bwd_kv[grid_kv](q, k, v, dout, lse, delta, dk, dv, slopes, kpm,
+        _attn_bwd_kv[grid_kv](q, k, v, dout, lse, delta, dk, dv, slopes, kpm, pos, prefix,
                               *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-                              *kpm.stride(), H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
+                              *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
         grid_q = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
-        _attn_bwd_q[grid_q](q, k, v, dout, lse, delta, dq, slopes, kpm,
+        _attn_bwd_q[grid_q](q, k, v, dout, lse, delta, dq, slopes, kpm, pos, prefix,
                             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
-                            *kpm.stride(), H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
-        return dq, dk, dv, None, None, None, None
+                            *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
+        return (dq, dk, dv) + no_grads
 
 
-def flash_attn_alibi(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None, softmax_scale=None):
+def flash_attn_alibi(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None, softmax_scale=None,
+                     positions=None, prefix_end=None):
     """Flash attention with in-kernel ALiBi; the same function as `kernels.reference.attention_reference`.
 
     q (B, H, Sq, D), k/v (B, H, Sk, D) in fp16/bf16 (fp32 works too), any strides; alibi_slopes (H,) fp32
     or None; causal bottom-right aligned (query i sees key j iff j <= i + Sk - Sq); key_padding_mask
     (B, Sk) bool with True = real key, or None; softmax_scale defaults to 1/sqrt(D).
+    positions (B, Sk) int32/int64 or None: ALiBi positions of the keys, queries taking the last Sq of them
+    (needs Sq <= Sk); the bias is then -slope_h * |pos_q - pos_k| (else the index distance).
+    prefix_end (B,) int32/int64 or None, causal only: keys j < prefix_end[b] are visible to every query of
+    batch row b (GLM Part A / prefix LM); the mask stays index based.
     Returns (B, H, Sq, D) in q's dtype (a view of a (B, Sq, H, D)-contiguous buffer). Differentiable in
     q, k and v; rows that see no key are 0 with zero gradients.
     """
-    _check(q, k, v, alibi_slopes, key_padding_mask)
-    return _FlashAttnALiBi.apply(q, k, v, alibi_slopes, bool(causal), key_padding_mask, softmax_scale)
+    _check(q, k, v, alibi_slopes, key_padding_mask, causal, positions, prefix_end)
+    return _FlashAttnALiBi.apply(q, k, v, alibi_slopes, bool(causal), key_padding_mask, softmax_scale,
+                                 positions, prefix_end)

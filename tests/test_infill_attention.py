@@ -148,3 +148,22 @@ def test_a_model_without_the_extension_refuses_intra_positions(converted):
     model = load_model(ours)
     with pytest.raises(ValueError, match="no intra-position table .* not a blank-infilling model"):
         model(torch.zeros(1, 3, dtype=torch.long), intra_positions=torch.zeros(1, 3, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------------- special tokens
+
+
+def test_infill_tokens_take_mpt7b_reserved_rows(shared_data):
+    from data.formats.tokenizer import INFILL_TOKENS, add_infill_tokens, load
+
+    path = shared_data / "tokenizer" / "gpt-neox-20b.json"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the GPT-NeoX-20B tokenizer of the shared data)")
+    tok = load(path)
+    ids = add_infill_tokens(tok, 50432)
+    assert sorted(ids.values()) == list(range(50277, 50282))  # reserved rows of MPT-7B's 50,432: no resize
+    assert add_infill_tokens(tok, 50432) == ids  # idempotent
+    text = f"Item: Cream {INFILL_TOKENS['gmask']}{INFILL_TOKENS['start']}"
+    assert tok.encode(text, add_special_tokens=False).ids[-2:] == [ids["gmask"], ids["start"]]  # one id each
+    with pytest.raises(ValueError, match=r"outside the model's 50,280-row embedding"):
+        add_infill_tokens(load(path), 50280)

@@ -13,6 +13,12 @@ from tokenizers import Tokenizer  # noqa: E402
 
 EOS = "<|endoftext|>"
 
+# Blank infilling's special tokens (GLM's surface strings; RecSysLLM's [MASK], [sMASK], [gMASK], [START], [END]).
+# They are added to a tokenizer after its last id: for GPT-NeoX-20B (50,277 ids) that is 50277..50281, inside the
+# rows MPT-7B's 50,432-row embedding reserves (no resize); a small trained BPE gets them after its own vocabulary.
+INFILL_TOKENS = {"mask": "[MASK]", "smask": "[sMASK]", "gmask": "[gMASK]", "start": "<|startofpiece|>",
+                 "end": "<|endofpiece|>"}
+
 
 def sha256_file(path) -> str:
     h = hashlib.sha256()
@@ -30,6 +36,23 @@ def load(path) -> Tokenizer:
     if tok.token_to_id(EOS) is None:
         raise ValueError(f"{path}: tokenizer has no {EOS} token, which the packing uses as EOS")
     return tok
+
+
+def add_infill_tokens(tok: Tokenizer, model_vocab_size: int) -> dict:
+    """Add the infilling tokens to `tok` (in place; those it has already keep their ids) -> {name: id}. Each id must
+    be a row of the model's embedding (model_vocab_size), or the error names the token and the sizes."""
+    from tokenizers import AddedToken
+
+    missing = [s for s in INFILL_TOKENS.values() if tok.token_to_id(s) is None]
+    if missing:
+        tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in missing])
+    ids = {name: tok.token_to_id(s) for name, s in INFILL_TOKENS.items()}
+    beyond = {INFILL_TOKENS[n]: i for n, i in ids.items() if i >= model_vocab_size}
+    if beyond:
+        raise ValueError(f"infilling token(s) {beyond} fall outside the model's {model_vocab_size:,}-row embedding "
+                         f"(the tokenizer has {tok.get_vocab_size(with_added_tokens=True):,} ids): use a model with "
+                         f"spare rows (MPT-7B reserves 50277..50431) or a larger vocab_size")
+    return ids
 
 
 def token_dtype(vocab_size: int) -> str:
