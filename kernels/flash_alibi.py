@@ -402,10 +402,10 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
         lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
         see_all = start_n + BLOCK_N - 1 - diag
         if HAS_PREFIX:
-            # a key block that begins inside the prefix is seen by query block 0 on; one that ends inside
-            # it is seen whole by every query (no causal mask anywhere)
+            # a key block that begins inside the prefix is seen from query block 0 on; one whose keys (up
+            # to Sk) all lie inside it is seen whole by every query: no causal mask anywhere
             lo = tl.where(start_n < prefix_end, 0, lo)
-            see_all = tl.where(start_n + BLOCK_N <= prefix_end, 0, see_all)
+            see_all = tl.where(tl.minimum(start_n + BLOCK_N, seq_k) <= prefix_end, 0, see_all)
         diag_end = lo + tl.maximum(see_all - lo + BLOCK_M - 1, 0) // BLOCK_M * BLOCK_M
         diag_end = tl.minimum(diag_end, seq_q)
     else:
@@ -546,7 +546,7 @@ def _flags(q, alibi_slopes, key_padding_mask, positions, prefix_end):
 def _check_index_tensor(name, t, shape, what, device):
     """positions / prefix_end: an int32/int64 tensor of the given shape on q's device."""
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor {what} = {shape}, got {type(t).__name__}")
+        raise TypeError(f"{name} must be a tensor {what} = {shape}, got {type(t).__name__}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must be {what} = {shape}, got {tuple(t.shape)}")
     if t.dtype not in (torch.int32, torch.int64):
