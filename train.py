@@ -1,4 +1,5 @@
-"""Continual pre-training of MPT on packed recommendation text (RecGPT-7B, paper section 2.2).
+"""Continual pre-training of MPT on packed recommendation text (RecGPT-7B, paper section 2.2), with the causal
+objective or RecSysLLM's blank infilling (`--infill.objective=infill`, docs/recsysllm.md).
 
     # one CPU process, tiny model (data from `python -m data.prepare configs/data/<...>.yaml`)
     python train.py configs/train/tiny-pretrain.yaml --data.path=out/data/movielens-100k
@@ -53,6 +54,14 @@ def train(cfg, d):
 
     def make_batch(ds, indices):
         return pretrain_batch(ds, indices, seq_len)
+
+    if cfg.infill.objective == "infill":  # RecSysLLM's blank infilling on the same rows (training/infilling.py)
+        from training.infilling import collator_for
+
+        collator = collator_for(cfg, model_config(cfg), seq_len)
+
+        def make_batch(ds, indices):  # noqa: F811
+            return collator.batch(ds, [int(i) for i in indices])
 
     # -------------------------------------------------------------------------------- train (training/loop.py)
     run(cfg, d, dataset, make_batch, seq_len, task="pretrain", valid=valid)

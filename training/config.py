@@ -48,6 +48,30 @@ class DataSection:
 
 
 @dataclass
+class InfillSection:
+    """train.py's objective: causal (RecGPT) or RecSysLLM's blank infilling (training/infilling.py,
+    docs/recsysllm.md). Infilling needs a model with an intra table (model.overrides: {intra_positions: N})."""
+    objective: Literal["causal", "infill"] = "causal"
+    mix: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])  # [MASK] spans, [sMASK] lines, [gMASK] suffix
+    ratio: float = 0.15  # share of units masked in span and line modes
+    poisson_lambda: float = 3.0  # GLM's mean span length, in units
+    position_scheme: Literal["continuation", "glm"] = "continuation"
+    # ablation switches (each RecSysLLM ingredient off)
+    entity_masking: bool = True  # false: GLM's token spans
+    chronological: bool = True  # false: Part B spans shuffled (GLM's default)
+    intra: bool = True  # false: no intra ids (1D positions only)
+    behaviour_sampling: bool = False  # RecSysLLM's long/medium/short-term sampling of a row's items
+    shares: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.6])
+    windows: list[float] = field(default_factory=lambda: [0.5, 0.3])
+
+    def __post_init__(self):
+        if len(self.mix) != 3 or min(self.mix) < 0 or sum(self.mix) <= 0:
+            raise invalid("mix", self.mix, "must be three non-negative weights ([MASK], [sMASK], [gMASK])")
+        if len(self.shares) != 3 or len(self.windows) != 2 or sum(self.windows) >= 1:
+            raise invalid("windows", self.windows, "shares: 3 numbers; windows: 2 shares summing below 1")
+
+
+@dataclass
 class OptimSection:
     lr: float = 2.5e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -128,6 +152,7 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
+    infill: InfillSection = field(default_factory=InfillSection)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)

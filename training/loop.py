@@ -71,7 +71,10 @@ def loss_sum_and_count(model, batch: dict, device) -> tuple:
     labels = batch["labels"].to(device, non_blocking=True)
     mask = batch.get("attention_mask")
     mask = mask.to(device, non_blocking=True) if mask is not None else None
-    logits = model(ids, attention_mask=mask)  # (B, S, V) fp32
+    # blank infilling (training/infilling.py): a bidirectional Part A, ALiBi positions and intra ids per token
+    extra = {k: batch[k].to(device, non_blocking=True) for k in ("positions", "prefix_end", "intra_positions")
+             if k in batch}
+    logits = model(ids, attention_mask=mask, **extra)  # (B, S, V) fp32
     targets = labels[:, 1:]  # position i predicts token i + 1
     loss_sum = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")

@@ -1,0 +1,203 @@
+"""The blank-infilling objective's batches (RecSysLLM on MPT; docs/recsysllm.md): packed pre-training rows of a data
+build -> Part A + Part B examples (data/formats/infilling.py) -> padded tensors for the shared training loop.
+
+Entities come from the renderer's layout, not from guessing: a pre-training document is a header line, a blank
+line, then one item per line (data/prepare/templates.py; texts are whitespace-folded, so an item never holds a
+newline). With the line-local tokenizers of our builds (GPT-NeoX-20B, the trained BPE) a line's tokens are exactly
+the tokens between two newline tokens, so every item line is one entity; the header (the line before a blank line)
+is text.
+
+Per example (seeded by the run's seed and the example index, so a resumed run builds the same batches):
+- behaviour sampling (optional; RecSysLLM's long/medium/short-term 10/30/60, windows undefined in the paper): the
+  row's item lines are cut into three chronological windows, the oldest `windows[0]` share (long term), the next
+  `windows[1]` (medium), the newest rest (short), and a history of `keep` of its lines takes shares[0..2] of them
+  from each window, in order;
+- the mask level by the mixture (GLM-10B: 50% [MASK] spans of Poisson(3) units until >= 15%, 30% [sMASK] whole
+  lines until >= 15%, 20% [gMASK] the last line: next-item prediction);
+- ablations: entity_masking off (GLM's token spans: every token a unit), chronological off (Part B spans shuffled),
+  intra off (all intra ids 0), behaviour sampling off.
+
+Batch: input_ids, labels, positions, intra_positions, prefix_end, attention_mask. The loop's loss is the usual
+shifted one (logits[:, :-1] against labels[:, 1:]), so labels are the aligned targets moved one slot right and
+every example ends in one padding slot: its last [END] target stays in the loss.
+"""
+import math
+import pathlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data.formats.infilling import IGNORE_INDEX, EntityTrie, Infilled, infill, sample_spans, units_of
+
+
+@dataclass
+class InfillOptions:
+    mix: tuple = (0.5, 0.3, 0.2)  # [MASK] spans, [sMASK] lines, [gMASK] suffix
+    ratio: float = 0.15
+    poisson_lambda: float = 3.0
+    position_scheme: str = "continuation"  # or "glm"
+    entity_masking: bool = True
+    chronological: bool = True
+    intra: bool = True
+    behaviour_sampling: bool = False
+    shares: tuple = (0.1, 0.3, 0.6)  # long, medium, short term
+    windows: tuple = (0.5, 0.3)  # oldest share of a history that is long term, then medium; the rest is short
+
+
+def lines_of(row: np.ndarray, newline_id: int, eos_id: int) -> tuple[list[list[int]], list[bool], list[int]]:
+    """A packed row -> its lines (token lists, without the newline/EOS tokens), whether each is an item line (an
+    entity: every non-empty line but a header, i.e. a line followed by an empty one), and the separator token after
+    each line but the last (newline or EOS: documents stay apart)."""
+    lines, seps, current = [], [], []
+    for t in row.tolist():
+        if t in (newline_id, eos_id):
+            lines.append(current)
+            seps.append(t)
+            current = []
+        else:
+            current.append(t)
+    lines.append(current)
+    is_item = [bool(line) and not (i + 1 < len(lines) and not lines[i + 1]) for i, line in enumerate(lines)]
+    return lines, is_item, seps
+
+
+def behaviour_sample(n: int, keep: int, rng: random.Random, shares, windows) -> list[int]:
+    """Indices (sorted) of `keep` of n chronological items: shares of them from the long-, medium- and short-term
+    windows (any window's shortfall is filled from the newer ones)."""
+    if keep >= n:
+        return list(range(n))
+    bounds = [0, round(windows[0] * n), round((windows[0] + windows[1]) * n), n]
+    chosen, carry = [], 0
+    for w, share in enumerate(shares):
+        pool = list(range(bounds[w], bounds[w + 1]))
+        want = min(len(pool), round(share * keep) + carry) if w < 2 else keep - len(chosen)
+        want = min(want, len(pool))
+        carry = round(share * keep) + carry - want if w < 2 else 0
+        chosen += rng.sample(pool, want)
+    return sorted(chosen)
+
+
+def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
+    """The collator of a run (TrainConfig `infill` section) on the data build at data.path, for a model with this
+    MPTConfig: the build's tokenizer gets the infilling tokens (data/formats/tokenizer.py), its newline token marks
+    the lines."""
+    from data.formats.packed import read_meta
+    from data.formats.tokenizer import add_infill_tokens, load
+
+    if not config.intra_positions:
+        raise ValueError("infill.objective = infill needs a model with an intra-position table: set "
+                         "model.overrides: {intra_positions: 64} (zero-initialised; docs/recsysllm.md)")
+    meta_path, meta = read_meta(cfg.data.path)
+    tok_path = meta_path.parent / "tokenizer.json"
+    if not tok_path.is_file():
+        tok_path = pathlib.Path((meta.get("tokenizer") or {}).get("path") or "")
+    tok = load(tok_path)
+    ids = add_infill_tokens(tok, config.vocab_size)
+    newline = tok.encode("\n", add_special_tokens=False).ids
+    if len(newline) != 1:
+        raise ValueError(f"{tok_path}: a newline is not one token ({newline}), so item lines cannot be found")
+    o = cfg.infill
+    opts = InfillOptions(tuple(o.mix), o.ratio, o.poisson_lambda, o.position_scheme, o.entity_masking,
+                         o.chronological, o.intra, o.behaviour_sampling, tuple(o.shares), tuple(o.windows))
+    return InfillCollator(opts, ids, newline[0], int(meta["pretrain"]["eos_id"]), config.max_seq_len, cfg.run.seed,
+                          config.intra_positions)
+
+
+class InfillCollator:
+    def __init__(self, opts: InfillOptions, ids: dict, newline_id: int, eos_id: int, seq_len: int, seed: int,
+                 max_intra: int, trie: EntityTrie = None):
+        """max_intra: rows of the model's intra table (an entity needs its length + 1); trie: the entity pool the
+        decoder will use (default: each row's own item lines)."""
+        self.opts, self.ids, self.newline_id, self.eos_id = opts, ids, newline_id, eos_id
+        self.seq_len, self.seed, self.max_intra, self.trie = seq_len, seed, max_intra, trie
+
+    def example(self, row: np.ndarray, index: int) -> Infilled:
+        o = self.opts
+        rng = random.Random(self.seed * 1_000_003 + index)
+        lines, is_item, seps = lines_of(row, self.newline_id, self.eos_id)
+        kept = range(len(lines))
+        if o.behaviour_sampling:
+            items = [i for i, item in enumerate(is_item) if item]
+            keep = set(items[k] for k in behaviour_sample(len(items), max(1, math.ceil(0.5 * len(items))), rng,
+                                                          o.shares, o.windows))
+            kept = [i for i in kept if not is_item[i] or i in keep]
+        tokens, entities = [], []  # without sampling, tokens == row: the collator only marks and masks
+        for n, i in enumerate(kept):
+            if n:
+                tokens.append(seps[kept[n - 1]] if kept[n - 1] < len(seps) else self.newline_id)
+            if is_item[i]:
+                entities.append((len(tokens), len(tokens) + len(lines[i])))
+            tokens += lines[i]
+        trie = self.trie or EntityTrie([tokens[s:e] for s, e in entities])
+        entities_for_units = entities if o.entity_masking else []  # off: GLM's token spans, entities ignored
+        units = units_of(len(tokens), entities_for_units)
+        level = rng.choices(("mask", "smask", "gmask"), o.mix)[0]
+        if level == "gmask":  # the suffix: the last item line (next-item prediction), or the second half of tokens
+            spans = [(len(units) - 1, len(units))] if entities_for_units else [(max(1, len(units) // 2), len(units))]
+        elif level == "smask" and entities_for_units:
+            spans = self._lines(units, set(entities), rng)
+        else:
+            spans = sample_spans(len(units), rng, o.ratio, o.poisson_lambda)
+        ex = infill(tokens, entities_for_units, spans, self.ids, trie, mask=level if spans else "mask",
+                    position_scheme=o.position_scheme, intra=o.intra)
+        if not o.chronological and len(spans) > 1:
+            ex = self._shuffled(ex, rng)
+        return ex
+
+    def _lines(self, units, entity_units, rng) -> list:
+        """[sMASK]: whole item lines, chosen at random until >= ratio of the units, never adjacent."""
+        candidates = [u for u, unit in enumerate(units) if unit in entity_units]
+        rng.shuffle(candidates)
+        chosen, covered = [], 0
+        for u in candidates:
+            if covered >= self.opts.ratio * len(units):
+                break
+            if all(abs(u - c) > 1 for c in chosen):
+                chosen.append(u)
+                covered += 1
+        return sorted((u, u + 1) for u in chosen)
+
+    def _shuffled(self, ex: Infilled, rng) -> Infilled:
+        """Part B spans in a random order (GLM's default; RecSysLLM keeps them chronological)."""
+        a = ex.prefix_end
+        starts = [i for i in range(a, len(ex.input_ids)) if ex.input_ids[i] == self.ids["start"]]
+        bounds = starts + [len(ex.input_ids)]
+        pieces = [(bounds[k], bounds[k + 1]) for k in range(len(starts))]
+        rng.shuffle(pieces)
+
+        def reorder(xs):
+            return xs[:a] + [v for s, e in pieces for v in xs[s:e]]
+        return Infilled(reorder(ex.input_ids), reorder(ex.targets), reorder(ex.positions), reorder(ex.intra), a)
+
+    def batch(self, dataset, indices) -> dict:
+        examples = []
+        for i in indices:
+            row = np.asarray(dataset[i])
+            ex = self.example(row, int(i))
+            while len(ex.input_ids) + 1 > self.seq_len:  # the mask and [START]/[END] tokens did not fit: shorter row
+                row = row[: max(2, len(row) - (len(ex.input_ids) + 1 - self.seq_len))]
+                ex = self.example(row, int(i))
+            if max(ex.intra) >= self.max_intra:
+                raise ValueError(f"example {i}: an entity of {max(ex.intra) - 1} tokens needs intra id "
+                                 f"{max(ex.intra)}, but the model's intra table has {self.max_intra} rows "
+                                 f"(model.overrides intra_positions)")
+            examples.append(ex)
+        S = max(len(ex.input_ids) for ex in examples) + 1  # + one padding slot: the last target stays in the loss
+        B = len(examples)
+        out = {"input_ids": torch.full((B, S), self.eos_id, dtype=torch.long),
+               "labels": torch.full((B, S), IGNORE_INDEX, dtype=torch.long),
+               "positions": torch.zeros((B, S), dtype=torch.long),
+               "intra_positions": torch.zeros((B, S), dtype=torch.long),
+               "prefix_end": torch.tensor([ex.prefix_end for ex in examples]),
+               "attention_mask": torch.zeros((B, S), dtype=torch.long)}
+        for b, ex in enumerate(examples):
+            n = len(ex.input_ids)
+            out["input_ids"][b, :n] = torch.tensor(ex.input_ids)
+            out["labels"][b, 1:n + 1] = torch.tensor(ex.targets)  # label i + 1 = target i (the loop shifts)
+            out["positions"][b, :n] = torch.tensor(ex.positions)
+            out["positions"][b, n:] = ex.positions[-1] + 1
+            out["intra_positions"][b, :n] = torch.tensor(ex.intra)
+            out["attention_mask"][b, :n] = 1
+        return out
