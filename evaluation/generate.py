@@ -34,6 +34,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from data.formats.infilling import IntraTracker
 from model.mpt import MPT
 
 
@@ -96,16 +97,55 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device=None):
     return ids.to(device), mask.to(device)
 
 
+class InfillState:
+    """Blank-infilling decoding (RecSysLLM's dynamic position mechanism, docs/recsysllm.md): per row the ALiBi
+    positions and intra ids of every token so far, Part A's end, and the entity-trie tracker that gives each new
+    token its intra id by the rule the training collator used (data/formats/infilling.py IntraTracker). A generated
+    token k of a span sits at the mask's position + k."""
+
+    def __init__(self, prompts: Sequence, pads: Sequence[int], trie, device):
+        S = max(len(p.input_ids) for p in prompts)
+        self.positions = torch.zeros((len(prompts), S), dtype=torch.long)
+        self.intra = torch.zeros((len(prompts), S), dtype=torch.long)
+        for b, (p, pad) in enumerate(zip(prompts, pads)):  # left padded like the ids; pad keys are masked anyway
+            self.positions[b, pad:] = torch.as_tensor(p.positions)
+            self.intra[b, pad:] = torch.as_tensor(p.intra)
+        self.positions, self.intra = self.positions.to(device), self.intra.to(device)
+        self.prefix_end = torch.tensor([pad + p.prefix_end for p, pad in zip(prompts, pads)], device=device)
+        self.next_position = self.positions[:, -1] + 1  # [START] is the last prompt token, at the mask's position
+        self.trackers = [IntraTracker(trie) for _ in prompts]
+
+    def prefill(self) -> dict:
+        return {"positions": self.positions, "prefix_end": self.prefix_end, "intra_positions": self.intra}
+
+    def step(self, rows: Optional[torch.Tensor], tokens: torch.Tensor, whole: bool) -> dict:
+        """The model inputs of one new token per row (after keeping `rows`); whole: of the whole sequence."""
+        if rows is not None:
+            self.positions, self.intra = self.positions.index_select(0, rows), self.intra.index_select(0, rows)
+            self.prefix_end, self.next_position = self.prefix_end[rows], self.next_position[rows]
+            self.trackers = [self.trackers[r].copy() for r in rows.tolist()]
+        intra = torch.tensor([tr.step(int(t)) for tr, t in zip(self.trackers, tokens.tolist())],
+                             device=self.intra.device)
+        position, self.next_position = self.next_position, self.next_position + 1
+        self.positions = torch.cat([self.positions, position[:, None]], 1)
+        self.intra = torch.cat([self.intra, intra[:, None]], 1)
+        if whole:
+            return {"positions": self.positions, "prefix_end": self.prefix_end, "intra_positions": self.intra}
+        return {"positions": position[:, None], "intra_positions": intra[:, None]}
+
+
 class Decoder:
     """Next-token logits for a set of rows that grows one token per step.
 
     `step(rows, tokens)` keeps the current rows listed in `rows` (in that order: beam search reorders and
     duplicates them, finished prompts are dropped) and appends one token to each. With the cache, only the
-    new tokens run through the model; without it, the whole sequence is recomputed (the reference).
+    new tokens run through the model; without it, the whole sequence is recomputed (the reference). `infill`:
+    an InfillState for blank-infilling prompts (positions, prefix and intra ids go with every model call).
     """
 
-    def __init__(self, model: MPT, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache=True):
-        self.model, self.ids, self.mask = model, ids, mask
+    def __init__(self, model: MPT, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache=True,
+                 infill: Optional[InfillState] = None):
+        self.model, self.ids, self.mask, self.infill = model, ids, mask, infill
         total = ids.shape[1] + max_new_tokens - 1  # the last generated token is never fed back
         if total > model.config.max_seq_len:
             raise ValueError(f"prompt of {ids.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds the model "
@@ -114,8 +154,9 @@ class Decoder:
 
     def prefill(self) -> torch.Tensor:
         self.generated = 0
-        return _finite(self.model(self.ids, attention_mask=self.mask, kv_cache=self.cache, last_token_only=True)[:, -1],
-                       "the prompts")
+        extra = self.infill.prefill() if self.infill is not None else {}
+        return _finite(self.model(self.ids, attention_mask=self.mask, kv_cache=self.cache, last_token_only=True,
+                                  **extra)[:, -1], "the prompts")
 
     def step(self, rows: Optional[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """rows: (R,) indices into the current rows, or None for all in order; tokens: (R,) -> logits (R, V)."""
@@ -126,11 +167,13 @@ class Decoder:
             else:
                 self.ids = self.ids.index_select(0, rows)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], dim=1)
+        extra = self.infill.step(rows, tokens, whole=self.cache is None) if self.infill is not None else {}
         if self.cache is not None:
-            logits = self.model(tokens[:, None], attention_mask=self.mask, kv_cache=self.cache, last_token_only=True)
+            logits = self.model(tokens[:, None], attention_mask=self.mask, kv_cache=self.cache, last_token_only=True,
+                                **extra)
         else:
             self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
-            logits = self.model(self.ids, attention_mask=self.mask, last_token_only=True)
+            logits = self.model(self.ids, attention_mask=self.mask, last_token_only=True, **extra)
         self.generated += 1
         return _finite(logits[:, -1], f"generated token {self.generated}")
 
@@ -194,12 +237,22 @@ def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator=None) -> 
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-@torch.no_grad()
-def greedy_or_sample(model: MPT, prompts, cfg: GenerationConfig, decode=None) -> list:
+def _decoder(model: MPT, prompts, cfg: GenerationConfig, infill) -> Decoder:
+    """Left-padded prompts on the model's device, and their decoder (infill: the entity trie of InfillPrompts)."""
     device = model.wte.weight.device
-    ids, mask = left_pad(prompts, cfg.pad_token_id, device)
-    B, T = ids.shape[0], cfg.max_new_tokens
-    decoder = Decoder(model, ids, mask, T, cfg.use_cache)
+    token_lists = [p.input_ids for p in prompts] if infill is not None else prompts
+    ids, mask = left_pad(token_lists, cfg.pad_token_id, device)
+    state = None
+    if infill is not None:
+        state = InfillState(prompts, [ids.shape[1] - len(t) for t in token_lists], infill, device)
+    return Decoder(model, ids, mask, cfg.max_new_tokens, cfg.use_cache, state)
+
+
+@torch.no_grad()
+def greedy_or_sample(model: MPT, prompts, cfg: GenerationConfig, decode=None, infill=None) -> list:
+    device = model.wte.weight.device
+    decoder = _decoder(model, prompts, cfg, infill)
+    B, T = decoder.ids.shape[0], cfg.max_new_tokens
     stops = StopStrings(cfg.stop_strings, decode)
     generator = None
     if cfg.do_sample:
@@ -248,7 +301,7 @@ def greedy_or_sample(model: MPT, prompts, cfg: GenerationConfig, decode=None) ->
 
 
 @torch.no_grad()
-def beam_search(model: MPT, prompts, cfg: GenerationConfig, decode=None, constraint=None) -> list:
+def beam_search(model: MPT, prompts, cfg: GenerationConfig, decode=None, constraint=None, infill=None) -> list:
     """Deterministic beam search over a batch of prompts; returns num_return_sequences `Generation`s per
     prompt, best score first (fewer when a constraint leaves fewer valid sequences).
 
@@ -261,8 +314,7 @@ def beam_search(model: MPT, prompts, cfg: GenerationConfig, decode=None, constra
     device = model.wte.weight.device
     K, T, lp_power = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
     n_candidates = 2 * K  # HF keeps (1 + number of EOS ids) * num_beams, >= 2 * num_beams
-    ids, mask = left_pad(prompts, cfg.pad_token_id, device)
-    decoder = Decoder(model, ids, mask, T, cfg.use_cache)
+    decoder = _decoder(model, prompts, cfg, infill)
     stops = StopStrings(cfg.stop_strings, decode)
     neg_inf = float("-inf")
 
@@ -382,14 +434,18 @@ def _collect(item, tokens, scores, logprob, length, reason, n_return, constraint
 # entry points
 
 
-def generate(model: MPT, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, decode=None,
-             constraint=None) -> list:
+def generate(model: MPT, prompts: Sequence, cfg: GenerationConfig, decode=None, constraint=None, infill=None) -> list:
     """Token-id prompts -> one list of `Generation`s per prompt (beam search when num_beams > 1 or a
-    constraint is given, else greedy or sampling)."""
+    constraint is given, else greedy or sampling). infill: the entity trie (data/formats/infilling.py EntityTrie),
+    when `prompts` are blank-infilling InfillPrompts (gmask_prompt): a span is decoded with the dynamic position
+    mechanism, and ends at [END] (set cfg.eos_token_id to its id)."""
     StopStrings(cfg.stop_strings, decode)  # fail before any model work if stop strings cannot be checked
+    if infill is not None and getattr(model, "wte_intra", None) is None:
+        raise ValueError("blank-infilling prompts need a model with an intra-position table (model config key "
+                         "intra_positions): this checkpoint is a causal LM")
     if cfg.num_beams > 1 or constraint is not None:
-        return beam_search(model, prompts, cfg, decode, constraint)
-    return greedy_or_sample(model, prompts, cfg, decode)
+        return beam_search(model, prompts, cfg, decode, constraint, infill)
+    return greedy_or_sample(model, prompts, cfg, decode, infill)
 
 
 def generate_text(model: MPT, tokenizer, prompts: Sequence[str], cfg: GenerationConfig, constraint=None) -> list:

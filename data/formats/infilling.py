@@ -59,6 +59,12 @@ class IntraTracker:
     def __init__(self, trie: EntityTrie):
         self.trie, self.prefix, self.intra, self.after_start = trie, [], 1, True
 
+    def copy(self) -> "IntraTracker":
+        """An independent tracker in the same state (beam search duplicates rows)."""
+        other = IntraTracker(self.trie)
+        other.prefix, other.intra, other.after_start = list(self.prefix), self.intra, self.after_start
+        return other
+
     def step(self, token: int) -> int:
         token = int(token)
         continues = bool(self.prefix) and token in self.trie.next(self.prefix)
@@ -117,6 +123,27 @@ def sample_spans(n_units: int, rng: random.Random, ratio: float = 0.15, lam: flo
         spans.append((first, first + length))
         start += length + 1
     return spans
+
+
+@dataclass
+class InfillPrompt:
+    """A [gMASK] prompt for decoding one span: Part A, then [START] (the decoder's first input)."""
+    input_ids: list[int]  # Part A (ending in the mask) + [START]
+    positions: list[int]  # Part A at 0..|A|-1, [START] at the mask's position
+    intra: list[int]  # Part A's (1..len inside an entity), [START] 1
+    prefix_end: int  # |Part A|
+
+
+def gmask_prompt(tokens: Sequence[int], entities: Sequence[tuple[int, int]], ids: dict,
+                 intra: bool = True) -> InfillPrompt:
+    """The decoding prompt for "what comes next": `tokens` (a rendered history) with [gMASK] appended, as the
+    training suffix mode builds it (infill(..., mask="gmask") with the answer as the span), then [START]."""
+    last = len(units_of(len(tokens), entities))  # a placeholder unit after the history takes the mask's place
+    part_a = infill(list(tokens) + [0], list(entities), [(last, last + 1)], ids, None, mask="gmask", intra=intra)
+    n = part_a.prefix_end
+    mask_pos = part_a.positions[n - 1]
+    return InfillPrompt(part_a.input_ids[:n] + [ids["start"]], part_a.positions[:n] + [mask_pos],
+                        part_a.intra[:n] + [1 if intra else 0], n)
 
 
 @dataclass
