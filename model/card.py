@@ -42,11 +42,11 @@ def _license(base_model) -> str:
 
 
 def write_card(out_dir, config: MPTConfig, base_model=None, data=None, training=None, metrics=None,
-               converted_from=None, dtype=None, layout="ours") -> pathlib.Path:
+               converted_from=None, dtype=None, layout="ours", limitations=None) -> pathlib.Path:
     """README.md in `out_dir` from what is known of the model; unknown facts are said to be unknown."""
     out_dir = pathlib.Path(out_dir)
     facts = {k: v for k, v in dict(base_model=base_model, data=data, training=training, metrics=metrics,
-                                   converted_from=converted_from, dtype=dtype).items() if v}
+                                   converted_from=converted_from, dtype=dtype, limitations=limitations).items() if v}
     facts["config"] = {k: v for k, v in config.to_dict().items() if v is not None}
     front = {"license": _license(base_model), "tags": ["mpt", "recommendation", "recgpt"], "recgpt": facts}
     if base_model:
@@ -69,6 +69,8 @@ def write_card(out_dir, config: MPTConfig, base_model=None, data=None, training=
              f"- Metrics: {_describe(metrics) or 'none recorded with the model (see the run that made it)'}."]
     if converted_from:
         lines.append(f"- Converted from `{converted_from}` with `python -m model.convert`.")
+    if limitations:
+        lines += ["", "## What this export cannot do", limitations]
     lines += ["",
               "## Intended use",
               "Research on LLM-based recommendation (RecGPT, Ngo & Nguyen, ACL 2024; RecSysLLM, Chu et al. 2023):",

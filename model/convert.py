@@ -11,6 +11,7 @@ than its largest shard. `to-hf` writes a model card (README.md) with what is kno
 written into a temporary sibling and renamed into place when complete (output/), under a lock.
 """
 import argparse
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -20,8 +21,8 @@ import torch
 
 from config import cli
 from model.card import read_card, write_card
-from model.checkpoint import (CONFIG_NAME, HF_CONFIG_NAME, TOKENIZER_FILES, ShardWriter, config_yaml,
-                              iter_checkpoint, ours_to_hf, read_config, shard_count)
+from model.checkpoint import (CONFIG_NAME, EXTENSION_TENSORS, HF_CONFIG_NAME, TOKENIZER_FILES, ShardWriter,
+                              config_yaml, iter_checkpoint, ours_to_hf, read_config, shard_count)
 from output import OutputLock, staged_dir
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,21 +42,33 @@ def convert_from_hf(src_dir, out_dir, dtype=None):
 
 
 def convert_to_hf(src_dir, hf_dir, dtype=None):
-    """A checkpoint of either layout -> Hugging Face's layout (config.json, safetensors shards, a model card)."""
+    """A checkpoint of either layout -> Hugging Face's layout (config.json, safetensors shards, a model card).
+
+    A blank-infilling model (config.intra_positions > 0) is exported without its intra table: transformers'
+    MptForCausalLM runs its plain causal path only, and the card says so (docs/recsysllm.md)."""
     src_dir, hf_dir = pathlib.Path(src_dir), pathlib.Path(hf_dir)
     config = read_config(src_dir)
+    infill_rows = config.intra_positions
     writer = ShardWriter(hf_dir, shard_count(src_dir))
     stored_dtype = None
     for _, tensors in iter_checkpoint(src_dir, config):
+        tensors = {name: t for name, t in tensors.items() if name not in EXTENSION_TENSORS}
         out = {ours_to_hf(name): t.to(dtype) if dtype is not None else t for name, t in tensors.items()}
         stored_dtype = stored_dtype or next((t.dtype for t in out.values()), None)
         writer.write(out)
         del out, tensors
+    if infill_rows:
+        config = dataclasses.replace(config, intra_positions=0)  # what transformers can run: the causal path
     hf_config = config.to_mpt_json()
     hf_config["torch_dtype"] = str(stored_dtype).removeprefix("torch.")
     writer.finish(HF_CONFIG_NAME, json.dumps(hf_config, indent=2) + "\n")
     _copy_tokenizer_files(src_dir, hf_dir)
     card = read_card(src_dir)
+    if infill_rows:
+        card["limitations"] = (f"transformers' MptForCausalLM runs this model's plain causal path only: its "
+                               f"blank-infilling extension (an intra-position table of {infill_rows} rows, and the "
+                               f"prefix and position inputs) is not in this export. Load the source folder "
+                               f"{src_dir} with this project's model.checkpoint.load_model to infill.")
     write_card(hf_dir, config, **{**card, "converted_from": str(src_dir),
                                   "dtype": hf_config["torch_dtype"], "layout": "hf"})
     return config

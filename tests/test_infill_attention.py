@@ -167,3 +167,24 @@ def test_infill_tokens_take_mpt7b_reserved_rows(shared_data):
     assert tok.encode(text, add_special_tokens=False).ids[-2:] == [ids["gmask"], ids["start"]]  # one id each
     with pytest.raises(ValueError, match=r"outside the model's 50,280-row embedding"):
         add_infill_tokens(load(path), 50280)
+
+
+def test_hf_export_of_an_infilling_model_runs_its_causal_path_and_says_so(converted, tmp_path):
+    from model.checkpoint import save_model
+    from model.convert import convert_to_hf
+
+    _, ours = converted
+    model = load_model(ours, intra_positions=8)
+    with torch.no_grad():
+        model.wte_intra.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(7))  # trained
+    save_model(model.state_dict(), model.config, tmp_path / "infill")
+    convert_to_hf(tmp_path / "infill", tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "What this export cannot do" in card and "plain causal path only" in card and "8 rows" in card
+    hf = transformers.MptForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():  # the causal path: no prefix, index positions, intra ids 0 (row 0 is trained too)
+        ours_causal = model(ids, intra_positions=torch.zeros(1, 9, dtype=torch.long))
+        plain = load_model(tmp_path / "hf")(ids)
+        torch.testing.assert_close(hf(ids).logits, plain, **TOL)
+    assert not torch.allclose(ours_causal, plain, atol=1e-4)  # the intra rows are what the export leaves out
