@@ -20,7 +20,7 @@ import torch
 
 triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
-from kernels.flash_alibi import flash_attn_alibi  # noqa: E402
+from kernels.flash_alibi import flash_attn_alibi
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -38,7 +38,7 @@ SLOPES = torch.tensor([1.0, 0.5, 0.25, 0.0625])
 def dense_attention(q, k, v, slopes, *, causal=True, key_padding_mask=None, positions=None, prefix_end=None):
     """The formula above, densely. Scores and softmax in float64 for float64 inputs, else fp32 (as the
     model's reference path does), probabilities cast to v's dtype for the product."""
-    B, H, Sq, D = q.shape
+    B, _, Sq, D = q.shape
     Sk = k.shape[2]
     dev = q.device
     q_idx = torch.arange(Sk - Sq, Sk, device=dev)  # a query's index among the keys
@@ -93,7 +93,7 @@ def check(q, k, v, do, **kwargs):
         assert torch.isfinite(g).all(), f"{name} has non-finite values"
     if q.dtype == torch.float32:
         for name, g, e in zip(names, got, exact):
-            torch.testing.assert_close(g.double(), e, atol=FP32_ATOL, rtol=FP32_RTOL, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(g.double(), e, atol=FP32_ATOL, rtol=FP32_RTOL, msg=lambda m, name=name: f"{name}: {m}")
     else:
         low = run_attention(dense_attention, q, k, v, do, slopes=slopes, **kwargs)
         for name, g, l, e in zip(names, got, low, exact):
@@ -242,7 +242,7 @@ def test_neutral_inputs_equal_plain_kernel(seq_q, seq_k, with_pos, with_prefix):
     q, k, v, do = make_inputs(B, H, seq_q, seq_k, 32, torch.float32, seed=18)
     mask = torch.ones(B, seq_k, dtype=torch.bool, device=DEVICE)
     mask[1, :6] = False
-    kwargs = dict(alibi_slopes=SLOPES.to(DEVICE), key_padding_mask=mask)
+    kwargs = {"alibi_slopes": SLOPES.to(DEVICE), "key_padding_mask": mask}
     plain = run_attention(flash_attn_alibi, q, k, v, do, **kwargs)
     if with_pos:
         kwargs["positions"] = torch.arange(seq_k, device=DEVICE).expand(B, seq_k)  # a stride-0 view is fine
