@@ -114,6 +114,25 @@ def test_extension_on_gives_the_base_models_logits(converted):
         torch.testing.assert_close(model.double()(ids, **kwargs).float(), ref, **TOL)  # explicit softmax path
 
 
+def test_extension_on_through_the_triton_kernel(converted):
+    """The same identity through our Triton kernel (on the CPU under TRITON_INTERPRET=1, conftest.py), and a
+    prefix with non-monotone positions equal to the PyTorch path."""
+    pytest.importorskip("triton", reason="the Triton kernel needs triton")
+    hf, ours = converted
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, 512, (2, 13), generator=g)
+    with torch.no_grad():
+        kernel = load_model(ours, intra_positions=8, attn_impl="triton")
+        plain = {"positions": torch.arange(13).expand(2, 13), "prefix_end": torch.zeros(2, dtype=torch.long),
+                 "intra_positions": torch.zeros(2, 13, dtype=torch.long)}
+        torch.testing.assert_close(kernel(ids, **plain), hf(ids).logits, **TOL)
+        infilling = {"positions": torch.tensor([glm_positions(9, [(3, 4)]), glm_positions(6, [(1, 3), (4, 4)])]),
+                     "prefix_end": torch.tensor([9, 6]),
+                     "intra_positions": torch.randint(0, 8, (2, 13), generator=g)}
+        torch.testing.assert_close(kernel(ids, **infilling),
+                                   load_model(ours, intra_positions=8)(ids, **infilling), **TOL)
+
+
 def test_incremental_decoding_with_cached_positions_equals_one_forward(converted):
     """Part A (with a mask at position 2) prefilled with its bidirectional prefix, then a span decoded one token at
     a time at continuation positions: the logits of one full forward over Part A + the span."""
