@@ -13,7 +13,6 @@ same oracle run in fp16 (+1e-4). Shapes are small (the interpreter is slow) but 
 interpreter configuration (forward / dQ 32 x 16 tiles, dK/dV 16 x 32), so prefixes that end before, inside
 and after a block boundary, key blocks partly and wholly inside the prefix, and partial last blocks occur.
 """
-import os
 
 import pytest
 import torch
@@ -21,13 +20,9 @@ import torch
 triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
 from kernels.flash_alibi import flash_attn_alibi
+from test_kernels import CUDA, DEVICE, FP32_ATOL, FP32_RTOL, INTERPRET, make_inputs, run_attention
 
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = pytest.mark.skipif(not CUDA and not INTERPRET, reason="needs CUDA or TRITON_INTERPRET=1")
-
-FP32_ATOL = FP32_RTOL = 1e-5
 # Steep slopes (not MPT's 2^-h/4..2^-8) so that a wrong sign or a missing abs on the distance is an O(1) error
 SLOPES = torch.tensor([1.0, 0.5, 0.25, 0.0625])
 
@@ -65,21 +60,6 @@ def dense_attention(q, k, v, slopes, *, causal=True, key_padding_mask=None, posi
     scores = scores.masked_fill(~visible, torch.finfo(acc).min)
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(probs, v).masked_fill(~visible.any(-1, keepdim=True), 0.0)
-
-
-def make_inputs(B, H, Sq, Sk, D, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, s, D, generator=g) for s in (Sq, Sk, Sk))
-    do = torch.randn(B, H, Sq, D, generator=g)
-    return [t.to(DEVICE, dtype) for t in (q, k, v, do)]
-
-
-def run_attention(fn, q, k, v, do, **kwargs):
-    """Output and (dq, dk, dv) of fn(q, k, v, **kwargs) with upstream gradient do."""
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out = fn(q, k, v, **kwargs)
-    out.backward(do)
-    return out.detach(), q.grad, k.grad, v.grad
 
 
 def check(q, k, v, do, **kwargs):

@@ -21,11 +21,8 @@ INFILL_TOKENS = {"mask": "[MASK]", "smask": "[sMASK]", "gmask": "[gMASK]", "star
 
 
 def sha256_file(path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load(path) -> Tokenizer:
