@@ -103,7 +103,13 @@ class InfillState:
     token its intra id by the rule the training collator used (data/formats/infilling.py IntraTracker). A generated
     token k of a span sits at the mask's position + k."""
 
-    def __init__(self, prompts: Sequence, pads: Sequence[int], trie, device):
+    def __init__(self, prompts: Sequence, pads: Sequence[int], trie, device, intra_rows: int):
+        for n, p in enumerate(prompts):
+            if p.prefix_end < 1 or len(p.input_ids) != p.prefix_end + 1 or len(p.positions) != len(p.input_ids) or \
+                    len(p.intra) != len(p.input_ids):
+                raise ValueError(f"infilling prompt {n}: expected Part A (ending in its mask) + [START], with a "
+                                 f"position and an intra id per token (data/formats/infilling.py gmask_prompt)")
+        self.intra_rows = intra_rows
         S = max(len(p.input_ids) for p in prompts)
         self.positions = torch.zeros((len(prompts), S), dtype=torch.long)
         self.intra = torch.zeros((len(prompts), S), dtype=torch.long)
@@ -126,6 +132,9 @@ class InfillState:
             self.trackers = [self.trackers[r].copy() for r in rows.tolist()]
         intra = torch.tensor([tr.step(int(t)) for tr, t in zip(self.trackers, tokens.tolist())],
                              device=self.intra.device)
+        if int(intra.max()) >= self.intra_rows:  # an entity of the trie longer than the model was trained for
+            raise ValueError(f"a generated entity reached intra id {int(intra.max())}, past the model's "
+                             f"{self.intra_rows}-row intra table: the entity pool holds longer entities than training")
         position, self.next_position = self.next_position, self.next_position + 1
         self.positions = torch.cat([self.positions, position[:, None]], 1)
         self.intra = torch.cat([self.intra, intra[:, None]], 1)
@@ -242,9 +251,15 @@ def _decoder(model: MPT, prompts, cfg: GenerationConfig, infill) -> Decoder:
     device = model.wte.weight.device
     token_lists = [p.input_ids for p in prompts] if infill is not None else prompts
     ids, mask = left_pad(token_lists, cfg.pad_token_id, device)
+    vocab = model.config.vocab_size
+    unknown = [(n, t) for n, toks in enumerate(token_lists) for t in toks if not 0 <= t < vocab]
+    if unknown:
+        raise ValueError(f"prompt {unknown[0][0]} holds token id {unknown[0][1]}, not a row of the model's {vocab:,}-"
+                         f"row embedding (a tokenizer or special token of another model?)")
     state = None
     if infill is not None:
-        state = InfillState(prompts, [ids.shape[1] - len(t) for t in token_lists], infill, device)
+        state = InfillState(prompts, [ids.shape[1] - len(t) for t in token_lists], infill, device,
+                            model.config.intra_positions)
     return Decoder(model, ids, mask, cfg.max_new_tokens, cfg.use_cache, state)
 
 

@@ -82,3 +82,23 @@ def test_a_causal_checkpoint_refuses_to_infill():
     items, hist = histories()
     with pytest.raises(ValueError, match="need a model with an intra-position table"):
         generate(causal, [gmask_prompt(*hist[0], IDS)], GenerationConfig(max_new_tokens=2), infill=EntityTrie(items))
+
+
+def test_bad_infilling_prompts_are_named(model):
+    items, hist = histories()
+    trie = EntityTrie(items)
+    cfg = GenerationConfig(max_new_tokens=2, eos_token_id=IDS["end"])
+    good = gmask_prompt(*hist[0], IDS)
+    no_mask = dataclasses.replace(good, input_ids=good.input_ids[:-1], positions=good.positions[:-1],
+                                  intra=good.intra[:-1])  # Part A alone: nothing says where to fill
+    with pytest.raises(ValueError, match=r"infilling prompt 0: expected Part A \(ending in its mask\) \+ \[START\]"):
+        generate(model, [no_mask], cfg, infill=trie)
+    foreign = dataclasses.replace(good, input_ids=good.input_ids[:-1] + [60000])  # a [START] id of another model
+    with pytest.raises(ValueError, match=r"prompt 0 holds token id 60000, not a row of the model's 512-row"):
+        generate(model, [foreign], cfg, infill=trie)
+    long_entity = EntityTrie([[11] * 40])  # the pool holds an entity longer than the 16-row intra table
+    forced = build_model(dataclasses.replace(MPTConfig.from_name("tiny"), intra_positions=16), seed=0).eval()
+    with torch.no_grad():  # make the model say 11 whatever comes
+        forced.wte.weight[11] *= 50
+    with pytest.raises(ValueError, match=r"past the model's 16-row intra table"):
+        generate(forced, [gmask_prompt([11], [(0, 1)], IDS)], GenerationConfig(max_new_tokens=30), infill=long_entity)
