@@ -123,3 +123,33 @@ def test_train_py_learns_the_infilling_objective(build_dir, tmp_path):
 
     model = load_model(out / "model")
     assert model.wte_intra is not None and model.wte_intra.weight.abs().sum() > 0  # the intra table was trained
+
+
+def test_real_beauty_histories_never_split_an_entity(shared_data, tmp_path):
+    """The property over every row of a build of Amazon Beauty (P5's split, real titles, GPT-NeoX tokens): rebuilt
+    from Part A and Part B, and no span boundary inside an item line."""
+    import dataclasses
+
+    from model.config import MPTConfig
+
+    beauty, tok = shared_data / "amazon-beauty-p5", shared_data / "tokenizer" / "gpt-neox-20b.json"
+    if not (beauty / "sequential_data.txt").is_file() or not tok.is_file():
+        pytest.skip(f"{beauty} or {tok} not found")
+    out = build(tmp_path, "beauty", [{"name": "b", "reader": "p5", "domain": "amazon", "benchmark": True,
+                                      "options": {"path": str(beauty)}}], tokenizer={"path": str(tok)},
+                max_seq_len=256)
+    cfg = load_config(TINY, [f"--data.path={out}", "--infill.objective=infill"])
+    config = dataclasses.replace(MPTConfig.from_name("tiny"), vocab_size=50432, intra_positions=256, max_seq_len=512)
+    c = collator_for(cfg, config, 256)
+    ds = PackedDataset(out)
+    rows = range(0, len(ds), max(1, len(ds) // 400))  # about 400 rows spread over the build
+    masked = 0
+    for i in rows:
+        row = np.asarray(ds[i])
+        ex = c.example(row, i)
+        tokens, ranges = restore(ex, c.ids)
+        assert tokens == row.tolist()
+        for s, e in item_ranges(row, c):
+            assert not any(s < a < e or s < b < e for a, b in ranges), (i, (s, e), ranges)
+            masked += any(a <= s and e <= b for a, b in ranges)
+    assert masked > 100
