@@ -63,6 +63,10 @@ def test_end_to_end_outputs_and_readers(tmp_path, inputs):
     catalog = read_jsonl(out / ev["catalog"])
     assert len(catalog) == 40 and [c["item_id"] for c in catalog if c["title_missing"]] == ["7"]
     assert all(r["response"] == r["target_text"] for r in test)
+    # a blank-infilling model's inputs: the history as a document (header, blank line, one line per item) and each
+    # catalog item's line (docs/recsysllm.md)
+    assert all(len(r["document"].split("\n")) == 2 + len(r["history_item_ids"]) for r in test)
+    assert all(c["line"].startswith("Title: ") and "Rating" not in c["line"] for c in catalog if not c["title_missing"])
     # counts add up, and short users / untitled items are counted, not silently lost
     ml = meta["sources"]["ml"]
     assert ml["interactions_read"] == sum(ml["interactions_kept"].values()) + sum(ml["interactions_dropped"].values())

@@ -11,7 +11,8 @@ from data.formats.infilling import IGNORE_INDEX
 from data.formats.packed import PackedDataset
 from data_fixtures import build, movielens_fixture
 from training.config import load_config
-from training.infilling import collator_for, lines_of
+from data.formats.infilling import document_entities
+from training.infilling import collator_for
 
 TINY = "configs/train/tiny-pretrain.yaml"
 ARGS = ["--infill.objective=infill", "--model.overrides={intra_positions: 64}", "--data.seq_len=96"]
@@ -50,13 +51,7 @@ def restore(ex, ids):
 
 
 def item_ranges(row, c):
-    lines, is_item, _ = lines_of(row, c.newline_id, c.eos_id)
-    out, at = [], 0
-    for line, item in zip(lines, is_item):
-        if item:
-            out.append((at, at + len(line)))
-        at += len(line) + 1
-    return out
+    return document_entities(row, c.newline_id, c.eos_id)
 
 
 def test_rows_become_infilling_examples_with_whole_item_lines(build_dir):

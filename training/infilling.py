@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.formats.infilling import IGNORE_INDEX, EntityTrie, Infilled, infill, sample_spans, units_of
+from data.formats.infilling import IGNORE_INDEX, EntityTrie, Infilled, infill, lines_of, sample_spans, units_of
 
 
 @dataclass
@@ -44,23 +44,6 @@ class InfillOptions:
     behaviour_sampling: bool = False
     shares: tuple = (0.1, 0.3, 0.6)  # long, medium, short term
     windows: tuple = (0.5, 0.3)  # oldest share of a history that is long term, then medium; the rest is short
-
-
-def lines_of(row: np.ndarray, newline_id: int, eos_id: int) -> tuple[list[list[int]], list[bool], list[int]]:
-    """A packed row -> its lines (token lists, without the newline/EOS tokens), whether each is an item line (an
-    entity: every non-empty line but a header, i.e. a line followed by an empty one), and the separator token after
-    each line but the last (newline or EOS: documents stay apart)."""
-    lines, seps, current = [], [], []
-    for t in row.tolist():
-        if t in (newline_id, eos_id):
-            lines.append(current)
-            seps.append(t)
-            current = []
-        else:
-            current.append(t)
-    lines.append(current)
-    is_item = [bool(line) and not (i + 1 < len(lines) and not lines[i + 1]) for i, line in enumerate(lines)]
-    return lines, is_item, seps
 
 
 def behaviour_sample(n: int, keep: int, rng: random.Random, shares, windows) -> list[int]:

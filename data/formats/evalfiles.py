@@ -50,7 +50,8 @@ def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
     return examples
 
 
-def read_catalog(path: pathlib.Path) -> tuple:
+def read_catalog(path: pathlib.Path, field: str = "text") -> tuple:
+    """(item ids, their `field`): "text", the next-item rendering, or "line", the pre-training line rendering."""
     if not path.is_file():
         raise FileNotFoundError(f"catalog {path} not found (next_item needs BENCHMARK/catalog.jsonl)")
     ids, texts = [], []
@@ -59,11 +60,11 @@ def read_catalog(path: pathlib.Path) -> tuple:
             if not line.strip():
                 continue
             record = json.loads(line)
-            for key in ("item_id", "text"):
+            for key in ("item_id", field):
                 if not isinstance(record.get(key), str):
                     raise ValueError(f"{path}:{lineno}: key '{key}' must be a string, got {record.get(key)!r}")
             ids.append(record["item_id"])
-            texts.append(record["text"])
+            texts.append(record[field])
     return ids, texts
 
 

@@ -86,6 +86,34 @@ def span_intra(span: Sequence[int], trie: EntityTrie) -> list[int]:
     return [1] + [tracker.step(t) for t in span]
 
 
+def lines_of(row, newline_id: int, eos_id: int) -> tuple[list[list[int]], list[bool], list[int]]:
+    """A packed row -> its lines (token lists, without the newline/EOS tokens), whether each is an item line (an
+    entity: every non-empty line but a header, i.e. a line followed by an empty one), and the separator token after
+    each line but the last (newline or EOS: documents stay apart)."""
+    lines, seps, current = [], [], []
+    for t in (row.tolist() if hasattr(row, "tolist") else row):
+        if t in (newline_id, eos_id):
+            lines.append(current)
+            seps.append(t)
+            current = []
+        else:
+            current.append(t)
+    lines.append(current)
+    is_item = [bool(line) and not (i + 1 < len(lines) and not lines[i + 1]) for i, line in enumerate(lines)]
+    return lines, is_item, seps
+
+
+def document_entities(tokens: Sequence[int], newline_id: int, eos_id: int) -> list[tuple[int, int]]:
+    """The item lines of a rendered document (token ranges): what the collator marks as entities (lines_of)."""
+    lines, is_item, _ = lines_of(tokens, newline_id, eos_id)
+    out, at = [], 0
+    for line, item in zip(lines, is_item):
+        if item:
+            out.append((at, at + len(line)))
+        at += len(line) + 1
+    return out
+
+
 def units_of(n_tokens: int, entities: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """[(start, end)) token ranges of the units: each entity one unit, every other token one. Entities must be
     sorted, disjoint, non-empty and inside the sequence (an error names the first that is not)."""

@@ -102,6 +102,9 @@ def write_prompts(d: templates.Domain, source: str, users: list, enc: Encoder, c
         counts["eval_prompts_truncated"] += m + h.cut_oldest > 0
         prompt, response = make(lines[m:])
         dropped = m + h.cut_titled  # titled items left out, oldest first (cut_titled: never could fit)
+        if h.task == "next_item":  # a blank-infilling model's prompt: the history as a pre-training document
+            extra["document"] = "\n".join(templates.document_lines(d, [templates.pretrain_line(d, x)
+                                                                       for x in titled[m:]]))
         writer.write({"task": h.task, "split": h.split, "source": source, "domain": d.name, "user": h.user,
                       "prompt": prompt, "response": response,
                       "history_item_ids": [x.item.id for x in titled[m:]], "history_items_dropped_oldest": dropped,

@@ -33,7 +33,7 @@ import pyarrow as pa
 from data.formats.evalfiles import RATING_LOW, item_id_order
 from data.prepare import engine, normalise, recipe, templates, workdir
 from data.prepare.config import BuildConfig, SourceConfig
-from data.prepare.records import ITEM_FIELDS, DataError, Item
+from data.prepare.records import ITEM_FIELDS, DataError, Interaction, Item
 
 
 def plan_dir(cfg: BuildConfig, name: str) -> pathlib.Path:
@@ -312,7 +312,10 @@ def write_benchmark(con, cfg: BuildConfig, s: SourceConfig, out: pathlib.Path, r
         for i in sorted(catalog, key=item_id_order):
             item = catalog[i]
             shown = item if item.title else Item(i, **{**{k: getattr(item, k) for k in ITEM_FIELDS}, "title": missing})
-            f.write(json.dumps({"item_id": i, "text": templates.item_text(d, shown), "title_missing": not item.title},
+            # "line": the item as a pre-training document line shows it (no interaction: no rating, no review), the
+            # entity a blank-infilling model generates after [gMASK]
+            f.write(json.dumps({"item_id": i, "text": templates.item_text(d, shown), "title_missing": not item.title,
+                                "line": templates.pretrain_line(d, Interaction("", shown))},
                                ensure_ascii=False) + "\n")
     untitled = sum(1 for x in catalog.values() if not x.title)
     return {"eval_buckets": buckets,
