@@ -131,11 +131,3 @@ def staged_dir(final):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final)
-
-
-def write_text(path, text: str) -> None:
-    """A file written whole or not at all (a temporary sibling renamed over it)."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -87,7 +87,7 @@ def run_python(argv: list[str]) -> tuple[int, str]:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, int) and e.code is not None:
             buffer.write(str(e.code))
-    except Exception as e:  # noqa: BLE001: any failure is the command's, reported with its message
+    except Exception as e:  # noqa: BLE001  (any failure is the command's, reported with its message)
         code = 1
         buffer.write(f"{type(e).__name__}: {e}")
     finally:
