@@ -47,7 +47,7 @@ from config import cli, dump, save, to_dict
 from data.formats.evalfiles import DEFAULT_RATING_SCALE, read_catalog, read_examples, read_train_stats, sample_examples
 from data.formats.tokenizer import EOS
 from evaluation.config import EvalConfig, load_eval_config
-from evaluation.generate import GenerationConfig, generate_text
+from evaluation.generate import GenerationConfig, generate, generate_text
 from output import OutputLock, staged_dir
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
@@ -121,15 +121,47 @@ def batches_by_length(tokenizer, examples, batch_size):
 
 
 def run_generation(model, tokenizer, examples, gen: GenerationConfig, batch_size, desc, constraint=None,
-                   seed=None) -> list:
+                   seed=None, infill=None) -> list:
+    """infill: (InfillPrompts, entity trie) for a blank-infilling model: the prompts are token-level, one per
+    example, and each output's text is its span without the closing [END]."""
     outputs = [None] * len(examples)
     for b, idx in enumerate(tqdm(batches_by_length(tokenizer, examples, batch_size), desc=desc, unit="batch")):
         if seed is not None:  # one stream per batch, so batches do not replay the same draws
             gen.seed = seed * 1_000_003 + b
-        results = generate_text(model, tokenizer, [examples[i]["prompt"] for i in idx], gen, constraint)
+        if infill is None:
+            results = generate_text(model, tokenizer, [examples[i]["prompt"] for i in idx], gen, constraint)
+        else:
+            prompts, pool = infill
+            results = generate(model, [prompts[i] for i in idx], gen, None, constraint, infill=pool)
+            for per_prompt in results:
+                for g in per_prompt:
+                    g.text = tokenizer.decode(g.tokens[:-1] if g.finish_reason == "eos" else g.tokens,
+                                              skip_special_tokens=True)
         for i, r in zip(idx, results):
             outputs[i] = r
     return outputs
+
+
+def infill_prompts(model, tokenizer, examples) -> tuple[dict, list]:
+    """A blank-infilling model's next-item prompts (docs/recsysllm.md): each example's history as the pre-training
+    document the build wrote (`document`), its item lines as entities, then [gMASK] where the next line would
+    be, as the training collator's suffix mode -> (the infilling token ids, the prompts)."""
+    from data.formats.infilling import document_entities, gmask_prompt
+    from data.formats.tokenizer import add_infill_tokens
+
+    ids = add_infill_tokens(tokenizer, model.config.vocab_size)
+    newline = tokenizer.encode("\n", add_special_tokens=False).ids
+    if len(newline) != 1:
+        raise ValueError(f"the tokenizer encodes a newline as {newline}: item lines cannot be found")
+    eos = tokenizer.token_to_id(EOS)
+    prompts = []
+    for n, x in enumerate(examples):
+        if "document" not in x:
+            raise ValueError(f"example {n} (user {x.get('user')}) has no 'document': rebuild the benchmark with "
+                             f"the current `python -m data.prepare`, which writes the infilling prompts")
+        tokens = tokenizer.encode(x["document"], add_special_tokens=False).ids + newline
+        prompts.append(gmask_prompt(tokens, document_entities(tokens, newline[0], eos), ids))
+    return ids, prompts
 
 
 def output_record(g, **more) -> dict:
@@ -145,7 +177,10 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
     from evaluation.matching import CatalogIndex, load_embedder
 
     bench = pathlib.Path(cfg.benchmark)
-    item_ids, texts = read_catalog(bench / "catalog.jsonl")
+    infill = cfg.objective == "infill"
+    # an infilling model generates an item as a document line shows it (the catalog's "line"); a causal one as the
+    # instruction response does ("text")
+    item_ids, texts = read_catalog(bench / "catalog.jsonl", "line" if infill else "text")
     known = set(item_ids)
     absent = [x["target_item_id"] for x in examples if x["target_item_id"] not in known]
     if absent:
@@ -154,8 +189,16 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
                            num_return_sequences=cfg.next_item.num_return_sequences,
                            length_penalty=cfg.next_item.length_penalty, eos_token_id=tokenizer.token_to_id(EOS),
                            stop_strings=cfg.stop)
+    infill_inputs = None
+    if infill:
+        from data.formats.infilling import EntityTrie
+
+        infill_ids, prompts = infill_prompts(model, tokenizer, examples)
+        gen.eos_token_id = infill_ids["end"]  # a span ends at [END]
+        pool = EntityTrie([e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)])
+        infill_inputs = (prompts, pool)
     started = time.time()
-    generated = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "beam search")
+    generated = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "beam search", infill=infill_inputs)
     seconds = time.time() - started
     index = CatalogIndex(item_ids, texts, load_embedder(cfg.next_item.embedder, cfg.device),
                          cache_dir=cfg.next_item.embedding_cache)
@@ -185,7 +228,7 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
         "log": {"outputs": n_outputs, "exact_catalog_match_share": n_exact / max(1, n_outputs),
                 "targets_with_shared_catalog_text": sum(text_count[text_of[t]] > 1 for t in targets),
                 "catalog_items": len(item_ids), "catalog_items_sharing_a_text": index.n_shared_text_items,
-                "embedder": cfg.next_item.embedder, "embedder_key": index.embedder.key,
+                "embedder": cfg.next_item.embedder, "embedder_key": index.embedder.key, "objective": cfg.objective,
                 "generation_seconds": seconds, "prompts_per_second": len(examples) / seconds},
     }
     for p, r in zip(predictions, ranked):
@@ -199,7 +242,8 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
 
         trie = CatalogTrie.from_catalog(item_ids, texts, encode, gen.eos_token_id, model.config.vocab_size)
         started = time.time()
-        constrained = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "constrained beams", trie)
+        constrained = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "constrained beams", trie,
+                                     infill=infill_inputs)
         seconds = time.time() - started
         ranked_c = []
         for p, outs in zip(predictions, constrained):

@@ -49,6 +49,9 @@ class YesNoSection:
 @dataclass
 class EvalConfig:
     checkpoint: Optional[str] = None  # our model folder or a Hugging Face MPT folder (required)
+    # causal: the instruction prompt, continued; infill (next_item; docs/recsysllm.md): the history as a
+    # pre-training document + [gMASK], one span decoded with the dynamic position mechanism
+    objective: Literal["causal", "infill"] = "causal"
     benchmark: Optional[str] = None  # folder with {task}_{split}.jsonl (and catalog.jsonl for next_item; required)
     task: Optional[Literal["next_item", "rating", "text", "yes_no"]] = None  # required
     out: Optional[str] = None  # output folder (required)
@@ -57,7 +60,7 @@ class EvalConfig:
     batch_size: int = 8  # prompts per generate call (beams run together)
     device: Optional[str] = None  # default: cuda when available, else cpu
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None  # default: the checkpoint's
-    verify: Literal["full", "fast"] = "full"  # checkpoint integrity: full = sha256 of every shard; fast = sizes, headers
+    verify: Literal["full", "fast"] = "full"  # checkpoint integrity: full = sha256 of each shard; fast = sizes, headers
     limit: Optional[int] = None  # only the first N examples (a quick look)
     sample: Optional[int] = None  # a seeded random sample of N examples (the same for every model and baseline)
     sample_seed: int = 0
@@ -76,6 +79,8 @@ class EvalConfig:
                            ("next_item.num_return_sequences", self.next_item.num_return_sequences)):
             if value is not None and value < 1:
                 raise invalid(key, value, "must be >= 1")
+        if self.objective == "infill" and self.task != "next_item":
+            raise invalid("objective", self.objective, f"infill is evaluated on next_item only, not {self.task}")
         n = self.next_item
         if n.num_return_sequences > n.num_beams:
             raise invalid("next_item.num_return_sequences", n.num_return_sequences,

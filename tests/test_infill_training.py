@@ -120,22 +120,32 @@ def test_train_py_learns_the_infilling_objective(build_dir, tmp_path):
     assert model.wte_intra is not None and model.wte_intra.weight.abs().sum() > 0  # the intra table was trained
 
 
-def test_real_beauty_histories_never_split_an_entity(shared_data, tmp_path):
-    """The property over every row of a build of Amazon Beauty (P5's split, real titles, GPT-NeoX tokens): rebuilt
-    from Part A and Part B, and no span boundary inside an item line."""
+@pytest.fixture(scope="module")
+def beauty_build(tmp_path_factory):
+    from conftest import SHARED_DATA
+
+    beauty, tok = SHARED_DATA / "amazon-beauty-p5", SHARED_DATA / "tokenizer" / "gpt-neox-20b.json"
+    if not (beauty / "sequential_data.txt").is_file() or not tok.is_file():
+        pytest.skip(f"{beauty} or {tok} not found (the shared data)")
+    tmp = tmp_path_factory.mktemp("beauty")
+    return build(tmp, "beauty", [{"name": "b", "reader": "p5", "domain": "amazon", "benchmark": True,
+                                  "options": {"path": str(beauty)}}], tokenizer={"path": str(tok)}, max_seq_len=256)
+
+
+def beauty_collator(out):
     import dataclasses
 
     from model.config import MPTConfig
 
-    beauty, tok = shared_data / "amazon-beauty-p5", shared_data / "tokenizer" / "gpt-neox-20b.json"
-    if not (beauty / "sequential_data.txt").is_file() or not tok.is_file():
-        pytest.skip(f"{beauty} or {tok} not found")
-    out = build(tmp_path, "beauty", [{"name": "b", "reader": "p5", "domain": "amazon", "benchmark": True,
-                                      "options": {"path": str(beauty)}}], tokenizer={"path": str(tok)},
-                max_seq_len=256)
     cfg = load_config(TINY, [f"--data.path={out}", "--infill.objective=infill"])
     config = dataclasses.replace(MPTConfig.from_name("tiny"), vocab_size=50432, intra_positions=256, max_seq_len=512)
-    c = collator_for(cfg, config, 256)
+    return collator_for(cfg, config, 256)
+
+
+def test_real_beauty_histories_never_split_an_entity(beauty_build):
+    """The property over rows of a build of Amazon Beauty (P5's split, real titles, GPT-NeoX tokens): rebuilt from
+    Part A and Part B, and no span boundary inside an item line."""
+    out, c = beauty_build, beauty_collator(beauty_build)
     ds = PackedDataset(out)
     rows = range(0, len(ds), max(1, len(ds) // 400))  # about 400 rows spread over the build
     masked = 0
@@ -148,3 +158,32 @@ def test_real_beauty_histories_never_split_an_entity(shared_data, tmp_path):
             assert not any(s < a < e or s < b < e for a, b in ranges), (i, (s, e), ranges)
             masked += any(a <= s and e <= b for a, b in ranges)
     assert masked > 100
+
+
+def test_collator_and_decoder_number_held_out_answers_alike(beauty_build):
+    """On held-out next-item examples: the training example of history + answer (the collator, its catalog pool)
+    gives the answer's tokens the intra ids the decoder gives them, step by step (evaluation/generate.py)."""
+    from data.formats.infilling import gmask_prompt, infill, units_of
+    from data.formats.tokenizer import load
+    from evaluation.generate import InfillState
+
+    c = beauty_collator(beauty_build)
+    tok = load(beauty_build / "tokenizer.json") if (beauty_build / "tokenizer.json").is_file() else None
+    meta = json.loads((beauty_build / "meta.json").read_text())
+    tok = tok or load(meta["tokenizer"]["path"])
+    catalog = {json.loads(line)["item_id"]: json.loads(line)["line"]
+               for line in open(beauty_build / meta["eval"]["b"]["catalog"])}
+    examples = [json.loads(line) for line in open(beauty_build / meta["eval"]["b"]["dir"] / "next_item_test.jsonl")]
+    checked = 0
+    for x in examples[:: max(1, len(examples) // 200)]:
+        history = tok.encode(x["document"], add_special_tokens=False).ids + [c.newline_id]
+        answer = tok.encode(catalog[x["target_item_id"]], add_special_tokens=False).ids
+        entities = document_entities(history, c.newline_id, c.eos_id)
+        last = len(units_of(len(history), entities))
+        ex = infill(history + answer, entities + [(len(history), len(history) + len(answer))], [(last, last + 1)],
+                    c.ids, c.trie, mask="gmask")
+        state = InfillState([gmask_prompt(history, entities, c.ids)], [0], c.trie, "cpu", 10_000)
+        decoded = [int(state.step(None, torch.tensor([t]), whole=False)["intra_positions"]) for t in answer]
+        assert ex.intra[ex.prefix_end + 1:] == decoded, x["user"]
+        checked += 1
+    assert checked > 100

@@ -65,7 +65,9 @@ def behaviour_sample(n: int, keep: int, rng: random.Random, shares, windows) -> 
 def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
     """The collator of a run (TrainConfig `infill` section) on the data build at data.path, for a model with this
     MPTConfig: the build's tokenizer gets the infilling tokens (data/formats/tokenizer.py), its newline token marks
-    the lines."""
+    the lines. The entity pool of the intra rule is the one the decoder uses, the build's catalog lines, when the
+    build has benchmark catalogs (a line's own rating or review then restarts at intra 1, as when decoding);
+    otherwise each row's own item lines."""
     from data.formats.packed import read_meta
     from data.formats.tokenizer import add_infill_tokens, load
 
@@ -81,11 +83,18 @@ def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
     newline = tok.encode("\n", add_special_tokens=False).ids
     if len(newline) != 1:
         raise ValueError(f"{tok_path}: a newline is not one token ({newline}), so item lines cannot be found")
+    pool = None
+    catalogs = [meta_path.parent / e["catalog"] for e in (meta.get("eval") or {}).values() if e.get("catalog")]
+    if catalogs:  # the decoder's entity pool (evaluate.py --objective infill): the catalog items' lines
+        from data.formats.evalfiles import read_catalog
+
+        lines = [line for c in catalogs for line in read_catalog(c, "line")[1]]
+        pool = EntityTrie([e.ids for e in tok.encode_batch(lines, add_special_tokens=False)])
     o = cfg.infill
     opts = InfillOptions(tuple(o.mix), o.ratio, o.poisson_lambda, o.position_scheme, o.entity_masking,
                          o.chronological, o.intra, o.behaviour_sampling, tuple(o.shares), tuple(o.windows))
     return InfillCollator(opts, ids, newline[0], int(meta["pretrain"]["eos_id"]), config.max_seq_len, cfg.run.seed,
-                          config.intra_positions)
+                          config.intra_positions, pool)
 
 
 class InfillCollator:
