@@ -60,6 +60,7 @@ FLAGS = [
     ("--tokenizer", "tokenizer", str, "tokenizers JSON; default: CHECKPOINT/tokenizer.json"),
     ("--benchmark", "benchmark", str, "folder with {task}_{split}.jsonl (and catalog.jsonl for next_item)"),
     ("--task", "task", str, "next_item | rating | text | yes_no"),
+    ("--objective", "objective", str, "causal (default) | infill: a blank-infilling model (docs/recsysllm.md)"),
     ("--split", "split", str, "default: test"),
     ("--out", "out", str, "output folder"),
     ("--batch-size", "batch_size", int, "prompts per generate call (beams run together); default 8"),
