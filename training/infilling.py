@@ -94,16 +94,17 @@ def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
     opts = InfillOptions(tuple(o.mix), o.ratio, o.poisson_lambda, o.position_scheme, o.entity_masking,
                          o.chronological, o.intra, o.behaviour_sampling, tuple(o.shares), tuple(o.windows))
     return InfillCollator(opts, ids, newline[0], int(meta["pretrain"]["eos_id"]), config.max_seq_len, cfg.run.seed,
-                          config.intra_positions, pool)
+                          config.intra_positions, pool, rows_len)
 
 
 class InfillCollator:
     def __init__(self, opts: InfillOptions, ids: dict, newline_id: int, eos_id: int, seq_len: int, seed: int,
-                 max_intra: int, trie: EntityTrie = None):
-        """max_intra: rows of the model's intra table (an entity needs its length + 1); trie: the entity pool the
-        decoder will use (default: each row's own item lines)."""
+                 max_intra: int, trie: EntityTrie = None, rows_len: int = None):
+        """seq_len: the longest example the model takes; max_intra: rows of the model's intra table (an entity needs
+        its length + 1); trie: the entity pool the decoder will use (default: each row's own item lines); rows_len:
+        the packed rows are cut to this many tokens first (data.seq_len), as the causal objective cuts them."""
         self.opts, self.ids, self.newline_id, self.eos_id = opts, ids, newline_id, eos_id
-        self.seq_len, self.seed, self.max_intra, self.trie = seq_len, seed, max_intra, trie
+        self.seq_len, self.seed, self.max_intra, self.trie, self.rows_len = seq_len, seed, max_intra, trie, rows_len
 
     def example(self, row: np.ndarray, index: int) -> Infilled:
         o = self.opts
@@ -166,7 +167,7 @@ class InfillCollator:
     def batch(self, dataset, indices) -> dict:
         examples = []
         for i in indices:
-            row = np.asarray(dataset[i])
+            row = np.asarray(dataset[i])[:self.rows_len]
             ex = self.example(row, int(i))
             while len(ex.input_ids) + 1 > self.seq_len:  # the mask and [START]/[END] tokens did not fit: shorter row
                 row = row[: max(2, len(row) - (len(ex.input_ids) + 1 - self.seq_len))]
