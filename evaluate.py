@@ -148,12 +148,10 @@ def infill_prompts(model, tokenizer, examples) -> tuple[dict, list]:
     document the build wrote (`document`), its item lines as entities, then [gMASK] where the next line would
     be, as the training collator's suffix mode -> (the infilling token ids, the prompts)."""
     from data.formats.infilling import document_entities, gmask_prompt
-    from data.formats.tokenizer import add_infill_tokens
+    from data.formats.tokenizer import add_infill_tokens, newline_id
 
     ids = add_infill_tokens(tokenizer, model.config.vocab_size)
-    newline = tokenizer.encode("\n", add_special_tokens=False).ids
-    if len(newline) != 1:
-        raise ValueError(f"the tokenizer encodes a newline as {newline}: item lines cannot be found")
+    newline = [newline_id(tokenizer)]
     eos = tokenizer.token_to_id(EOS)
     prompts = []
     for n, x in enumerate(examples):

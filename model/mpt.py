@@ -66,7 +66,7 @@ class KVCache:
         self.keys = torch.empty(shape, device=device, dtype=dtype)
         self.values = torch.empty(shape, device=device, dtype=dtype)
         self.positions = torch.empty((batch_size, max_len), device=device, dtype=torch.int64)
-        self.explicit_positions = False  # some key was given a position other than its index
+        self.explicit_positions = False  # positions are recorded only once a call gives them (blank infilling)
         self.length = 0
 
     @property
@@ -99,11 +99,13 @@ class KVCache:
             for layer in range(old.shape[0]):
                 new[layer, :rows, :, :n] = old[layer, :, :, :n].index_select(0, index)  # (R, H, n, D)
         self.keys, self.values = targets[0][:, :rows], targets[1][:, :rows]
-        positions = self.positions[:, :n].index_select(0, index)  # (R, n): small, a copy is fine
+        # key positions: carried only once recorded (blank infilling); (R, n), small, so a copy is fine
+        positions = self.positions[:, :n].index_select(0, index) if self.explicit_positions else None
         if rows > self.positions.shape[0]:
-            self.positions = torch.empty((rows, self.max_len), device=positions.device, dtype=torch.int64)
+            self.positions = torch.empty((rows, self.max_len), device=self.positions.device, dtype=torch.int64)
         self.positions = self.positions[:rows]
-        self.positions[:, :n] = positions
+        if positions is not None:
+            self.positions[:, :n] = positions
 
 
 class AttentionInputs(NamedTuple):
@@ -289,9 +291,13 @@ class MPT(nn.Module):
         explicit = positions is not None
         if kv_cache is None:
             return new if explicit else None
+        if not (explicit or kv_cache.explicit_positions):
+            return None  # the plain path: keys at their indices, nothing recorded (decoding's hot loop)
+        if not kv_cache.explicit_positions:  # the first explicit call: the keys cached so far sit at their indices
+            kv_cache.positions[:, :past] = torch.arange(past, device=device)
+            kv_cache.explicit_positions = True
         kv_cache.positions[:, past:past + S] = new
-        kv_cache.explicit_positions |= explicit
-        return kv_cache.positions[:, :past + S] if kv_cache.explicit_positions else None
+        return kv_cache.positions[:, :past + S]
 
     def new_kv_cache(self, batch_size: int, max_len: int = None) -> KVCache:
         p = self.wte.weight

@@ -69,7 +69,7 @@ def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
     build has benchmark catalogs (a line's own rating or review then restarts at intra 1, as when decoding);
     otherwise each row's own item lines."""
     from data.formats.packed import read_meta
-    from data.formats.tokenizer import add_infill_tokens, load
+    from data.formats.tokenizer import add_infill_tokens, load, newline_id
 
     if not config.intra_positions:
         raise ValueError("infill.objective = infill needs a model with an intra-position table: set "
@@ -80,9 +80,7 @@ def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
         tok_path = pathlib.Path((meta.get("tokenizer") or {}).get("path") or "")
     tok = load(tok_path)
     ids = add_infill_tokens(tok, config.vocab_size)
-    newline = tok.encode("\n", add_special_tokens=False).ids
-    if len(newline) != 1:
-        raise ValueError(f"{tok_path}: a newline is not one token ({newline}), so item lines cannot be found")
+    newline = newline_id(tok, str(tok_path))
     pool = None
     catalogs = [meta_path.parent / e["catalog"] for e in (meta.get("eval") or {}).values() if e.get("catalog")]
     if catalogs:  # the decoder's entity pool (evaluate.py --objective infill): the catalog items' lines
@@ -93,7 +91,7 @@ def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
     o = cfg.infill
     opts = InfillOptions(tuple(o.mix), o.ratio, o.poisson_lambda, o.position_scheme, o.entity_masking,
                          o.chronological, o.intra, o.behaviour_sampling, tuple(o.shares), tuple(o.windows))
-    return InfillCollator(opts, ids, newline[0], int(meta["pretrain"]["eos_id"]), config.max_seq_len, cfg.run.seed,
+    return InfillCollator(opts, ids, newline, int(meta["pretrain"]["eos_id"]), config.max_seq_len, cfg.run.seed,
                           config.intra_positions, pool, rows_len)
 
 

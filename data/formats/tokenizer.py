@@ -52,5 +52,14 @@ def add_infill_tokens(tok: Tokenizer, model_vocab_size: int) -> dict:
     return ids
 
 
+def newline_id(tok: Tokenizer, name="the tokenizer") -> int:
+    """The one token of "\n": it separates a document's lines, so item lines (blank infilling's entities) are the
+    tokens between two of them; a tokenizer that merges it with other text cannot mark them."""
+    ids = tok.encode("\n", add_special_tokens=False).ids
+    if len(ids) != 1:
+        raise ValueError(f"{name} encodes a newline as {ids}, not one token: item lines cannot be found")
+    return ids[0]
+
+
 def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 65535 else "uint32"

@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 
 import config as config_lib
+from output import staged_dir
 
 from data.formats.instructions import InstructionWriter
 from data.formats.instructions import section_meta as instructions_meta
@@ -37,15 +38,6 @@ def _summed(dicts) -> dict:
     return dict(sorted(total.items()))
 
 
-def _fresh(path: pathlib.Path) -> pathlib.Path:
-    """`path` + ".tmp", empty: a folder is written there and renamed into place when complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def _link_or_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
     """A hard link where the filesystem allows (the manifests of a paper-scale build are gigabytes), else a copy."""
     try:
@@ -54,36 +46,28 @@ def _link_or_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _into_place(tmp: pathlib.Path, path: pathlib.Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
 def packed(cfg: BuildConfig, jobs: list[Job], done: dict, folder: str, dtype: str, eos_id: int) -> dict:
     """The jobs' document streams, in order, packed into rows in out_dir/`folder` -> its meta.json section."""
     out_dir = pathlib.Path(cfg.out_dir)
-    tmp = _fresh(out_dir / folder)
-    writer = PackWriter(tmp, folder, cfg.pack.seq_len, dtype, cfg.pack.rows_per_shard, eos_id)
-    for j in jobs:
-        path, n = job_dir(cfg, j) / "pretrain.tokens.bin", done[j.name]["result"]["documents"]
-        stream = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size else []
-        for start in range(0, len(stream), COPY_TOKENS):
-            writer.extend(np.array(stream[start: start + COPY_TOKENS]), n if start == 0 else 0)
-    shards = writer.close()
-    _into_place(tmp, out_dir / folder)
+    with staged_dir(out_dir / folder) as tmp:  # written beside, renamed into place whole (output/)
+        writer = PackWriter(tmp, folder, cfg.pack.seq_len, dtype, cfg.pack.rows_per_shard, eos_id)
+        for j in jobs:
+            path, n = job_dir(cfg, j) / "pretrain.tokens.bin", done[j.name]["result"]["documents"]
+            stream = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r") if path.stat().st_size else []
+            for start in range(0, len(stream), COPY_TOKENS):
+                writer.extend(np.array(stream[start: start + COPY_TOKENS]), n if start == 0 else 0)
+        shards = writer.close()
     return packed_meta(writer, shards, folder)
 
 
 def pairs(cfg: BuildConfig, jobs: list[Job], done: dict, folder: str, dtype: str, eos_id: int) -> dict:
     """The jobs' instruction pairs, in order, in out_dir/`folder` -> its meta.json section."""
     out_dir = pathlib.Path(cfg.out_dir)
-    tmp = _fresh(out_dir / folder)
-    instructions = InstructionWriter(tmp, dtype, eos_id)
-    for j in jobs:
-        instructions.extend(job_dir(cfg, j))
-    n_pairs = instructions.close()
-    _into_place(tmp, out_dir / folder)
+    with staged_dir(out_dir / folder) as tmp:  # written beside, renamed into place whole (output/)
+        instructions = InstructionWriter(tmp, dtype, eos_id)
+        for j in jobs:
+            instructions.extend(job_dir(cfg, j))
+        n_pairs = instructions.close()
     return instructions_meta(folder, n_pairs, dtype, eos_id)
 
 
@@ -105,35 +89,34 @@ def merge(cfg: BuildConfig, sources: dict, plans: dict, jobs: list[Job], done: d
     for stale in {"pretrain_valid", "instructions_valid"} - set(splits):
         shutil.rmtree(out_dir / stale, ignore_errors=True)
 
-    tmp = _fresh(out_dir / "manifests")
-    manifests = []
-    if cfg.write_manifests:
-        for j in jobs:
-            rel = pathlib.Path(j.source) / f"{j.kind}-{j.bucket:05d}.parquet"
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(job_dir(cfg, j) / "manifest.parquet", tmp / rel)
-            manifests.append(f"manifests/{rel.as_posix()}")
-    _into_place(tmp, out_dir / "manifests")
+    with staged_dir(out_dir / "manifests") as tmp:  # written beside, renamed into place whole (output/)
+        manifests = []
+        if cfg.write_manifests:
+            for j in jobs:
+                rel = pathlib.Path(j.source) / f"{j.kind}-{j.bucket:05d}.parquet"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(job_dir(cfg, j) / "manifest.parquet", tmp / rel)
+                manifests.append(f"manifests/{rel.as_posix()}")
 
-    tmp, evals = _fresh(out_dir / "eval"), {}
-    for s in cfg.sources:
-        name, ev = s.name, [j for j in jobs if j.source == s.name and j.kind == "eval"]
-        if not s.benchmark:
-            continue
-        (tmp / name).mkdir()
-        files = _summed(done[j.name]["result"]["files"] for j in ev)
-        for fname in files:
-            with open(tmp / name / fname, "wb") as f:
-                for j in ev:
-                    part = job_dir(cfg, j) / fname
-                    if part.is_file():
-                        with open(part, "rb") as src:
-                            shutil.copyfileobj(src, f)
-        for fname in ("catalog.jsonl", "train_stats.json"):
-            shutil.copyfile(plan.plan_dir(cfg, name) / fname, tmp / name / fname)
-        evals[name] = {"dir": f"eval/{name}", "files": files, "catalog": f"eval/{name}/catalog.jsonl",
-                       "train_stats": f"eval/{name}/train_stats.json"}
-    _into_place(tmp, out_dir / "eval")
+    evals = {}
+    with staged_dir(out_dir / "eval") as tmp:  # written beside, renamed into place whole (output/)
+        for s in cfg.sources:
+            name, ev = s.name, [j for j in jobs if j.source == s.name and j.kind == "eval"]
+            if not s.benchmark:
+                continue
+            (tmp / name).mkdir()
+            files = _summed(done[j.name]["result"]["files"] for j in ev)
+            for fname in files:
+                with open(tmp / name / fname, "wb") as f:
+                    for j in ev:
+                        part = job_dir(cfg, j) / fname
+                        if part.is_file():
+                            with open(part, "rb") as src:
+                                shutil.copyfileobj(src, f)
+            for fname in ("catalog.jsonl", "train_stats.json"):
+                shutil.copyfile(plan.plan_dir(cfg, name) / fname, tmp / name / fname)
+            evals[name] = {"dir": f"eval/{name}", "files": files, "catalog": f"eval/{name}/catalog.jsonl",
+                           "train_stats": f"eval/{name}/train_stats.json"}
 
     per_source = {}
     for s in cfg.sources:

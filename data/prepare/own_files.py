@@ -100,7 +100,7 @@ from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
 from data.formats.packed import section_meta as packed_meta
 from data.formats.tokenizer import EOS, load as load_tokenizer, sha256_file, token_dtype
 from data.prepare.config import PackSection
-from data.prepare.records import DataError
+from data.prepare.records import BadLines, DataError
 from output import OutputLock
 
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides further "
@@ -189,25 +189,31 @@ class OwnFilesConfig:
 
 
 class Tally:
-    """One input file's counts. `bad`: a malformed record, an error unless skip_bad; `drop`: skipped by policy."""
+    """One input file's counts. `bad`: a malformed record, by the project's bad-input policy (records.BadLines: an
+    error naming the place unless skip_bad, else counted by reason); `drop`: a well-formed record skipped by rule."""
 
     def __init__(self, key: str, path: pathlib.Path, skip_bad: bool):
-        self.key, self.path, self.skip_bad = key, path, skip_bad
+        self.key, self.path = key, path
+        self.lines = BadLines(skip_bad)
         self.read = self.kept = self.held_out = 0
-        self.skipped: collections.Counter = collections.Counter()
-        self.first: dict[str, str] = {}  # reason -> its first message
+        self.dropped: collections.Counter = collections.Counter()
+        self.first_dropped: dict[str, str] = {}  # reason -> its first message
         self.notes: collections.Counter = collections.Counter()  # kept records worth knowing about
 
     def bad(self, where: str, reason: str, detail: str) -> None:
-        message = f"{where}: {reason}: {detail}"
-        if not self.skip_bad:
-            raise DataError(f"{message} ({self.key}; set skip_bad: true, or --skip_bad=true, to skip and count "
-                            f"such records)")
-        self.drop(reason, message)
+        self.lines.bad(where, None, reason, detail)
 
     def drop(self, reason: str, message: str) -> None:
-        self.skipped[reason] += 1
-        self.first.setdefault(reason, message)
+        self.dropped[reason] += 1
+        self.first_dropped.setdefault(reason, message)
+
+    @property
+    def skipped(self) -> collections.Counter:
+        return self.lines.counts + self.dropped
+
+    @property
+    def first(self) -> dict:
+        return {**self.lines.examples, **self.first_dropped}
 
     def as_dict(self) -> dict:
         out = {"file": str(self.path), "read": self.read, "kept": self.kept, "held_out": self.held_out,

@@ -116,12 +116,13 @@ def heldout_examples(user: str, history: History, rating_split: Optional[list[in
     that many titled ones (a prompt of B tokens shows at most B item lines), so that a user with a huge history
     costs linear, not quadratic, memory: every rating example would otherwise copy its whole earlier history."""
     out = []
-    titled = [0]  # titled items in history[:i]
-    for x in history:
-        titled.append(titled[-1] + bool(x.item.title))
+    titled = [0]  # titled items in history[:i] (only the tail walk needs them)
+    if max_titled is not None:
+        for x in history:
+            titled.append(titled[-1] + bool(x.item.title))
     for split, end in (("validation", len(history) - 2), ("test", len(history) - 1)):
         if end >= 0:
-            kept, cut, cut_titled = _tail(history, end, max_titled, titled[end])
+            kept, cut, cut_titled = _tail(history, end, max_titled, titled[end] if max_titled is not None else 0)
             out.append(HeldOut("next_item", split, user, kept, history[end], cut, cut_titled))
     if rating_split is not None:
         earlier_train: History = []
