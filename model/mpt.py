@@ -11,8 +11,8 @@ Numerically the same model as llm-foundry's MPT and transformers' MptForCausalLM
 - a preallocated KV cache for incremental decoding (beam search reorders it with `KVCache.reorder`);
 - llm-foundry's initialisation for training from scratch (`init_weights`).
 
-Attention is chosen by `config.attn_impl`: "torch" runs kernels/reference.py (PyTorch; SDPA in fp32,
-explicit fp32 softmax otherwise) and "triton" runs our flash kernel (kernels/flash_alibi.py) on CUDA.
+Attention is chosen by `config.attn_impl`: "torch" runs attention/reference.py (PyTorch; SDPA in fp32,
+explicit fp32 softmax otherwise) and "triton" runs our flash kernel (attention/flash_alibi.py) on CUDA.
 
 Build without allocating, then materialise once:
     with torch.device("meta"):
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.reference import AttentionBias, attention_bias, attention_reference
+from attention.reference import AttentionBias, attention_bias, attention_reference
 from model.config import MPTConfig
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def attention(q, k, v, inputs: AttentionInputs, config: MPTConfig, dropout_p: fl
     """The attention switch: (B, H, Sq, D) queries against (B, H, Sk, D) keys/values, causal (with an optional
     bidirectional prefix), ALiBi (on indices, or on given positions)."""
     if inputs.bias is None:
-        from kernels.flash_alibi import flash_attn_alibi
+        from attention.flash_alibi import flash_attn_alibi
 
         extra = {}
         if inputs.positions is not None or inputs.prefix_end is not None:  # only then: the plain call stays as it was
@@ -143,7 +143,7 @@ def _triton_usable(x: torch.Tensor) -> bool:
         return True
     if not _warned_no_triton:
         log.warning("attn_impl 'triton' needs CUDA; tensors are on %s, so attention runs on the PyTorch "
-                    "path (same function, kernels/reference.py)", x.device)
+                    "path (same function, attention/reference.py)", x.device)
         _warned_no_triton = True
     return False
 

@@ -143,7 +143,7 @@ def test_documented_command(where, command):
     ("python finetune.py configs/train/tiny-finetune.yaml --optim.learning_rate=1", "unknown key 'optim.learning_rate'"),
     ("python -m data.prepare configs/data/movielens-100k.yaml --max_seq_lenn=3", "unknown key 'max_seq_lenn'"),
     ("python evaluate.py --checkpoint x --benchmark y --task ranking --out z", "must be one of"),
-    ("python -m kernels.benchmark --no-such-flag 3", "does not list ['--no-such-flag']"),
+    ("python -m attention.benchmark --no-such-flag 3", "does not list ['--no-such-flag']"),
     ("python -m data.prepare.no_such_module --x", "exit 1"),
     ("bash scripts/no_such_script.sh", "does not exist"),
 ])

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from kernels.reference import attention_reference
+from attention.reference import attention_reference
 from model.checkpoint import load_model
 from model.convert import convert_from_hf
 from model.mpt import alibi_slopes

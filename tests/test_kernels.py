@@ -1,4 +1,4 @@
-"""The Triton flash attention (kernels/flash_alibi.py) against the plain reference (kernels/reference.py).
+"""The Triton flash attention (attention/flash_alibi.py) against the plain reference (attention/reference.py).
 
 On the CPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py before any kernel import), in
 fp32 and fp16 (the interpreter cannot do bf16); with CUDA the same tests run compiled, plus bf16 tests
@@ -20,9 +20,9 @@ import os
 import pytest
 import torch
 
-from kernels.flash_alibi import flash_attn_alibi
+from attention.flash_alibi import flash_attn_alibi
 from model.mpt import alibi_slopes as mpt_slopes  # checked in tests/test_model.py
-from kernels.reference import attention_reference
+from attention.reference import attention_reference
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -209,7 +209,7 @@ def test_model_triton_matches_torch(monkeypatch):
 
     # the triton path really runs the kernel (not the PyTorch fallback)
     calls = []
-    import kernels.flash_alibi as fa
+    import attention.flash_alibi as fa
     original = fa._FlashAttnALiBi.apply
 
     def counting_apply(*args):

@@ -2,7 +2,7 @@
 and `prefix_end` (GLM's bidirectional Part A), forward and backward.
 
 The oracle is written here from the formula (../shared/spec/recsysllm.md 1.5, 2.3), independent of
-kernels/reference.py, and evaluated in float64:
+attention/reference.py, and evaluated in float64:
 
     V[b, i, j] = keypad[b, j] AND (j < prefix_end[b] OR j <= i + Sk - Sq)      (indices; causal only)
     s[b, h, i, j] = scale * q_i . k_j - slope_h * |pos[b, i + Sk - Sq] - pos[b, j]|
@@ -19,7 +19,7 @@ import torch
 
 triton = pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
-from kernels.flash_alibi import flash_attn_alibi
+from attention.flash_alibi import flash_attn_alibi
 from test_kernels import CUDA, DEVICE, FP32_ATOL, FP32_RTOL, INTERPRET, make_inputs, run_attention
 
 pytestmark = pytest.mark.skipif(not CUDA and not INTERPRET, reason="needs CUDA or TRITON_INTERPRET=1")

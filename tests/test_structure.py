@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PROJECT = ("data", "model", "kernels", "training", "evaluation", "train", "finetune", "evaluate", "config", "output")
+PROJECT = ("data", "model", "attention", "training", "evaluation", "train", "finetune", "evaluate", "config", "output")
 
 
 def imports(path: pathlib.Path) -> set[str]:
@@ -38,7 +38,7 @@ def offending(paths, allowed) -> dict:
     ("formats", ["data/formats/*.py"], lambda n: n.startswith("data.formats")),
     ("trainer", ["training/*.py", "train.py", "finetune.py"], lambda n: not n.startswith("data.prepare")),
     ("evaluator", ["evaluation/*.py", "evaluate.py"], lambda n: not n.startswith("data.prepare")),
-    ("model", ["model/*.py", "kernels/*.py"], lambda n: n.split(".")[0] in ("model", "kernels", "config", "output")),
+    ("model", ["model/*.py", "attention/*.py"], lambda n: n.split(".")[0] in ("model", "attention", "config", "output")),
     ("config", ["config/*.py"], lambda n: n.split(".")[0] == "config"),
     ("output", ["output/*.py"], lambda n: False),
 ])

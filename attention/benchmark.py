@@ -1,7 +1,7 @@
 """Attention benchmark: our Triton flash attention with ALiBi against PyTorch and FlashAttention-2.
 
-    python -m kernels.benchmark                          # batch x 16 heads x seq x 128, bf16, causal
-    python -m kernels.benchmark --seqs 2048 --heads 32   # MPT-7B's attention shape
+    python -m attention.benchmark                          # batch x 16 heads x seq x 128, bf16, causal
+    python -m attention.benchmark --seqs 2048 --heads 32   # MPT-7B's attention shape
 
 For each sequence length (512 ... 8192, batch = tokens // seq so every row does the same number of
 tokens, FlashAttention's benchmark convention) it runs, in one process on one GPU:
@@ -9,7 +9,7 @@ tokens, FlashAttention's benchmark convention) it runs, in one process on one GP
   mask cast to bf16, i.e. `attention_reference(..., sdpa=True)` (bias construction included, as the
   model pays for it);
 - `reference`: the explicit PyTorch math of `attention_reference` (fp32 scores and softmax);
-- `triton`: `kernels.flash_alibi.flash_attn_alibi` (bias computed in registers);
+- `triton`: `attention.flash_alibi.flash_attn_alibi` (bias computed in registers);
 - `fa2`: `flash_attn.flash_attn_func(..., causal=True, alibi_slopes=...)`, when flash_attn is importable
   (it takes (B, S, H, D) tensors; they are prepared outside the timed region).
 
@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from kernels.reference import attention_reference
+from attention.reference import attention_reference
 from model.mpt import alibi_slopes as mpt_slopes
 
 IMPLS = ("sdpa+bias", "reference", "triton", "fa2")
@@ -43,7 +43,7 @@ def make_impl(name, slopes, causal):
     if name == "reference":
         return lambda q, k, v: attention_reference(q, k, v, slopes, causal=causal)
     if name == "triton":
-        from kernels.flash_alibi import flash_attn_alibi
+        from attention.flash_alibi import flash_attn_alibi
 
         return lambda q, k, v: flash_attn_alibi(q, k, v, slopes, causal=causal)
     if name == "fa2":
@@ -117,7 +117,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
-        sys.exit("kernels.benchmark needs a CUDA GPU (none found); the kernel's CPU tests are in "
+        sys.exit("attention.benchmark needs a CUDA GPU (none found); the kernel's CPU tests are in "
                  "tests/test_kernels.py (pytest, under TRITON_INTERPRET=1).")
     import triton
 

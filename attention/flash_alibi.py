@@ -2,7 +2,7 @@
 
     out[b, h, i] = softmax_j( scale * q_i . k_j  - slope_h * |i + (Sk - Sq) - j|  + mask )  @ v
 
-Conventions (identical to kernels/reference.py; facts in ../shared/spec/mpt.md sections 5, 6 and 14):
+Conventions (identical to attention/reference.py; facts in ../shared/spec/mpt.md sections 5, 6 and 14):
 - q (B, H, Sq, D), k and v (B, H, Sk, D), any strides (views of a fused QKV or of a KV cache are fine).
   Queries are the LAST Sq of the Sk key positions, so causal masking is bottom-right aligned:
   query i sees key j iff j <= i + (Sk - Sq). Sq < Sk is decoding / chunked prefill against a cache.
@@ -638,7 +638,7 @@ class _FlashAttnALiBi(torch.autograd.Function):
 
 def flash_attn_alibi(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None, softmax_scale=None,
                      positions=None, prefix_end=None):
-    """Flash attention with in-kernel ALiBi; the same function as `kernels.reference.attention_reference`.
+    """Flash attention with in-kernel ALiBi; the same function as `attention.reference.attention_reference`.
 
     q (B, H, Sq, D), k/v (B, H, Sk, D) in fp16/bf16 (fp32 works too), any strides; alibi_slopes (H,) fp32
     or None; causal bottom-right aligned (query i sees key j iff j <= i + Sk - Sq); key_padding_mask
