@@ -8,6 +8,7 @@ InstructionWriter), a meta.json with a `pretrain` section (documents of token id
 `instructions_valid` splits. Token ids are synthetic (vocab 512, EOS = 0): documents are noisy arithmetic sequences so
 a model can learn something, and each instruction's response is a fixed function of its prompt.
 """
+import argparse
 import json
 import pathlib
 import sys
@@ -69,6 +70,14 @@ def write_tiny_build(out_dir, seq_len: int = 32, n_docs: int = 200, n_pairs: int
     return out_dir
 
 
-if __name__ == "__main__":
-    out = write_tiny_build(sys.argv[1] if len(sys.argv) > 1 else "out/tiny-data")
+def main(argv=None) -> int:
+    # argparse, not sys.argv[1]: `--help` must print usage, not become an output folder named "--help"
+    parser = argparse.ArgumentParser(prog="python -m training.testing", description=__doc__.split("\n")[0])
+    parser.add_argument("out", nargs="?", default="out/tiny-data", help="the build's folder (default out/tiny-data)")
+    out = write_tiny_build(parser.parse_args(argv).out)
     print(f"wrote {out}/meta.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
