@@ -7,6 +7,11 @@
     # rating prediction: sampling (temperature 1.0, top-p 0.9, top-k 50), three seeds, mean +- std
     python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/movielens-100k/eval/movielens-100k --task rating \
         --out out/eval/ml-rating --seeds 0 1 2
+    # rating as the expected value over the rating strings "1.0/5.0" .. "5.0/5.0" (no sampling; or greedy)
+    python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/movielens-100k/eval/movielens-100k --task rating \
+        --out out/eval/ml-rating-expected --rating.decoding=expected [--rating.p5_filter=true]
+    # P5's five families, a file per template (BENCHMARK/p5/<template>_<split>.jsonl; evaluation/p5_tasks.py)
+    python evaluate.py --checkpoint out/p5-model --benchmark BENCH --task p5 --out out/eval/p5 [--templates 2-3,2-13]
     # the same examples for the simple baselines (most popular, global / per-item mean rating)
     python -m evaluation.baselines --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --sample 2000 --out out/eval/base
     # a YAML config (every key: evaluation/config.py) with flags and --section.key=value as overrides
@@ -48,6 +53,7 @@ from data.formats.evalfiles import DEFAULT_RATING_SCALE, read_catalog, read_exam
 from data.formats.tokenizer import EOS
 from evaluation.config import EvalConfig, load_eval_config
 from evaluation.generate import GenerationConfig, generate, generate_text
+from evaluation.infill_prompts import catalog_lines, infill_form, infill_prompts
 from output import OutputLock, staged_dir
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
@@ -59,7 +65,9 @@ FLAGS = [
     ("--checkpoint", "checkpoint", str, "our model folder, or a Hugging Face MPT folder (mosaicml/mpt-7b layout)"),
     ("--tokenizer", "tokenizer", str, "tokenizers JSON; default: CHECKPOINT/tokenizer.json"),
     ("--benchmark", "benchmark", str, "folder with {task}_{split}.jsonl (and catalog.jsonl for next_item)"),
-    ("--task", "task", str, "next_item | rating | text | yes_no"),
+    ("--task", "task", str, "next_item | rating | text | yes_no | p5 (P5's five families: BENCHMARK/p5/*.jsonl)"),
+    ("--templates", "p5.templates", lambda s: [t.strip() for t in s.split(",") if t.strip()],
+     "task p5: the templates to evaluate, e.g. 1-6,1-10,2-3,2-13; default: every file present"),
     ("--objective", "objective", str, "causal (default) | infill: a blank-infilling model (docs/recsysllm.md)"),
     ("--split", "split", str, "default: test"),
     ("--out", "out", str, "output folder"),
@@ -143,26 +151,6 @@ def run_generation(model, tokenizer, examples, gen: GenerationConfig, batch_size
     return outputs
 
 
-def infill_prompts(model, tokenizer, examples) -> tuple[dict, list]:
-    """A blank-infilling model's next-item prompts (docs/recsysllm.md): each example's history as the pre-training
-    document the build wrote (`document`), its item lines as entities, then [gMASK] where the next line would
-    be, as the training collator's suffix mode -> (the infilling token ids, the prompts)."""
-    from data.formats.infilling import document_entities, gmask_prompt
-    from data.formats.tokenizer import add_infill_tokens, newline_id
-
-    ids = add_infill_tokens(tokenizer, model.config.vocab_size)
-    newline = [newline_id(tokenizer)]
-    eos = tokenizer.token_to_id(EOS)
-    prompts = []
-    for n, x in enumerate(examples):
-        if "document" not in x:
-            raise ValueError(f"example {n} (user {x.get('user')}) has no 'document': rebuild the benchmark with "
-                             f"the current `python -m data.prepare`, which writes the infilling prompts")
-        tokens = tokenizer.encode(x["document"], add_special_tokens=False).ids + newline
-        prompts.append(gmask_prompt(tokens, document_entities(tokens, newline[0], eos), ids))
-    return ids, prompts
-
-
 def output_record(g, **more) -> dict:
     return {"text": g.text, "logprob": g.logprob, "score": g.score, "n_tokens": len(g.tokens),
             "finish_reason": g.finish_reason, **more}
@@ -177,9 +165,10 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
 
     bench = pathlib.Path(cfg.benchmark)
     infill = cfg.objective == "infill"
-    # an infilling model generates an item as a document line shows it (the catalog's "line"); a causal one as the
-    # instruction response does ("text")
-    item_ids, texts = read_catalog(bench / "catalog.jsonl", "line" if infill else "text")
+    # an infilling model prompted with a document generates an item as a document line shows it (the catalog's
+    # "line"); a causal one, or one prompted with the instruction, as the instruction response does ("text")
+    item_ids, texts = read_catalog(bench / "catalog.jsonl", "line" if infill and infill_form(cfg) == "document"
+                                   else "text")
     known = set(item_ids)
     absent = [x["target_item_id"] for x in examples if x["target_item_id"] not in known]
     if absent:
@@ -190,11 +179,8 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
                            stop_strings=cfg.stop)
     infill_inputs = None
     if infill:
-        from data.formats.infilling import EntityTrie
-
-        infill_ids, prompts = infill_prompts(model, tokenizer, examples)
-        gen.eos_token_id = infill_ids["end"]  # a span ends at [END]
-        pool = EntityTrie([e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)])
+        prompts, pool, ids = infill_prompts(cfg, model, tokenizer, examples, texts)
+        gen.eos_token_id = ids["end"]  # a span ends at [END]
         infill_inputs = (prompts, pool)
     started = time.time()
     generated = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "beam search", infill=infill_inputs)
@@ -274,20 +260,33 @@ def evaluate_rating(cfg, model, tokenizer, examples) -> tuple:
         if r.fallback_rating is None:
             raise ValueError(f"--fallback-rating is required: {cfg.benchmark}/train_stats.json has no rated "
                              f"interaction")
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens or 16, do_sample=True, temperature=r.temperature,
+    if r.decoding == "expected":  # no generation: the distribution over the rating strings (evaluation/scoring.py)
+        from evaluation.scoring import evaluate_rating_over_set
+
+        return evaluate_rating_over_set(cfg, model, tokenizer, examples)
+    sampling = r.decoding == "sample"  # else greedy: one deterministic run
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens or 16, do_sample=sampling, temperature=r.temperature,
                            top_p=r.top_p, top_k=r.top_k, eos_token_id=tokenizer.token_to_id(EOS), stop_strings=cfg.stop)
+    infill_inputs = None
+    if cfg.objective == "infill":  # the catalog's lines are the entity pool, as in training
+        prompts, pool, ids = infill_prompts(cfg, model, tokenizer, examples, catalog_lines(cfg.benchmark))
+        gen.eos_token_id = ids["end"]  # a span ends at [END]
+        infill_inputs = (prompts, pool)
     targets = [float(x["target_rating"]) for x in examples]
     predictions = [{"user": x["user"], "target_item_id": x.get("target_item_id"), "target_rating": t, "outputs": {}}
                    for x, t in zip(examples, targets)]
     per_seed = {}
-    for seed in cfg.rating.seeds:
-        outs = run_generation(model, tokenizer, examples, gen, cfg.batch_size, f"sampling seed {seed}", seed=seed)
+    for seed in cfg.rating.seeds if sampling else ["greedy"]:
+        outs = run_generation(model, tokenizer, examples, gen, cfg.batch_size, f"sampling seed {seed}" if sampling
+                              else "greedy", seed=seed if sampling else None, infill=infill_inputs)
         texts = [o[0].text for o in outs]
-        per_seed[seed] = rating_metrics(texts, targets, cfg.rating.fallback_rating, tuple(cfg.rating.scale))
+        per_seed[seed] = rating_metrics(texts, targets, cfg.rating.fallback_rating, tuple(cfg.rating.scale),
+                                        p5_filter=r.p5_filter)
         for p, o in zip(predictions, outs):
             p["outputs"][str(seed)] = output_record(o[0])
     summary = {}
-    for key in ("RMSE", "MAE", "RMSE_parsed_only", "MAE_parsed_only", "n_unparsable"):
+    p5_keys = ("RMSE_p5_filter", "MAE_p5_filter", "n_p5_kept") if r.p5_filter else ()
+    for key in ("RMSE", "MAE", "RMSE_parsed_only", "MAE_parsed_only", "n_unparsable") + p5_keys:
         mean, std = mean_std([m[key] for m in per_seed.values()])
         summary[key] = {"mean": mean, "std": std}
     return predictions, {"summary": summary, "per_seed": {str(s): m for s, m in per_seed.items()}}
@@ -331,6 +330,10 @@ def markdown_table(cfg, metrics, n_examples) -> str:
         for name, m in rows:
             lines.append(f"| {name} | {m['HR@5']:.4f} | {m['NDCG@5']:.4f} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} "
                          f"| {m['mean_unique_items']:.2f} |")
+    elif cfg.task == "p5":
+        from evaluation.p5_tasks import results_table
+
+        lines = [results_table(metrics)]
     elif cfg.task == "text":
         lines = ["| exact match | normalised match | n |", "|---:|---:|---:|",
                  f"| {metrics['exact_match']:.4f} | {metrics['normalised_match']:.4f} | {metrics['n']} |"]
@@ -342,11 +345,20 @@ def markdown_table(cfg, metrics, n_examples) -> str:
     else:
         s = metrics["summary"]
         lines = ["| metric | mean | std |", "|---|---:|---:|"]
-        for key in ("RMSE", "MAE", "RMSE_parsed_only", "MAE_parsed_only", "n_unparsable"):
-            lines.append(f"| {key} | {s[key]['mean']:.4f} | {s[key]['std']:.4f} |")
-        lines.append(f"\nSeeds {cfg.rating.seeds}; unparsable outputs predict {cfg.rating.fallback_rating} "
-                     f"(primary rows).")
+        for key in s:
+            lines.append(f"| {key} | {_number(s[key]['mean'])} | {_number(s[key]['std'])} |")
+        if cfg.rating.decoding == "sample":
+            lines.append(f"\nSeeds {cfg.rating.seeds}; unparsable outputs predict {cfg.rating.fallback_rating} "
+                         f"(primary rows).")
+        else:
+            lines.append(f"\nDecoding: {cfg.rating.decoding}" + (" (expected rating over the set " + ", ".join(
+                metrics["rating_strings"]) + "; the most likely string's rating in the *_argmax rows)"
+                if cfg.rating.decoding == "expected" else "") + ".")
     return head + "\n".join(lines) + "\n"
+
+
+def _number(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.4f}"
 
 
 def _no_nan(x):
@@ -380,16 +392,22 @@ def evaluate(cfg, load_tokenizer, load_model) -> dict:
     if n_tokens > model.config.vocab_size:
         raise ValueError(f"{tok_path} has {n_tokens:,} tokens, more than the model's vocab_size "
                          f"{model.config.vocab_size:,} ({cfg.checkpoint}): a tokenizer of another model?")
-    examples = read_examples(pathlib.Path(cfg.benchmark) / f"{cfg.task}_{cfg.split}.jsonl", cfg.task, cfg.limit)
-    n_file = len(examples)
-    examples = sample_examples(examples, cfg.sample, cfg.sample_seed)
-    log.info("%d of %d %s examples from %s", len(examples), n_file, cfg.task, cfg.benchmark)
+    if cfg.task == "p5":  # P5's five families, a file per template: BENCHMARK/p5/<template>_<split>.jsonl
+        from evaluation.p5_tasks import evaluate_p5
 
-    predictions, metrics = TASKS[cfg.task](cfg, model, tokenizer, examples)
+        predictions, metrics = evaluate_p5(cfg, model, tokenizer, evaluate_next_item, evaluate_rating)
+        n_examples = metrics["n_examples"]
+    else:
+        examples = read_examples(pathlib.Path(cfg.benchmark) / f"{cfg.task}_{cfg.split}.jsonl", cfg.task, cfg.limit)
+        n_file = len(examples)
+        examples = sample_examples(examples, cfg.sample, cfg.sample_seed)
+        log.info("%d of %d %s examples from %s", len(examples), n_file, cfg.task, cfg.benchmark)
+        predictions, metrics = TASKS[cfg.task](cfg, model, tokenizer, examples)
+        n_examples = len(examples)
     metrics["settings"] = to_dict(cfg)
-    metrics["settings"]["n_examples"] = len(examples)
+    metrics["settings"]["n_examples"] = n_examples
 
-    table = markdown_table(cfg, metrics, len(examples))
+    table = markdown_table(cfg, metrics, n_examples)
     with staged_dir(cfg.out) as out:  # written beside OUT, then renamed into place whole
         with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
             for p in predictions:

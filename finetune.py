@@ -8,7 +8,8 @@ ablation is the same config with a different model.init_from).
 Data: the instruction pairs of a data build (data/formats/instructions.py; your own prompt/response files are built
 by data/prepare/own_files.py): input_ids = prompt + response + EOS, labels -100 over the prompt, so the loss
 covers only the response and EOS (llm-foundry's decoder-only format). Examples whose prompt alone fills max_seq_len
-are dropped (and counted); a longer response keeps its first tokens and ends in EOS.
+are dropped (and counted); a longer response keeps its first tokens and ends in EOS. `--infill.objective=infill`
+fine-tunes a blank-infilling model instead: prompt + [gMASK], the response as its span (docs/recsysllm.md).
 Sequences are right-padded with EOS (MPT's tokenizer has no pad token) to max_seq_len (llm-foundry,
 allow_pad_trimming false) or to the longest in the micro-batch (`data.pad_to=longest`), labels -100 on padding.
 """
@@ -45,17 +46,28 @@ def train(cfg, d):
         from data.formats.packed import read_meta
 
         eos_id = int(read_meta(cfg.data.path)[1]["instructions"]["eos_id"])
-    dataset = FilteredDataset(raw, max_seq_len)
+    infill = cfg.infill.objective == "infill"
+    # a prompt must leave room for a response token (and, infilling, for [gMASK], [START] and [END])
+    prompt_limit = max_seq_len - 3 if infill else max_seq_len
+    dataset = FilteredDataset(raw, prompt_limit)
     if d.is_main and dataset.dropped:
-        print(f"[finetune] dropped {dataset.dropped} of {len(raw)} examples whose prompt has >= {max_seq_len} "
+        print(f"[finetune] dropped {dataset.dropped} of {len(raw)} examples whose prompt has >= {prompt_limit} "
               f"tokens", flush=True)
 
     valid = open_valid(cfg.data.path, "instructions_valid", cfg)
     if valid is not None:
-        valid = FilteredDataset(valid, max_seq_len)
+        valid = FilteredDataset(valid, prompt_limit)
 
     def make_batch(ds, indices):
         return sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to)
+
+    if infill:  # RecSysLLM: each pair as [gMASK] generation (training/infilling.py)
+        from training.infilling import pair_collator_for
+
+        collator = pair_collator_for(cfg, model_config(cfg), max_seq_len)
+
+        def make_batch(ds, indices):  # noqa: F811
+            return collator.batch(ds, indices)
 
     # -------------------------------------------------------------------------------- train (training/loop.py)
     run(cfg, d, dataset, make_batch, max_seq_len, task="finetune", valid=valid)

@@ -9,7 +9,9 @@ from typing import Literal, Optional
 import config as config_lib
 from config import invalid
 
-TASKS = ("next_item", "rating", "text", "yes_no")
+TASKS = ("next_item", "rating", "text", "yes_no", "p5")
+RATING_FORMAT = "{value:.1f}/{high:.1f}"  # RecGPT's rating responses, "4.0/5.0" (data/prepare/templates.py format_rating)
+P5_RATING_FORMAT = "{value:.1f}"  # P5's rating targets, "4.0" (one decimal: 41 classes 1.0 ... 5.0, p5.md §1.2)
 
 
 @dataclass
@@ -30,12 +32,27 @@ class RatingSection:
     top_k: int = 50
     fallback_rating: Optional[float] = None  # unparsable outputs; default: the training split's mean (train_stats)
     scale: Optional[list[float]] = None  # [low, high] predictions are clipped to; default: the build's
+    # sample: the paper's sampling (seeds, temperature, top_p, top_k); greedy: greedy decoding, parsed; expected: the
+    # expected rating under the model's distribution over the rating strings it was trained to write (`values`,
+    # written by `value_format`, each followed by EOS), with the most likely string's rating ("greedy over the set")
+    # reported beside (evaluation/scoring.py rating_over_set)
+    decoding: Literal["sample", "greedy", "expected"] = "sample"
+    values: Optional[list[float]] = None  # the set's ratings; default: every integer of the scale (p5: 1.0, 1.1 .. 5.0)
+    value_format: Optional[str] = None  # Python format of {value}, {high}; default RATING_FORMAT (p5: P5_RATING_FORMAT)
+    p5_filter: bool = False  # also report P5's metric over the outputs written "1.0" .. "4.9" only, with the count
 
     def __post_init__(self):
         if self.scale is not None and (len(self.scale) != 2 or self.scale[0] >= self.scale[1]):
             raise invalid("scale", self.scale, "must be [low, high] with low < high")
         if not self.seeds:
             raise invalid("seeds", self.seeds, "needs at least one seed")
+        if self.values is not None and not self.values:
+            raise invalid("values", self.values, "needs at least one rating")
+        if self.value_format is not None:
+            try:
+                self.value_format.format(value=4.0, high=5.0)
+            except (KeyError, IndexError, ValueError) as e:
+                raise invalid("value_format", self.value_format, f"is not a format of {{value}} and {{high}} ({e})")
 
 
 @dataclass
@@ -47,13 +64,27 @@ class YesNoSection:
 
 
 @dataclass
+class P5Section:
+    # template ids to evaluate, e.g. [2-3, 2-13]; default: every BENCHMARK/p5/<template>_<split>.jsonl present
+    templates: Optional[list[str]] = None
+    # sequential: exact_id = the output must be an item id (P5's parsing); grounding = embedding + FAISS top-1 on
+    # BENCHMARK/catalog.jsonl (next_item's); auto = exact_id when the targets are written as the item ids
+    item_match: Literal["auto", "exact_id", "grounding"] = "auto"
+    max_new_tokens_text: int = 64  # explanation and review generation (greedy, as P5's paper)
+
+
+@dataclass
 class EvalConfig:
     checkpoint: Optional[str] = None  # our model folder or a Hugging Face MPT folder (required)
-    # causal: the instruction prompt, continued; infill (next_item; docs/recsysllm.md): the history as a
-    # pre-training document + [gMASK], one span decoded with the dynamic position mechanism
+    # causal: the instruction prompt, continued; infill (docs/recsysllm.md): a prompt + [gMASK], one span decoded
+    # with the dynamic position mechanism
     objective: Literal["causal", "infill"] = "causal"
+    # infill's prompt: the history as a pre-training `document` (a pre-trained model; next_item only) or the
+    # instruction `prompt` (a model fine-tuned with finetune.py --infill.objective=infill); default: document for
+    # next_item, prompt for rating
+    infill_prompt: Optional[Literal["document", "prompt"]] = None
     benchmark: Optional[str] = None  # folder with {task}_{split}.jsonl (and catalog.jsonl for next_item; required)
-    task: Optional[Literal["next_item", "rating", "text", "yes_no"]] = None  # required
+    task: Optional[Literal["next_item", "rating", "text", "yes_no", "p5"]] = None  # required; p5: BENCHMARK/p5/*
     out: Optional[str] = None  # output folder (required)
     tokenizer: Optional[str] = None  # tokenizers JSON; default: CHECKPOINT/tokenizer.json
     split: str = "test"
@@ -66,9 +97,13 @@ class EvalConfig:
     sample_seed: int = 0
     max_new_tokens: Optional[int] = None  # default: 128 (next_item), 16 (rating), 64 (text)
     stop: list[str] = field(default_factory=list)  # stop strings; EOS always stops
+    # likelihood scoring (candidates, rating sets): positions (rows x tokens) of one batch's KV cache; at 7B in bf16
+    # a position of every layer's keys and values is 1 MiB (evaluation/scoring.py)
+    score_token_budget: int = 16384
     next_item: NextItemSection = field(default_factory=NextItemSection)
     rating: RatingSection = field(default_factory=RatingSection)
     yes_no: YesNoSection = field(default_factory=YesNoSection)
+    p5: P5Section = field(default_factory=P5Section)
 
     def __post_init__(self):
         for key in ("checkpoint", "benchmark", "task", "out"):
@@ -76,11 +111,16 @@ class EvalConfig:
                 raise invalid(key, None, f"is required (in the config file, or --{key}=...)")
         for key, value in (("batch_size", self.batch_size), ("limit", self.limit), ("sample", self.sample),
                            ("max_new_tokens", self.max_new_tokens), ("next_item.num_beams", self.next_item.num_beams),
+                           ("score_token_budget", self.score_token_budget),
+                           ("p5.max_new_tokens_text", self.p5.max_new_tokens_text),
                            ("next_item.num_return_sequences", self.next_item.num_return_sequences)):
             if value is not None and value < 1:
                 raise invalid(key, value, "must be >= 1")
-        if self.objective == "infill" and self.task != "next_item":
-            raise invalid("objective", self.objective, f"infill is evaluated on next_item only, not {self.task}")
+        if self.objective == "infill" and self.task not in ("next_item", "rating"):
+            raise invalid("objective", self.objective, f"infill is evaluated on next_item and rating, not {self.task}")
+        if self.infill_prompt == "document" and self.task != "next_item":
+            raise invalid("infill_prompt", self.infill_prompt, "the pre-training document form exists for next_item "
+                          "only (its answer is the next item line)")
         n = self.next_item
         if n.num_return_sequences > n.num_beams:
             raise invalid("next_item.num_return_sequences", n.num_return_sequences,

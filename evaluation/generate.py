@@ -458,6 +458,16 @@ def generate(model: MPT, prompts: Sequence, cfg: GenerationConfig, decode=None, 
     if infill is not None and getattr(model, "wte_intra", None) is None:
         raise ValueError("blank-infilling prompts need a model with an intra-position table (model config key "
                          "intra_positions): this checkpoint is a causal LM")
+    if infill is not None:  # an entity the model cannot hold would be cut, or numbered past its table, silently
+        c = model.config
+        if infill.longest + 3 > c.max_seq_len:
+            raise ValueError(f"the entity pool holds an entity of {infill.longest} tokens: with [gMASK], [START] and "
+                             f"[END] it is longer than the model's context (model config key max_seq_len = "
+                             f"{c.max_seq_len})")
+        if infill.longest + 1 >= c.intra_positions:
+            raise ValueError(f"the entity pool holds an entity of {infill.longest} tokens, which needs intra id "
+                             f"{infill.longest + 1}: the model's intra table has {c.intra_positions} rows (model "
+                             f"config key intra_positions)")
     if cfg.num_beams > 1 or constraint is not None:
         return beam_search(model, prompts, cfg, decode, constraint, infill)
     return greedy_or_sample(model, prompts, cfg, decode, infill)

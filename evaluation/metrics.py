@@ -7,6 +7,9 @@ generative model ranks at most its 10 grounded outputs, everything else has rank
     NDCG@k    = (1/|U|) * sum_u 1[rank_u <= k] / log2(rank_u + 1)          (one relevant item: IDCG = 1)
 |U| is every test user passed in: a user with an empty or short list counts as a miss, lists are never padded.
 
+Within candidates (P5's direct recommendation, spec p5.md §1.6, §3.4): the same HR@k / NDCG@k, rank_u being the
+target's position in u's candidate list sorted by the model's score (ties keep the list's order); k = 1, 5, 10.
+
 Rating prediction, with p the prediction clipped to the scale and r the ground truth:
     RMSE = sqrt((1/n) * sum (p - r)^2)        MAE = (1/n) * sum |p - r|
 Unparsable outputs (primary policy): the prediction is the `fallback` rating (the global mean rating of the
@@ -64,6 +67,37 @@ def ranking_metrics(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequenc
     return out
 
 
+def rank_candidates(candidates: Sequence[Hashable], scores: Sequence[float]) -> list:
+    """Candidates sorted by score, best first. Ties keep the list's order: the candidate lists are shuffled (seeded)
+    when the data is built, so this is P5's random tie-break (spec p5.md §3.4), made reproducible."""
+    if len(candidates) != len(scores):
+        raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
+    if any(math.isnan(s) for s in scores):
+        raise ValueError("a candidate score is NaN")
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])  # stable
+    return [candidates[i] for i in order]
+
+
+def candidate_ranking_metrics(candidate_lists: Sequence[Sequence[Hashable]], score_lists: Sequence[Sequence[float]],
+                              targets: Sequence[Hashable], ks=(1, 5, 10)) -> dict:
+    """HR@k and NDCG@k within each user's candidate list (P5's direct recommendation: 1 positive + 99 negatives),
+    ranked by `score_lists` (higher is better); HR@1 = NDCG@1. Also the number of users whose target ties with another
+    candidate's score (broken by list order, rank_candidates)."""
+    if not len(candidate_lists) == len(score_lists) == len(targets):
+        raise ValueError(f"{len(candidate_lists)} candidate lists, {len(score_lists)} score lists, {len(targets)} "
+                         f"targets")
+    ranked, ties = [], 0
+    for n, (candidates, scores, target) in enumerate(zip(candidate_lists, score_lists, targets)):
+        if target not in candidates:
+            raise ValueError(f"user {n}: the target {target!r} is not among its {len(candidates)} candidates")
+        ranked.append(rank_candidates(candidates, scores))
+        target_score = scores[list(candidates).index(target)]
+        ties += sum(s == target_score for s in scores) > 1
+    out = ranking_metrics(ranked, targets, ks)
+    out["users_with_target_ties"] = ties
+    return out
+
+
 def parse_rating(text: str) -> Optional[float]:
     """The first number in the output ("4.0/5.0" -> 4.0, "Rating: 3" -> 3.0); None if there is none.
     Not rounded and not clipped here."""
@@ -71,9 +105,21 @@ def parse_rating(text: str) -> Optional[float]:
     return float(m.group()) if m else None
 
 
+# P5's rating filter (spec p5.md §3.1): only outputs written "1.0", "1.1", ..., "4.9" are scored; "5.0", bare integers
+# and anything else leave the denominator. Here the rating as written is the output's first number (so RecGPT's
+# "4.0/5.0" is "4.0"); a numeric prediction (an expected rating) is written with one decimal.
+P5_KEPT_RATINGS = frozenset(f"{k / 10:.1f}" for k in range(10, 50))
+
+
+def p5_filter_keeps(text: str) -> bool:
+    m = FIRST_NUMBER.search(text or "")
+    return m is not None and m.group() in P5_KEPT_RATINGS
+
+
 def rating_metrics(outputs: Sequence[str], targets: Sequence[float], fallback: float,
-                   scale: tuple = DEFAULT_RATING_SCALE) -> dict:
-    """RMSE and MAE of parsed, clipped predictions; unparsable outputs predict `fallback` (see module doc)."""
+                   scale: tuple = DEFAULT_RATING_SCALE, p5_filter: bool = False) -> dict:
+    """RMSE and MAE of parsed, clipped predictions; unparsable outputs predict `fallback` (see module doc).
+    p5_filter: also the RMSE and MAE over the outputs P5's filter keeps (P5_KEPT_RATINGS), with the kept count."""
     if len(outputs) != len(targets):
         raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
     if not targets:
@@ -88,6 +134,27 @@ def rating_metrics(outputs: Sequence[str], targets: Sequence[float], fallback: f
            "RMSE_parsed_only": _rmse(parsed_errors), "MAE_parsed_only": _mae(parsed_errors),
            "n_parsed": len(parsed_errors),
            "n_clipped": sum(p is not None and not low <= p <= high for p in parsed)}
+    if p5_filter:
+        kept = [e for e, o in zip(errors, outputs) if p5_filter_keeps(o)]
+        out.update({"RMSE_p5_filter": _rmse(kept), "MAE_p5_filter": _mae(kept), "n_p5_kept": len(kept)})
+    return out
+
+
+def numeric_rating_metrics(predictions: Sequence[float], targets: Sequence[float],
+                           scale: tuple = DEFAULT_RATING_SCALE, p5_filter: bool = False) -> dict:
+    """RMSE and MAE of numeric predictions (an expected rating, the most likely rating of a set), clipped to the
+    scale; p5_filter as rating_metrics, each prediction written with one decimal."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions but {len(targets)} targets")
+    if not targets:
+        raise ValueError("no rating test interactions")
+    low, high = scale
+    errors = [min(max(p, low), high) - r for p, r in zip(predictions, targets)]
+    out = {"RMSE": _rmse(errors), "MAE": _mae(errors), "n": len(errors),
+           "n_clipped": sum(not low <= p <= high for p in predictions)}
+    if p5_filter:
+        kept = [e for e, p in zip(errors, predictions) if f"{p:.1f}" in P5_KEPT_RATINGS]
+        out.update({"RMSE_p5_filter": _rmse(kept), "MAE_p5_filter": _mae(kept), "n_p5_kept": len(kept)})
     return out
 
 

@@ -24,7 +24,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "data/README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
 STARTS = re.compile(r"(python3? |\.venv/bin/python |torchrun |bash scripts/|scripts/\S+\.(sh|py)\b)")
-DRY_RUN = {"train.py", "finetune.py", "evaluate.py", "data.prepare", "data.prepare.own_files"}  # have --dry-run
+DRY_RUN = {"train.py", "finetune.py", "evaluate.py", "data.prepare", "data.prepare.own_files",  # have --dry-run
+           "data.prepare.p5_tasks"}
 RUN = {"training.memory"}  # cheap enough to run as they are
 PLACEHOLDER = re.compile(r"<[^<>]*>|\bCONFIG\b|\bOLD\b|\[[^\[\]]*\]")
 

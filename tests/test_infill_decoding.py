@@ -77,6 +77,36 @@ def test_decoded_logprobs_are_the_training_examples(model):
         assert total == pytest.approx(g.logprob, abs=1e-4)
 
 
+def test_scored_answers_are_the_training_examples(model):
+    """evaluation/scoring.py on infilling prompts (rating over a set, candidate ranking): each answer's score equals
+    one forward over the fine-tuning collator's example of that prompt and answer (data/formats/infilling.py
+    pair_infilled: the same positions and intra ids), whatever the chunking."""
+    from data.formats.infilling import pair_infilled
+    from evaluation.scoring import ScoringPrompt, score_continuations
+
+    items, hist = histories()
+    trie = EntityTrie(items)
+    answers = [[20, 21], [11, 12, 13], [11, 12, 40], [50], [30, 30, 30]]  # entities, prefixes, and not
+    prompts = [gmask_prompt(t, e, IDS) for t, e in hist]
+    scoring = [ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end) for p in prompts]
+    for budget in (8, 4096):
+        scores = score_continuations(model, scoring, [[a + [IDS["end"]] for a in answers]] * 2, pad_token_id=0,
+                                     token_budget=budget, intra_trie=trie)
+        for (tokens, entities), per_prompt in zip(hist, scores):
+            for answer, got in zip(answers, per_prompt):
+                ex = pair_infilled(tokens, answer, entities, IDS, trie)
+                with torch.no_grad():
+                    logits = model(torch.tensor([ex.input_ids]), positions=torch.tensor([ex.positions]),
+                                   prefix_end=torch.tensor([ex.prefix_end]),
+                                   intra_positions=torch.tensor([ex.intra]))[0]
+                log_probs = F.log_softmax(logits, -1)
+                n = ex.prefix_end
+                want = sum(float(log_probs[n + k, t]) for k, t in enumerate(ex.targets[n:]))
+                assert got.n_tokens == len(answer) + 1 and got.logprob == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="pass the entity trie"):
+        score_continuations(model, scoring, [[[20, IDS["end"]]]] * 2)
+
+
 def test_a_causal_checkpoint_refuses_to_infill():
     causal = build_model(MPTConfig.from_name("tiny"), seed=0).eval()
     items, hist = histories()
@@ -97,8 +127,10 @@ def test_bad_infilling_prompts_are_named(model):
     with pytest.raises(ValueError, match=r"prompt 0 holds token id 60000, not a row of the model's 512-row"):
         generate(model, [foreign], cfg, infill=trie)
     long_entity = EntityTrie([[11] * 40])  # the pool holds an entity longer than the 16-row intra table
-    forced = build_model(dataclasses.replace(MPTConfig.from_name("tiny"), intra_positions=16), seed=0).eval()
-    with torch.no_grad():  # make the model say 11 whatever comes
-        forced.wte.weight[11] *= 50
-    with pytest.raises(ValueError, match=r"past the model's 16-row intra table"):
-        generate(forced, [gmask_prompt([11], [(0, 1)], IDS)], GenerationConfig(max_new_tokens=30), infill=long_entity)
+    with pytest.raises(ValueError, match=r"an entity of 40 tokens, which needs intra id 41: the model's intra table "
+                                         r"has 16 rows"):
+        generate(model, [good], cfg, infill=long_entity)
+    too_long = EntityTrie([[11] * 126])  # ... and one that cannot fit the 128-token context with its mask tokens
+    with pytest.raises(ValueError, match=r"an entity of 126 tokens: with \[gMASK\], \[START\] and \[END\] it is "
+                                         r"longer than the model's context \(model config key max_seq_len = 128\)"):
+        generate(model, [good], cfg, infill=too_long)

@@ -74,3 +74,14 @@ def test_bad_spans_and_entities_are_named():
         units_of(5, [(2, 1)])
     with pytest.raises(ValueError, match=r"span \(1, 3\)"):
         infill([1, 2, 3, 4], [], [(1, 3), (2, 4)], IDS, None)
+
+
+def test_a_rows_cut_pieces_of_lines_are_text():
+    """A packed row starts and ends inside lines the build's fixed-length rows cut: those pieces are not entities
+    (row_lines), while a whole document's first and last item lines are (document_entities)."""
+    from data.formats.infilling import document_entities, row_entities
+
+    NL, EOS = 2, 0
+    row = [5, 6, NL, 7, 8, NL, 9, EOS, 10, 11]  # ...a piece | item 7 8 | item 9 | EOS | the next document's piece
+    assert row_entities(row, NL, EOS) == [(3, 5), (6, 7)]
+    assert document_entities([5, 6, NL, 7, 8, NL], NL, EOS) == [(0, 2), (3, 5)]

@@ -15,8 +15,10 @@ so a crash mid-save can never leave a checkpoint that resume picks up. After a s
 beyond `keep_last` are deleted.
 
 Model and optimizer state go through DCP's `get_state_dict`/`set_state_dict`, which reshard on load: a checkpoint
-written by 8 ranks loads on 4, 2 or 1. RNG states are per rank; on a different world size ranks without a saved
-state are reseeded from (seed, step, rank) and a warning says so.
+written by 8 ranks loads on 4, 2 or 1. Only trainable parameters are saved (DCP's ignore_frozen_params): with LoRA
+the checkpoint holds the adapters and their optimizer state, not the frozen base (13 GB at 7B, unchanged since
+model.init_from, which a resume reads again and whose path the config check holds fixed). RNG states are per rank;
+on a different world size ranks without a saved state are reseeded from (seed, step, rank) and a warning says so.
 """
 import json
 import pathlib
@@ -39,6 +41,8 @@ from config.cli import DiskFull
 from training.distributed import canonical_name, seed_rngs
 
 MARKER = "COMPLETE"
+# what a checkpoint saves of the model: the trained parameters (all of them, or LoRA's adapters)
+TRAINABLE = StateDictOptions(ignore_frozen_params=True)
 STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -118,7 +122,7 @@ def save(root, step: int, model, optimizer, train_state: dict, config_yaml: str,
             shutil.rmtree(stale, ignore_errors=True)
     # room: about the size of the newest checkpoint (or of fp32 weights + LION's momentum before the first one)
     newest = latest(root)
-    need = _size(newest) if newest is not None else 8 * sum(p.numel() for p in model.parameters())
+    need = _size(newest) if newest is not None else 8 * sum(p.numel() for p in model.parameters() if p.requires_grad)
     short = torch.zeros(1, dtype=torch.int32, device=next(model.parameters()).device)
     if rank == 0:
         try:
@@ -129,7 +133,7 @@ def save(root, step: int, model, optimizer, train_state: dict, config_yaml: str,
     dist.broadcast(short, src=0)  # every rank stops, not only rank 0
     if short.item():
         raise refusal if rank == 0 else DiskFull(root)
-    model_sd, optim_sd = get_model_state_dict(model), get_optimizer_state_dict(model, optimizer)
+    model_sd, optim_sd = get_model_state_dict(model, options=TRAINABLE), get_optimizer_state_dict(model, optimizer)
     try:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         torch.save(_rng_state(), tmp / f"rank-{rank:05d}.pt")
@@ -157,9 +161,10 @@ def load(path, model, optimizer, rank: int, world_size: int, seed: int) -> dict:
     path = pathlib.Path(path)
     if not is_complete(path):
         raise FileNotFoundError(f"checkpoint.resume = {path}: not a complete checkpoint (no {MARKER} or .metadata)")
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(path))
-    set_model_state_dict(model, state["model"])
+    state = {"model": get_model_state_dict(model, options=TRAINABLE),
+             "optim": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=str(path))  # every requested (trainable) tensor must be in the checkpoint
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))  # frozen ones: not in it
     set_optimizer_state_dict(model, optimizer, state["optim"])
     train_state = json.loads((path / "train_state.json").read_text())
     rng_file = path / f"rank-{rank:05d}.pt"
@@ -226,6 +231,10 @@ def write_export_card(cfg, task: str, record: dict, config, out_dir) -> pathlib.
                 "optimizer": f"LION lr {cfg.optim.lr}", "schedule": cfg.schedule.name}
     if base is not None:
         training["initialised_from"] = f"{base}" + (f" (itself from {lineage})" if lineage else "")
+    if cfg.lora.enabled:
+        training["lora"] = (f"rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g} on "
+                            f"{', '.join(cfg.lora.targets)}; merged into these weights; the adapter alone in "
+                            f"{ADAPTER_DIR}/ (PEFT's format)")
     metrics = {}
     if record and "loss" in record:
         metrics["last_training_loss"] = round(float(record["loss"]), 4)
@@ -243,13 +252,25 @@ def is_exported(out_dir) -> bool:
     return (pathlib.Path(out_dir) / "README.md").is_file()
 
 
-def export_model(model, config, out_dir, dtype: torch.dtype, rank: int):
-    """Gather the full state dict (to rank 0's CPU) and write our safetensors format (model/checkpoint.py)."""
+ADAPTER_DIR = "adapter"  # with LoRA: <export>/adapter/, PEFT's format, beside the merged model
+
+
+def export_model(model, config, out_dir, dtype: torch.dtype, rank: int, lora=None, base_model: str = None):
+    """Gather the full state dict (to rank 0's CPU) and write our safetensors format (model/checkpoint.py).
+
+    With LoRA (`lora`: the run config's enabled lora section) the model written is the merged one (W + alpha/r B A,
+    in fp32, then `dtype`), and `out_dir/adapter/` holds the adapters alone in PEFT's format (fp32), for
+    `PeftModel.from_pretrained` on transformers' MptForCausalLM of the base (`base_model`: model.init_from)."""
     from model.checkpoint import save_model
+    from model.lora import adapter_tensors, merge_state_dict, save_adapter
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         sd = {canonical_name(k): v for k, v in sd.items()}
+        if lora is not None:
+            save_adapter(pathlib.Path(out_dir) / ADAPTER_DIR, adapter_tensors(sd), lora.rank, lora.alpha,
+                         lora.dropout, lora.targets, base_model=str(base_model) if base_model else None)
+            sd = merge_state_dict(sd, lora.alpha / lora.rank)
         save_model(sd, config, out_dir, dtype=dtype)
     del sd
     dist.barrier()

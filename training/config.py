@@ -13,6 +13,7 @@ from typing import Literal, Optional
 
 import config as config_lib
 from config import invalid
+from model.lora import TARGETS as LORA_TARGETS
 from training.schedule import SCHEDULES
 
 
@@ -49,8 +50,10 @@ class DataSection:
 
 @dataclass
 class InfillSection:
-    """train.py's objective: causal (RecGPT) or RecSysLLM's blank infilling (training/infilling.py,
-    docs/recsysllm.md). Infilling needs a model with an intra table (model.overrides: {intra_positions: N})."""
+    """The objective of train.py and finetune.py: causal (RecGPT) or RecSysLLM's blank infilling
+    (training/infilling.py, docs/recsysllm.md; finetune.py: each pair as [gMASK] generation, the keys below but
+    intra and position_scheme unused). Infilling needs a model with an intra table (model.overrides:
+    {intra_positions: N})."""
     objective: Literal["causal", "infill"] = "causal"
     mix: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])  # [MASK] spans, [sMASK] lines, [gMASK] suffix
     ratio: float = 0.15  # share of units masked in span and line modes
@@ -69,6 +72,29 @@ class InfillSection:
             raise invalid("mix", self.mix, "must be three non-negative weights ([MASK], [sMASK], [gMASK])")
         if len(self.shares) != 3 or len(self.windows) != 2 or sum(self.windows) >= 1:
             raise invalid("windows", self.windows, "shares: 3 numbers; windows: 2 shares summing below 1")
+
+
+@dataclass
+class LoraSection:
+    """LoRA fine-tuning (model/lora.py): adapters on each block's target Linears, everything else frozen (kept in
+    bf16 with parallel.mixed_precision bf16). The export writes the merged model and the adapter in PEFT's format."""
+    enabled: bool = False
+    rank: int = 8  # r: A is (r, in), B is (out, r)
+    alpha: float = 16.0  # the update is scaled by alpha / rank (litgpt's default 16 for r 8; PEFT's is 8)
+    dropout: float = 0.05  # on the adapters' input only
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # RecSysLLM's four; any subset
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise invalid("rank", self.rank, "must be >= 1")
+        if not self.alpha > 0:
+            raise invalid("alpha", self.alpha, "must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise invalid("dropout", self.dropout, "must be in [0, 1)")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
+            raise invalid("targets", self.targets, f"must be distinct names among {list(LORA_TARGETS)}"
+                          + (f" ({unknown[0]!r} is not a Linear of our MPT)" if unknown else ""))
 
 
 @dataclass
@@ -153,6 +179,7 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     infill: InfillSection = field(default_factory=InfillSection)
+    lora: LoraSection = field(default_factory=LoraSection)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)

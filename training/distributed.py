@@ -26,6 +26,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from model.checkpoint import expected_shapes, iter_checkpoint, read_config
 from model.config import MPTConfig
+from model.lora import adapter_tensors, add_lora, initial_adapter_tensors
 from model.mpt import MPT, build_model
 
 
@@ -130,7 +131,8 @@ def parallelize(model: MPT, mesh, mixed_precision: str = "bf16", activation_chec
         # the recomputation must draw the forward's dropout masks again, or the gradients are those of other masks;
         # saving and restoring the RNG state costs a little, so only models with dropout pay it
         c = model.config
-        stochastic = max(c.emb_pdrop, c.resid_pdrop, c.attn_pdrop) > 0
+        stochastic = max(c.emb_pdrop, c.resid_pdrop, c.attn_pdrop) > 0 or any(
+            isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())  # LoRA's adapter dropout too
         for i, block in enumerate(model.blocks):
             model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=stochastic)
     if compile:
@@ -207,28 +209,41 @@ class _ShardsOnDemand(dict):
 
 
 def build_sharded_model(config: MPTConfig, d: Dist, pcfg, init_from=None, seed: int = 0, compile=False,
-                        verify: str = "full") -> MPT:
-    """Meta build -> parallelize -> to_empty -> weights from scratch (seeded MPT init) or a checkpoint (ours or
-    HF's layout). `pcfg`: the run config's `parallel` section.
+                        verify: str = "full", lora=None) -> MPT:
+    """Meta build -> LoRA adapters (when `lora`, the run config's `lora` section, is enabled) -> parallelize ->
+    to_empty -> weights from scratch (seeded MPT init) or a checkpoint (ours or HF's layout), and the adapters' init
+    (A Kaiming-uniform from `seed`, B zero). `pcfg`: the run config's `parallel` section.
+
+    With LoRA the base is frozen and, under mixed_precision bf16, stored in bf16 (FSDP2 needs one dtype among a
+    unit's *trainable* parameters only): 2 bytes per frozen parameter instead of a 4-byte fp32 master that never
+    changes. The adapters keep fp32 masters like any trained parameter. The adapters go in before sharding and
+    checkpointing wrappers, so their names are the plain `blocks.0.attn.Wqkv.lora_A.weight`.
 
     Afterwards every rank's global generators are seeded with seed + rank: the weights came from the shared seed
     (one init on rank 0, scattered), but stochastic ops such as dropout must draw different masks on each rank,
     or every rank's slice of the global batch would share them."""
     with torch.device("meta"):
         model = MPT(config)
+    adapters = {}  # LoRA: {name: shape} of the adapter tensors, filled after the base's
+    if lora is not None and lora.enabled:
+        add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets,
+                 base_dtype=torch.bfloat16 if pcfg.mixed_precision == "bf16" else None)
+        adapters = {name: tuple(t.shape) for name, t in adapter_tensors(model.state_dict()).items()}
     parallelize(model, d.mesh, pcfg.mixed_precision, pcfg.activation_checkpointing, pcfg.reshard_after_forward,
                 compile)
     model.to_empty(device=d.device)
-    shapes = expected_shapes(config)
+    shapes = dict(expected_shapes(config), **adapters)
     source = None  # rank 0 only
     if init_from is not None:
         if d.is_main:
-            if expected_shapes(read_config(init_from)) != shapes:
+            if expected_shapes(read_config(init_from)) != expected_shapes(config):
                 raise ValueError(f"model.init_from = {init_from}: its config has different shapes from the "
                                  f"model config of this run")
             source = _ShardsOnDemand(init_from, config, verify)
     elif d.is_main:
         source = build_model(config, device="cpu", seed=seed).state_dict()  # MPT's init on rank 0's CPU
+    if adapters and d.is_main:  # the source dict (or its lazy reader) hands them out beside the base tensors
+        source.update(initial_adapter_tensors(model, torch.Generator().manual_seed(seed)))
     fill_from_rank0(model, source, shapes, d.rank)
     if isinstance(source, _ShardsOnDemand):
         source.finish()

@@ -5,7 +5,8 @@ Entities come from the renderer's layout, not from guessing: a pre-training docu
 line, then one item per line (data/prepare/templates.py; texts are whitespace-folded, so an item never holds a
 newline). With the line-local tokenizers of our builds (GPT-NeoX-20B, the trained BPE) a line's tokens are exactly
 the tokens between two newline tokens, so every item line is one entity; the header (the line before a blank line)
-is text.
+is text, and so are a row's first and last lines, pieces of lines the build's fixed-length rows cut
+(data/formats/infilling.py row_lines).
 
 Per example (seeded by the run's seed and the example index, so a resumed run builds the same batches):
 - behaviour sampling (optional; RecSysLLM's long/medium/short-term 10/30/60, windows undefined in the paper): the
@@ -13,9 +14,12 @@ Per example (seeded by the run's seed and the example index, so a resumed run bu
   `windows[1]` (medium), the newest rest (short), and a history of `keep` of its lines takes shares[0..2] of them
   from each window, in order;
 - the mask level by the mixture (GLM-10B: 50% [MASK] spans of Poisson(3) units until >= 15%, 30% [sMASK] whole
-  lines until >= 15%, 20% [gMASK] the last line: next-item prediction);
+  lines until >= 15%, 20% [gMASK] the newest item of the row's last whole history: next-item prediction, as
+  evaluate.py asks it);
 - ablations: entity_masking off (GLM's token spans: every token a unit), chronological off (Part B spans shuffled),
   intra off (all intra ids 0), behaviour sampling off.
+
+Fine-tuning (finetune.py) takes prompt/response pairs as GLM fine-tunes generation: `PairInfillCollator`.
 
 Batch: input_ids, labels, positions, intra_positions, prefix_end, attention_mask. The loop's loss is the usual
 shifted one (logits[:, :-1] against labels[:, 1:]), so labels are the aligned targets moved one slot right and
@@ -29,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.formats.infilling import IGNORE_INDEX, EntityTrie, Infilled, infill, lines_of, sample_spans, units_of
+from data.formats.infilling import (IGNORE_INDEX, EntityTrie, Infilled, infill, pair_infilled, prompt_entities,
+                                    row_lines, sample_spans, units_of)
 
 
 @dataclass
@@ -62,12 +67,12 @@ def behaviour_sample(n: int, keep: int, rng: random.Random, shares, windows) -> 
     return sorted(chosen)
 
 
-def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
-    """The collator of a run (TrainConfig `infill` section) on the data build at data.path, for a model with this
-    MPTConfig: the build's tokenizer gets the infilling tokens (data/formats/tokenizer.py), its newline token marks
-    the lines. The entity pool of the intra rule is the one the decoder uses, the build's catalog lines, when the
-    build has benchmark catalogs (a line's own rating or review then restarts at intra 1, as when decoding);
-    otherwise each row's own item lines."""
+def _infill_setup(cfg, config) -> tuple:
+    """What both collators need from the data build at data.path, for a model with this MPTConfig: the infilling
+    token ids (added to the build's tokenizer, data/formats/tokenizer.py), the newline token that separates lines,
+    the build's meta.json, and the entity pool of the intra rule. The pool is the one the decoder uses, the build's
+    catalog lines, when the build has benchmark catalogs (a line's own rating or review then restarts at intra 1, as
+    when decoding); otherwise None (each row's own item lines)."""
     from data.formats.packed import read_meta
     from data.formats.tokenizer import add_infill_tokens, load, newline_id
 
@@ -88,11 +93,91 @@ def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
 
         lines = [line for c in catalogs for line in read_catalog(c, "line")[1]]
         pool = EntityTrie([e.ids for e in tok.encode_batch(lines, add_special_tokens=False)])
+    return ids, newline, meta, pool
+
+
+def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
+    """train.py's collator (TrainConfig `infill` section) on the packed rows of the build at data.path."""
+    ids, newline, meta, pool = _infill_setup(cfg, config)
     o = cfg.infill
     opts = InfillOptions(tuple(o.mix), o.ratio, o.poisson_lambda, o.position_scheme, o.entity_masking,
                          o.chronological, o.intra, o.behaviour_sampling, tuple(o.shares), tuple(o.windows))
     return InfillCollator(opts, ids, newline, int(meta["pretrain"]["eos_id"]), config.max_seq_len, cfg.run.seed,
                           config.intra_positions, pool, rows_len)
+
+
+def pair_collator_for(cfg, config, max_seq_len: int) -> "PairInfillCollator":
+    """finetune.py's collator: the build's prompt/response pairs as [gMASK] generation (Part A = the prompt)."""
+    ids, newline, meta, pool = _infill_setup(cfg, config)
+    return PairInfillCollator(ids, newline, int(meta["instructions"]["eos_id"]), max_seq_len,
+                              config.intra_positions, pool, cfg.infill.intra, cfg.infill.position_scheme)
+
+
+def _check_intra(ex: Infilled, i: int, max_intra: int) -> None:
+    if max(ex.intra) >= max_intra:
+        raise ValueError(f"example {i}: an entity of {max(ex.intra) - 1} tokens needs intra id {max(ex.intra)}, but "
+                         f"the model's intra table has {max_intra} rows (model.overrides intra_positions)")
+
+
+def padded_batch(examples: list, eos_id: int) -> dict:
+    """Infilled examples -> the loop's tensors, right-padded (pad id EOS, no loss, no attention)."""
+    S = max(len(ex.input_ids) for ex in examples) + 1  # + one padding slot: the last target stays in the loss
+    B = len(examples)
+    out = {"input_ids": torch.full((B, S), eos_id, dtype=torch.long),
+           "labels": torch.full((B, S), IGNORE_INDEX, dtype=torch.long),
+           "positions": torch.zeros((B, S), dtype=torch.long),
+           "intra_positions": torch.zeros((B, S), dtype=torch.long),
+           "prefix_end": torch.tensor([ex.prefix_end for ex in examples]),
+           "attention_mask": torch.zeros((B, S), dtype=torch.long)}
+    for b, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        out["input_ids"][b, :n] = torch.tensor(ex.input_ids)
+        out["labels"][b, 1:n + 1] = torch.tensor(ex.targets)  # label i + 1 = target i (the loop shifts)
+        out["positions"][b, :n] = torch.tensor(ex.positions)
+        out["positions"][b, n:] = ex.positions[-1] + 1
+        out["intra_positions"][b, :n] = torch.tensor(ex.intra)
+        out["attention_mask"][b, :n] = 1
+    return out
+
+
+class PairInfillCollator:
+    """Prompt/response pairs (an instruction build, data/formats/instructions.py) as GLM fine-tunes generation:
+    Part A = the prompt with its item lines marked as entities (data/formats/infilling.py prompt_entities) +
+    [gMASK]; Part B = [START] + the response (its EOS dropped: [END] closes a span). The decoder builds the same
+    Part A (evaluate.py --objective infill). A response that does not fit keeps its first tokens."""
+
+    # [gMASK], [START], at least one response token, [END]'s slot and the padding slot (finetune.py filters prompts
+    # of more than seq_len - RESERVED tokens)
+    RESERVED = 4
+
+    def __init__(self, ids: dict, newline_id: int, eos_id: int, seq_len: int, max_intra: int,
+                 trie: EntityTrie = None, intra: bool = True, position_scheme: str = "continuation"):
+        self.ids, self.newline_id, self.eos_id, self.seq_len = ids, newline_id, eos_id, seq_len
+        self.max_intra, self.trie, self.intra, self.position_scheme = max_intra, trie, intra, position_scheme
+
+    def example(self, input_ids: np.ndarray, labels: np.ndarray, i: int) -> Infilled:
+        n_prompt = int(np.argmax(labels != IGNORE_INDEX)) if (labels != IGNORE_INDEX).any() else len(labels)
+        prompt, response = input_ids[:n_prompt].tolist(), input_ids[n_prompt:].tolist()
+        if response and response[-1] == self.eos_id:
+            response = response[:-1]
+        if not response:
+            raise ValueError(f"example {i} has an empty response")
+        if n_prompt + self.RESERVED > self.seq_len:
+            raise ValueError(f"example {i}: its prompt has {n_prompt} tokens, no room for [gMASK], [START], a "
+                             f"response token and [END] within {self.seq_len} (data.seq_len)")
+        response = response[: self.seq_len - n_prompt - self.RESERVED + 1]
+        entities = prompt_entities(prompt, self.newline_id)
+        trie = self.trie or EntityTrie([prompt[s:e] for s, e in entities])
+        ex = pair_infilled(prompt, response, entities, self.ids, trie, self.position_scheme, self.intra)
+        _check_intra(ex, i, self.max_intra)
+        return ex
+
+    def batch(self, dataset, indices) -> dict:
+        examples = []
+        for i in indices:
+            ex = dataset[int(i)]
+            examples.append(self.example(np.asarray(ex["input_ids"]), np.asarray(ex["labels"]), int(i)))
+        return padded_batch(examples, self.eos_id)
 
 
 class InfillCollator:
@@ -107,7 +192,7 @@ class InfillCollator:
     def example(self, row: np.ndarray, index: int) -> Infilled:
         o = self.opts
         rng = random.Random(self.seed * 1_000_003 + index)
-        lines, is_item, seps = lines_of(row, self.newline_id, self.eos_id)
+        lines, is_item, seps = row_lines(row, self.newline_id, self.eos_id)
         kept = range(len(lines))
         if o.behaviour_sampling:
             items = [i for i, item in enumerate(is_item) if item]
@@ -115,21 +200,33 @@ class InfillCollator:
                                                           o.shares, o.windows))
             kept = [i for i in kept if not is_item[i] or i in keep]
         tokens, entities = [], []  # without sampling, tokens == row: the collator only marks and masks
+        ends_document = []  # per entity: is it its document's last line (followed by EOS)?
         for n, i in enumerate(kept):
             if n:
                 tokens.append(seps[kept[n - 1]] if kept[n - 1] < len(seps) else self.newline_id)
             if is_item[i]:
                 entities.append((len(tokens), len(tokens) + len(lines[i])))
+                ends_document.append(i < len(seps) and seps[i] == self.eos_id)
             tokens += lines[i]
         trie = self.trie or EntityTrie([tokens[s:e] for s, e in entities])
         entities_for_units = entities if o.entity_masking else []  # off: GLM's token spans, entities ignored
         units = units_of(len(tokens), entities_for_units)
         level = rng.choices(("mask", "smask", "gmask"), o.mix)[0]
-        if level == "gmask":  # the suffix: the last item line (next-item prediction), or the second half of tokens
-            spans = [(len(units) - 1, len(units))] if entities_for_units else [(max(1, len(units) // 2), len(units))]
+        if level == "gmask" and entities_for_units:
+            # the suffix, next-item prediction as evaluation asks it: the last line of the row's last whole document
+            # (a history, then [gMASK] for its newest item), else the row's last whole item line; the rest of the
+            # row after it is dropped
+            last = max((k for k, end in enumerate(ends_document) if end), default=len(entities) - 1)
+            tokens, entities = tokens[:entities[last][1]], entities[:last + 1]
+            entities_for_units = entities
+            units = units_of(len(tokens), entities_for_units)
+            spans = [(len(units) - 1, len(units))]
+        elif level == "gmask" and not o.entity_masking:  # GLM's token spans: the second half of the tokens
+            spans = [(max(1, len(units) // 2), len(units))]
         elif level == "smask" and entities_for_units:
             spans = self._lines(units, set(entities), rng)
-        else:
+        else:  # [MASK] spans, also for a row without a whole item line (one long line across the row)
+            level = "mask"
             spans = sample_spans(len(units), rng, o.ratio, o.poisson_lambda)
         ex = infill(tokens, entities_for_units, spans, self.ids, trie, mask=level if spans else "mask",
                     position_scheme=o.position_scheme, intra=o.intra)
@@ -168,27 +265,11 @@ class InfillCollator:
             row = np.asarray(dataset[i])[:self.rows_len]
             ex = self.example(row, int(i))
             while len(ex.input_ids) + 1 > self.seq_len:  # the mask and [START]/[END] tokens did not fit: shorter row
+                if len(row) <= 2:
+                    raise ValueError(f"example {i}: no row fits the model's context (max_seq_len {self.seq_len}) "
+                                     f"with its mask tokens")
                 row = row[: max(2, len(row) - (len(ex.input_ids) + 1 - self.seq_len))]
                 ex = self.example(row, int(i))
-            if max(ex.intra) >= self.max_intra:
-                raise ValueError(f"example {i}: an entity of {max(ex.intra) - 1} tokens needs intra id "
-                                 f"{max(ex.intra)}, but the model's intra table has {self.max_intra} rows "
-                                 f"(model.overrides intra_positions)")
+            _check_intra(ex, int(i), self.max_intra)
             examples.append(ex)
-        S = max(len(ex.input_ids) for ex in examples) + 1  # + one padding slot: the last target stays in the loss
-        B = len(examples)
-        out = {"input_ids": torch.full((B, S), self.eos_id, dtype=torch.long),
-               "labels": torch.full((B, S), IGNORE_INDEX, dtype=torch.long),
-               "positions": torch.zeros((B, S), dtype=torch.long),
-               "intra_positions": torch.zeros((B, S), dtype=torch.long),
-               "prefix_end": torch.tensor([ex.prefix_end for ex in examples]),
-               "attention_mask": torch.zeros((B, S), dtype=torch.long)}
-        for b, ex in enumerate(examples):
-            n = len(ex.input_ids)
-            out["input_ids"][b, :n] = torch.tensor(ex.input_ids)
-            out["labels"][b, 1:n + 1] = torch.tensor(ex.targets)  # label i + 1 = target i (the loop shifts)
-            out["positions"][b, :n] = torch.tensor(ex.positions)
-            out["positions"][b, n:] = ex.positions[-1] + 1
-            out["intra_positions"][b, :n] = torch.tensor(ex.intra)
-            out["attention_mask"][b, :n] = 1
-        return out
+        return padded_batch(examples, self.eos_id)

@@ -25,9 +25,10 @@ import config as config_lib
 from config import dump, to_dict
 from model.checkpoint import read_config
 from model.config import MPTConfig
+from model.lora import trainable_parameters
 from output import OutputLock, OutputLocked, partial_dir, remove_partials, replace_dir
 from training import checkpoint as ckpt
-from training.config import unsafe_changes
+from training.config import LoraSection, unsafe_changes
 from training.data import IGNORE_INDEX, GlobalBatchSampler
 from training.distributed import build_sharded_model
 from training.lion import Lion
@@ -62,6 +63,10 @@ def model_config(cfg) -> MPTConfig:
     else:
         raise ValueError("no model: set model.init_from (a checkpoint), model.name (configs/model/<name>.yaml) or "
                          "model.config (a model YAML)")
+    known = {f.name for f in dataclasses.fields(MPTConfig)}
+    for key in m.overrides:  # a typo, or `{attn_impl:torch}` (YAML: one key "attn_impl:torch"), named: no TypeError
+        if key not in known:
+            raise ValueError(f"model.overrides: {key!r} is not a model config key (model/config.py MPTConfig)")
     return dataclasses.replace(config, **m.overrides) if m.overrides else config
 
 
@@ -154,6 +159,8 @@ def check_resumable(cfg, path, log, task: str) -> None:
     if saved is None:
         raise SystemExit(f"[{task}] {path} has no config.yaml, so resuming cannot check that it is the same run")
     now = to_dict(cfg)
+    if "lora" not in saved:  # saved before the lora section existed: that run trained every parameter
+        saved["lora"] = to_dict(LoraSection())
     unsafe = unsafe_changes(saved, now, cfg.checkpoint.allow_changes)
     if unsafe:
         keys = [c.split(":")[0] for c in unsafe]
@@ -233,14 +240,21 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
 
     # model, sharded ----------------------------------------------------------------------------------------
     t0 = time.perf_counter()
+    lora = cfg.lora if cfg.lora.enabled else None
     model = build_sharded_model(config, d, cfg.parallel, init_from=cfg.model.init_from, seed=cfg.run.seed,
-                                compile=cfg.train.compile, verify=cfg.model.verify)
+                                compile=cfg.train.compile, verify=cfg.model.verify, lora=lora)
     log.print(f"[{task}] model: {config.num_params():,} parameters, {config.n_layers} layers, d_model "
               f"{config.d_model}; weights from {cfg.model.init_from or 'scratch (seed %d)' % cfg.run.seed} "
               f"in {time.perf_counter() - t0:.1f}s")
+    trainable, total = trainable_parameters(model)
+    log.print(f"[{task}] trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+              + (f"; LoRA rank {lora.rank}, alpha {lora.alpha:g}, dropout {lora.dropout:g} on "
+                 f"{', '.join(lora.targets)}, the base frozen"
+                 + (" in bf16" if cfg.parallel.mixed_precision == "bf16" else "") if lora else ""))
     o = cfg.optim
-    optimizer = Lion(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                     decay_mode=o.decay_mode, foreach=o.foreach)
+    # only what trains: LION's momentum for the adapters alone under LoRA
+    optimizer = Lion([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas),
+                     weight_decay=o.weight_decay, decay_mode=o.decay_mode, foreach=o.foreach)
 
     # data and schedule ---------------------------------------------------------------------------------------
     t = cfg.train
@@ -296,7 +310,7 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
         tmp = partial_dir(out)
         if d.is_main:
             remove_partials(out)
-        ckpt.export_model(model, config, tmp, export_dtype, d.rank)
+        ckpt.export_model(model, config, tmp, export_dtype, d.rank, lora=lora, base_model=cfg.model.init_from)
         if d.is_main:
             ckpt.copy_tokenizer(cfg.data.path, tmp)
             ckpt.write_export_card(cfg, task, metrics, config, tmp)

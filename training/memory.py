@@ -13,6 +13,11 @@ Arithmetic from ../shared/spec/performance.md section 6 (GB = 1e9 bytes; the "gp
   checkpointing each layer keeps only its input (2*s*h bytes) plus one block's activations during recompute;
 - logits and cross-entropy: bf16 logits + fp32 copy + fp32 gradient = 10 bytes per (token, vocab entry);
 - CUDA context, NCCL buffers and allocator slack: 2 GB (the spec's 1-3 GB estimate).
+With LoRA (`--lora.enabled=true`, model/lora.py) the base is frozen: stored in the compute dtype (bf16: 2 bytes/param,
+sharded), no gradients, no optimizer state; the adapters (r * (in + out) per adapted Linear) carry fp32 master +
+gradient + LION momentum = 12 bytes each; the in-flight gradients are one block's adapters; activations are the
+same (the backward still needs every input gradient), plus, with adapter dropout, each adapted Linear's dropped
+input and its mask (7*s*h elements and bytes per layer for the four targets of a block, in + in + in + 4*in).
 These are estimates: measure with the training log's `mem` column (max reserved) on the real GPU.
 """
 import argparse
@@ -21,6 +26,7 @@ import sys
 
 from config import cli
 from model.config import MPTConfig
+from model.lora import adapter_parameter_count
 from training.config import load_config
 from training.loop import model_config
 
@@ -32,7 +38,8 @@ def block_params(c: MPTConfig) -> int:
 
 
 def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_precision: str = "bf16",
-             activation_checkpointing: bool = False) -> dict:
+             activation_checkpointing: bool = False, lora=None) -> dict:
+    """Bytes per GPU by item (and "params"); `lora`: the run config's lora section when LoRA is on, else None."""
     N, L, h, s, b = c.num_params(), c.n_layers, c.d_model, seq_len, micro_batch
     cbytes = 2 if mixed_precision == "bf16" else 4  # compute dtype
     blk = block_params(c)
@@ -41,10 +48,28 @@ def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_prec
     per_layer = 34 * s * b * h * act_unit
     if c.attn_impl != "triton":
         per_layer += 5 * c.n_heads * s * s * b * act_unit
+    if lora is not None and lora.dropout > 0:  # each adapter's dropped input (compute dtype) and its bool mask
+        widths = {"Wqkv": h, "out_proj": h, "up_proj": h, "down_proj": c.expansion_ratio * h}
+        per_layer += sum(widths[t] for t in lora.targets) * s * b * (cbytes + 1)
     if activation_checkpointing:
         activations = L * 2 * s * b * h * act_unit + per_layer
     else:
         activations = L * per_layer
+    if lora is not None:
+        n_adapters = adapter_parameter_count(c, lora.rank, lora.targets)
+        out = {
+            "params": N,
+            "trainable (LoRA) params": n_adapters,
+            f"frozen base weights ({'bf16' if cbytes == 2 else 'fp32'}, sharded)": cbytes * N / gpus,
+            "adapters: fp32 master + grads + LION (sharded)": 12 * n_adapters / gpus,
+            "gathered params: 2 blocks + root": (2 * blk + root) * cbytes + 2 * n_adapters / L * cbytes,
+            "unsharded grads: 1 block's adapters": n_adapters / L * 4,
+            "activations": activations,
+            "logits + cross-entropy": b * s * c.vocab_size * 10,
+            "CUDA context, NCCL, allocator slack": 2 * GB,
+        }
+        out["total"] = sum(v for k, v in out.items() if "params" not in k or k.startswith("gathered"))
+        return out
     out = {
         "params": N,
         "master weights (fp32, sharded)": 4 * N / gpus,
@@ -82,13 +107,18 @@ def main(argv=None):
     print(f"{args.config}: {c.num_params():,} parameters, {c.n_layers} layers, d_model {c.d_model}, vocab "
           f"{c.vocab_size}, attn_impl {c.attn_impl}; micro-batch {mb} x {seq_len} tokens, "
           f"{cfg.parallel.mixed_precision}, {args.gpus} GPUs of {args.gpu_mem:g} GB")
-    rows = {ac: estimate(c, args.gpus, mb, seq_len, cfg.parallel.mixed_precision, ac) for ac in (False, True)}
-    print(f"{'per GPU':40s} {'no act. ckpt':>14s} {'act. ckpt':>14s}")
+    lora = cfg.lora if cfg.lora.enabled else None
+    if lora is not None:
+        n = adapter_parameter_count(c, lora.rank, lora.targets)
+        print(f"LoRA rank {lora.rank} on {', '.join(lora.targets)}: {n:,} trainable parameters "
+              f"({100 * n / c.num_params():.2f}%), the base frozen")
+    rows = {ac: estimate(c, args.gpus, mb, seq_len, cfg.parallel.mixed_precision, ac, lora) for ac in (False, True)}
+    print(f"{'per GPU':48s} {'no act. ckpt':>14s} {'act. ckpt':>14s}")
     for key in rows[False]:
-        if key == "params":
+        if key.endswith("params") and not key.startswith("gathered"):
             continue
         a, b = rows[False][key] / GB, rows[True][key] / GB
-        print(f"{key:40s} {a:11.2f} GB {b:11.2f} GB")
+        print(f"{key:48s} {a:11.2f} GB {b:11.2f} GB")
     for ac in (False, True):
         total = rows[ac]["total"] / GB
         verdict = "fits" if total <= args.gpu_mem else "does NOT fit"

@@ -90,3 +90,68 @@ def read_train_stats(benchmark_dir) -> dict:
             raise ValueError(f"{path}: key '{key}' missing")
     stats.setdefault("rating_scale", list(DEFAULT_RATING_SCALE))
     return stats
+
+
+# P5's task families (data/prepare/p5_tasks.py): eval/<source>/p5/<template>_<split>.jsonl. Every record has
+# "user", "family", "template", "seen", "prompt" and "target_text" (what P5 trains the model to output); the keys
+# below by family (direct by template: candidate lists 5-5..5-8, yes/no prompts 5-1..5-4).
+P5_COMMON_KEYS = ("user", "family", "template", "seen", "prompt", "target_text")
+P5_KEYS = {"rating": ("target_rating",), "sequential": ("target_item_id", "history_item_ids"),
+           "explanation": (), "review": (), "direct_candidates": ("target_item_id", "candidates", "candidate_texts"),
+           "direct_yes_no": ("target_item_id", "candidates", "candidate_prompts", "yes", "no")}
+P5_RATING_TEMPLATES = ("1-1", "1-2", "1-5", "1-6", "1-7", "1-10", "4-2", "4-4")  # targets that are star ratings
+
+
+def p5_record_kind(record: dict) -> str:
+    """The key set of a P5 evaluation record: its family, the direct family split by template, and the review
+    family's rating templates (4-2, 4-4) as "rating"."""
+    family, template = record.get("family"), str(record.get("template"))
+    if family == "direct":
+        return "direct_yes_no" if template in ("5-1", "5-2", "5-3", "5-4") else "direct_candidates"
+    if template in P5_RATING_TEMPLATES:
+        return "rating"
+    return family
+
+
+def read_p5_examples(path, limit=None) -> list:
+    """The records of one P5 evaluation file, each checked for its family's keys (an error names file:line)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"P5 evaluation file {path} not found (run `python -m data.prepare.p5_tasks`)")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not JSON ({e})") from None
+            kind = p5_record_kind(record)
+            if kind not in P5_KEYS:
+                raise ValueError(f"{path}:{lineno}: unknown family {record.get('family')!r}")
+            missing = [k for k in P5_COMMON_KEYS + P5_KEYS[kind] if record.get(k) is None]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing key(s) {missing} for P5 {kind} records")
+            n = len(record.get("candidates", ()))
+            for key in ("candidate_texts", "candidate_prompts"):
+                if key in record and len(record[key]) != n:
+                    raise ValueError(f"{path}:{lineno}: {len(record[key])} {key} for {n} candidates")
+            examples.append(record)
+            if limit is not None and len(examples) >= limit:
+                break
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+def p5_files(benchmark_dir) -> dict:
+    """{(template, split): path} of a build's P5 evaluation files (BENCHMARK/p5/<template>_<split>.jsonl)."""
+    folder = pathlib.Path(benchmark_dir) / "p5"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} not found: build P5's tasks with `python -m data.prepare.p5_tasks`")
+    out = {}
+    for p in sorted(folder.glob("*_*.jsonl")):
+        template, split = p.stem.rsplit("_", 1)
+        out[(template, split)] = p
+    return out

@@ -34,10 +34,12 @@ class EntityTrie:
 
     def __init__(self, entities: Sequence[Sequence[int]] = ()):
         self.root: dict = {}
+        self.longest = 0  # tokens of the longest entity: what a span must be able to hold
         for e in entities:
             self.add(e)
 
     def add(self, tokens: Sequence[int]) -> None:
+        self.longest = max(self.longest, len(tokens))
         node = self.root
         for t in tokens:
             node = node.setdefault(int(t), {})
@@ -99,17 +101,58 @@ def lines_of(row, newline_id: int, eos_id: int) -> tuple[list[list[int]], list[b
         else:
             current.append(t)
     lines.append(current)
-    is_item = [bool(line) and not (i + 1 < len(lines) and not lines[i + 1]) for i, line in enumerate(lines)]
+    # a header is followed by a blank line; the empty remainder after a final separator is not one
+    is_item = [bool(line) and not (i + 2 < len(lines) and not lines[i + 1]) for i, line in enumerate(lines)]
     return lines, is_item, seps
+
+
+def row_lines(row, newline_id: int, eos_id: int) -> tuple[list[list[int]], list[bool], list[int]]:
+    """lines_of for a packed row, which the build cut from a stream of documents at a fixed length
+    (data/formats/packed.py): its first and last lines are usually pieces of lines that began or end in the
+    neighbouring rows, so they are text, never entities (a piece of an item is not an item: the decoder's trie
+    would not know it, and [gMASK] would learn to stop inside an item)."""
+    lines, is_item, seps = lines_of(row, newline_id, eos_id)
+    is_item[0] = is_item[-1] = False
+    return lines, is_item, seps
+
+
+def entity_ranges(lines: Sequence[Sequence[int]], is_item: Sequence[bool]) -> list[tuple[int, int]]:
+    """The token ranges of the item lines, for lines joined by one separator token each."""
+    out, at = [], 0
+    for line, item in zip(lines, is_item):
+        if item:
+            out.append((at, at + len(line)))
+        at += len(line) + 1
+    return out
 
 
 def document_entities(tokens: Sequence[int], newline_id: int, eos_id: int) -> list[tuple[int, int]]:
     """The item lines of a rendered document (token ranges): what the collator marks as entities (lines_of)."""
     lines, is_item, _ = lines_of(tokens, newline_id, eos_id)
-    out, at = [], 0
-    for line, item in zip(lines, is_item):
-        if item:
-            out.append((at, at + len(line)))
+    return entity_ranges(lines, is_item)
+
+
+def row_entities(row: Sequence[int], newline_id: int, eos_id: int) -> list[tuple[int, int]]:
+    """The whole item lines of a packed row (token ranges): what the collator marks as entities (row_lines)."""
+    lines, is_item, _ = row_lines(row, newline_id, eos_id)
+    return entity_ranges(lines, is_item)
+
+
+def prompt_entities(tokens: Sequence[int], newline_id: int) -> list[tuple[int, int]]:
+    """The item lines of a RecGPT instruction prompt (token ranges). The renderer (data/prepare/templates.py
+    wrap_prompt) writes "### Instruction:", the task, the header, a blank line, one item per line, a blank line,
+    "### Response:", so the items are the lines of the block after the first blank line. A prompt without that
+    block (e.g. P5's one-line prompts) has none."""
+    out, at, blanks, previous_blank = [], 0, 0, False
+    lines, _, _ = lines_of(tokens, newline_id, -1)
+    for line in lines:
+        if not line:
+            blanks += 1 if not previous_blank else 0
+            previous_blank = True
+        else:
+            previous_blank = False
+            if blanks == 1:
+                out.append((at, at + len(line)))
         at += len(line) + 1
     return out
 
@@ -220,3 +263,15 @@ def infill(tokens: Sequence[int], entities: Sequence[tuple[int, int]], spans: Se
         positions += [inter + (k if position_scheme == "continuation" else 0) for k in range(len(span) + 1)]
         intras += span_intra(span, trie) if intra and trie is not None else [0] * (len(span) + 1)
     return Infilled(inputs, targets, positions, intras, len(a_ids))
+
+
+def pair_infilled(prompt: Sequence[int], response: Sequence[int], entities: Sequence[tuple[int, int]], ids: dict,
+                  trie: Optional[EntityTrie], position_scheme: str = "continuation", intra: bool = True) -> Infilled:
+    """A prompt/response pair as GLM fine-tunes generation: Part A = the prompt (its entities marked) + [gMASK],
+    Part B = [START] + the response, predicting [END]. Its Part A is `gmask_prompt(prompt, entities, ids)`'s, so
+    training and decoding see the same inputs."""
+    tokens = list(prompt) + list(response)
+    with_answer = list(entities) + [(len(prompt), len(tokens))]  # the response is one unit: one span
+    last = len(units_of(len(tokens), with_answer)) - 1
+    return infill(tokens, with_answer, [(last, last + 1)], ids, trie, mask="gmask", position_scheme=position_scheme,
+                  intra=intra)

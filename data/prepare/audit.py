@@ -30,6 +30,9 @@ SHOWN = 20  # leaks named in the report; all are counted
 def audit(path) -> dict:
     meta_path, meta = read_meta(path)
     root = meta_path.parent
+    if meta.get("builder") == "p5_tasks":  # P5's multitask corpus: its own held-out manifest and checks
+        from data.prepare.p5_tasks import audit_build
+        return audit_build(root, meta)
     if not meta.get("manifests"):
         raise ValueError(f"{meta_path}: built with write_manifests: false; nothing to audit")
     cfg = meta["config"]
