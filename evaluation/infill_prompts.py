@@ -2,8 +2,9 @@
 (evaluation/generate.py, infill=) and for scoring a closed set of answers (evaluation/scoring.py).
 
 Each prompt is the example's history as the pre-training document the build wrote (`document`: its item lines are
-entities, as the pre-training collator marks them) or its instruction `prompt` (the lines of its item block are, as
-finetune.py's collator marks them), then [gMASK] where the answer would be, then [START]
+entities, as the pre-training collator marks them) or its instruction `prompt` (its entities are the record's
+character spans when it lists them, P5's prompts, else the lines of its item block, as finetune.py's collator marks
+them), then [gMASK] where the answer would be, then [START]
 (data/formats/infilling.py gmask_prompt). The entity pool of the intra rule is the catalog's lines, as in training.
 """
 from data.formats.tokenizer import EOS
@@ -16,7 +17,7 @@ def infill_form(cfg) -> str:
 
 def infill_prompts(cfg, model, tokenizer, examples, pool_texts=()) -> tuple:
     """-> (InfillPrompts, the entity trie of pool_texts, the infilling token ids)."""
-    from data.formats.infilling import EntityTrie, document_entities, gmask_prompt, prompt_entities
+    from data.formats.infilling import EntityTrie, document_entities, gmask_prompt, prompt_entities, token_entities
     from data.formats.tokenizer import add_infill_tokens, newline_id
 
     ids = add_infill_tokens(tokenizer, model.config.vocab_size)
@@ -31,18 +32,27 @@ def infill_prompts(cfg, model, tokenizer, examples, pool_texts=()) -> tuple:
             tokens = tokenizer.encode(x["document"], add_special_tokens=False).ids + [newline]
             entities = document_entities(tokens, newline, eos)
         else:
-            tokens = tokenizer.encode(x["prompt"], add_special_tokens=False).ids
-            entities = prompt_entities(tokens, newline)
+            enc = tokenizer.encode(x["prompt"], add_special_tokens=False)
+            tokens = enc.ids
+            entities = (token_entities(enc.offsets, x["entities"], f"example {n} (user {x.get('user')})")
+                        if x.get("entities") is not None else prompt_entities(tokens, newline))
         prompts.append(gmask_prompt(tokens, entities, ids))
     pool = EntityTrie([e.ids for e in tokenizer.encode_batch(list(pool_texts), add_special_tokens=False)])
     return prompts, pool, ids
 
 
 def catalog_lines(benchmark) -> list:
-    """The benchmark's catalog lines (the entity pool), or none when it has no catalog (a rating-only benchmark)."""
+    """The entity pool: the benchmark's items as its texts show them, the catalog's document `line`s (a data.prepare
+    build) or, for P5's prompt builds (data/prepare/p5_tasks.py, no documents), its `text`s; none when there is no
+    catalog (a rating-only benchmark). The training collator reads the same (training/infilling.py)."""
+    import json
     import pathlib
 
     from data.formats.evalfiles import read_catalog
 
     catalog = pathlib.Path(benchmark) / "catalog.jsonl"
-    return read_catalog(catalog, "line")[1] if catalog.is_file() else []
+    if not catalog.is_file():
+        return []
+    with open(catalog, encoding="utf-8") as f:
+        first = json.loads(f.readline() or "{}")
+    return read_catalog(catalog, "line" if "line" in first else "text")[1]

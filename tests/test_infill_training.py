@@ -337,3 +337,83 @@ def _encoded(out, texts) -> list:
 
     tok = load(out / "tokenizer.json")
     return [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def test_two_ranks_match_one_rank_and_resume(build_dir, tmp_path):
+    """RecSysLLM's objective under torchrun/FSDP2 (gloo, 2 CPU processes): the same per-step losses as one process
+    (each example is built from its index and the run's seed, so ranks build exactly their share of the global batch),
+    and a run stopped at step 4 resumes to the same losses."""
+    from test_training_dist import assert_same, launch, losses
+
+    common = (*ARGS, "--train.max_steps=8", "--checkpoint.interval=4", "--log.interval=1")
+    launch("train.py", 2, tmp_path / "two", *common, data=build_dir)
+    launch("train.py", 1, tmp_path / "one", *common, data=build_dir)
+    assert_same(losses(tmp_path / "two"), losses(tmp_path / "one"), range(1, 9))
+    launch("train.py", 1, tmp_path / "resumed", *common, "--train.stop_after=4", data=build_dir)
+    launch("train.py", 1, tmp_path / "resumed", *common, data=build_dir)
+    assert_same(losses(tmp_path / "resumed"), losses(tmp_path / "one"), range(1, 9))
+
+
+def test_p5_prompts_mark_the_renderers_entities(tmp_path):
+    """P5's prompts on MovieLens with textualised user features (data/prepare/p5_tasks.py): the builder writes each
+    prompt's entities (the user description, the items) as character spans; finetune.py's collator marks exactly
+    those tokens as entities, and the evaluator's infilling prompt for an evaluation record is the collator's Part A."""
+    import config as config_lib
+    from conftest import SHARED_DATA
+    from data.formats.evalfiles import read_p5_examples
+    from data.formats.infilling import gmask_prompt
+    from data.formats.instructions import InstructionDataset
+    from data.prepare import p5_tasks
+    from evaluation.infill_prompts import infill_prompts
+    from model.config import MPTConfig
+    from training.infilling import pair_collator_for
+
+    ml, tok_path = SHARED_DATA / "movielens-100k", SHARED_DATA / "tokenizer" / "gpt-neox-20b.json"
+    if not (ml / "u.user").is_file() or not tok_path.is_file():
+        pytest.skip(f"{ml} or {tok_path} not found (the shared data)")
+    out = tmp_path / "p5"
+    cfg = config_lib.load(p5_tasks.P5TasksConfig, "configs/data/p5-movielens.yaml", [
+        f"--out_dir={out}", f"--tokenizer.path={tok_path}", "--max_users=12", f"--source.path={ml}"])
+    p5_tasks.build(cfg, log=lambda *a: None)
+    train_cfg = load_config("configs/train/tiny-finetune.yaml", [f"--data.path={out}", *ARGS])
+    import dataclasses
+    config = dataclasses.replace(MPTConfig.from_name("tiny"), vocab_size=50432, intra_positions=256,
+                                 max_seq_len=2048)
+    c = pair_collator_for(train_cfg, config, 2048)
+    ds = InstructionDataset(out)
+    features = 0
+    for i in range(0, len(ds), max(1, len(ds) // 60)):
+        ex, rec = ds[i], ds.record(i)
+        n_prompt = int((ex["labels"] == IGNORE_INDEX).sum())
+        prompt = ex["input_ids"][:n_prompt].tolist()
+        assert rec["entities"], rec["prompt"]
+        spans = [rec["prompt"][a:b] for a, b in rec["entities"]]
+        for (s, e), text in zip(c.entities(prompt, rec, i), sorted(spans, key=rec["prompt"].index)):
+            assert c.tokenizer.decode(prompt[s:e]).strip() == text  # whole tokens, exactly the rendered value
+        features += any(text.endswith(("-year-old male technician", "-year-old female")) or "-year-old" in text
+                        for text in spans)
+    assert features > 10  # the user features are entities of the rating prompts
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    records = read_p5_examples(out / "eval" / cfg.name / "p5" / "1-10_test.jsonl", limit=5)
+
+    class Eval:
+        infill_prompt, task = "prompt", "rating"
+
+    model = build_tiny_infill_model(config)
+    prompts, _, ids = infill_prompts(Eval, model, tok, records)
+    for rec, got in zip(records, prompts):
+        prompt = tok.encode(rec["prompt"], add_special_tokens=False).ids
+        want = gmask_prompt(prompt, c.entities(prompt, rec, 0), c.ids)
+        assert (got.input_ids, got.positions, got.intra) == (want.input_ids, want.positions, want.intra)
+        assert any(i > 1 for i in got.intra)  # the user description and the item are numbered as entities
+
+
+def build_tiny_infill_model(config):
+    class Stub:  # infill_prompts reads the model's config only
+        pass
+
+    stub = Stub()
+    stub.config = config
+    return stub

@@ -167,6 +167,9 @@ class FilteredDataset:
     def __getitem__(self, i):
         return self.dataset[self.keep[i]]
 
+    def record(self, i) -> dict:
+        return self.dataset.record(self.keep[i])
+
 
 # --------------------------------------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from data.formats.infilling import (IGNORE_INDEX, EntityTrie, Infilled, infill, pair_infilled, prompt_entities,
-                                    row_lines, sample_spans, units_of)
+                                    row_lines, sample_spans, token_entities, units_of)
 
 
 @dataclass
@@ -91,14 +91,16 @@ def _infill_setup(cfg, config) -> tuple:
     if catalogs:  # the decoder's entity pool (evaluate.py --objective infill): the catalog items' lines
         from data.formats.evalfiles import read_catalog
 
-        lines = [line for c in catalogs for line in read_catalog(c, "line")[1]]
+        # an item as the texts show it: a document's line, or (P5's prompts) the catalog text the prompts render
+        shown = "text" if meta.get("builder") == "p5_tasks" else "line"
+        lines = [line for c in catalogs for line in read_catalog(c, shown)[1]]
         pool = EntityTrie([e.ids for e in tok.encode_batch(lines, add_special_tokens=False)])
-    return ids, newline, meta, pool
+    return ids, newline, meta, pool, tok
 
 
 def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
     """train.py's collator (TrainConfig `infill` section) on the packed rows of the build at data.path."""
-    ids, newline, meta, pool = _infill_setup(cfg, config)
+    ids, newline, meta, pool, _ = _infill_setup(cfg, config)
     o = cfg.infill
     opts = InfillOptions(tuple(o.mix), o.ratio, o.poisson_lambda, o.position_scheme, o.entity_masking,
                          o.chronological, o.intra, o.behaviour_sampling, tuple(o.shares), tuple(o.windows))
@@ -108,9 +110,9 @@ def collator_for(cfg, config, rows_len: int) -> "InfillCollator":
 
 def pair_collator_for(cfg, config, max_seq_len: int) -> "PairInfillCollator":
     """finetune.py's collator: the build's prompt/response pairs as [gMASK] generation (Part A = the prompt)."""
-    ids, newline, meta, pool = _infill_setup(cfg, config)
+    ids, newline, meta, pool, tok = _infill_setup(cfg, config)
     return PairInfillCollator(ids, newline, int(meta["instructions"]["eos_id"]), max_seq_len,
-                              config.intra_positions, pool, cfg.infill.intra, cfg.infill.position_scheme)
+                              config.intra_positions, pool, cfg.infill.intra, cfg.infill.position_scheme, tok)
 
 
 def _check_intra(ex: Infilled, i: int, max_intra: int) -> None:
@@ -142,20 +144,23 @@ def padded_batch(examples: list, eos_id: int) -> dict:
 
 class PairInfillCollator:
     """Prompt/response pairs (an instruction build, data/formats/instructions.py) as GLM fine-tunes generation:
-    Part A = the prompt with its item lines marked as entities (data/formats/infilling.py prompt_entities) +
-    [gMASK]; Part B = [START] + the response (its EOS dropped: [END] closes a span). The decoder builds the same
-    Part A (evaluate.py --objective infill). A response that does not fit keeps its first tokens."""
+    Part A = the prompt with its entities marked + [gMASK]; Part B = [START] + the response (its EOS dropped:
+    [END] closes a span). The entities are the renderer's, when the record lists them (P5's prompts,
+    data/prepare/p5_tasks.py: items, the user description; character spans mapped to tokens), else the item lines of
+    RecGPT's prompt layout (data/formats/infilling.py prompt_entities). The decoder builds the same Part A
+    (evaluation/infill_prompts.py). A response that does not fit keeps its first tokens."""
 
     # [gMASK], [START], at least one response token, [END]'s slot and the padding slot (finetune.py filters prompts
     # of more than seq_len - RESERVED tokens)
     RESERVED = 4
 
     def __init__(self, ids: dict, newline_id: int, eos_id: int, seq_len: int, max_intra: int,
-                 trie: EntityTrie = None, intra: bool = True, position_scheme: str = "continuation"):
+                 trie: EntityTrie = None, intra: bool = True, position_scheme: str = "continuation", tokenizer=None):
         self.ids, self.newline_id, self.eos_id, self.seq_len = ids, newline_id, eos_id, seq_len
         self.max_intra, self.trie, self.intra, self.position_scheme = max_intra, trie, intra, position_scheme
+        self.tokenizer = tokenizer  # maps a record's character-span entities to tokens
 
-    def example(self, input_ids: np.ndarray, labels: np.ndarray, i: int) -> Infilled:
+    def example(self, input_ids: np.ndarray, labels: np.ndarray, i: int, record: dict = None) -> Infilled:
         n_prompt = int(np.argmax(labels != IGNORE_INDEX)) if (labels != IGNORE_INDEX).any() else len(labels)
         prompt, response = input_ids[:n_prompt].tolist(), input_ids[n_prompt:].tolist()
         if response and response[-1] == self.eos_id:
@@ -166,17 +171,28 @@ class PairInfillCollator:
             raise ValueError(f"example {i}: its prompt has {n_prompt} tokens, no room for [gMASK], [START], a "
                              f"response token and [END] within {self.seq_len} (data.seq_len)")
         response = response[: self.seq_len - n_prompt - self.RESERVED + 1]
-        entities = prompt_entities(prompt, self.newline_id)
+        entities = self.entities(prompt, record, i)
         trie = self.trie or EntityTrie([prompt[s:e] for s, e in entities])
         ex = pair_infilled(prompt, response, entities, self.ids, trie, self.position_scheme, self.intra)
         _check_intra(ex, i, self.max_intra)
         return ex
 
+    def entities(self, prompt: list, record, i: int) -> list:
+        if not record or record.get("entities") is None:
+            return prompt_entities(prompt, self.newline_id)
+        if self.tokenizer is None:
+            raise ValueError(f"example {i} lists entities as character spans: the collator needs the tokenizer")
+        enc = self.tokenizer.encode(record["prompt"], add_special_tokens=False)
+        if enc.ids != prompt:
+            raise ValueError(f"example {i}: its prompt does not tokenise to its stored tokens (another tokenizer?)")
+        return token_entities(enc.offsets, record["entities"], f"example {i}")
+
     def batch(self, dataset, indices) -> dict:
         examples = []
         for i in indices:
             ex = dataset[int(i)]
-            examples.append(self.example(np.asarray(ex["input_ids"]), np.asarray(ex["labels"]), int(i)))
+            record = dataset.record(int(i)) if hasattr(dataset, "record") else None
+            examples.append(self.example(np.asarray(ex["input_ids"]), np.asarray(ex["labels"]), int(i), record))
         return padded_batch(examples, self.eos_id)
 
 

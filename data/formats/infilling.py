@@ -157,6 +157,23 @@ def prompt_entities(tokens: Sequence[int], newline_id: int) -> list[tuple[int, i
     return out
 
 
+def token_entities(offsets: Sequence[tuple[int, int]], spans: Sequence[Sequence[int]], where: str = "prompt"
+                   ) -> list[tuple[int, int]]:
+    """The renderer's entities as [start, end) character spans (data/prepare/p5_tasks.py writes them beside each
+    prompt) -> token ranges, by the tokenizer's offsets (one (start, end) per token): an entity covers every token
+    that overlaps its span, so a token that merges an entity's edge with its neighbour joins the entity."""
+    out = []
+    for cs, ce in sorted((int(a), int(b)) for a, b in spans):
+        covered = [k for k, (s, e) in enumerate(offsets) if s < ce and e > cs]
+        if not covered:
+            raise ValueError(f"{where}: entity span [{cs}, {ce}) covers no token")
+        first, end = covered[0], covered[-1] + 1
+        if out and first < out[-1][1]:
+            raise ValueError(f"{where}: entity span [{cs}, {ce}) shares a token with the entity before it")
+        out.append((first, end))
+    return out
+
+
 def units_of(n_tokens: int, entities: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """[(start, end)) token ranges of the units: each entity one unit, every other token one. Entities must be
     sorted, disjoint, non-empty and inside the sequence (an error names the first that is not)."""

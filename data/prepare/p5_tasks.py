@@ -45,9 +45,12 @@ training pair of any family: it leaves the training sequences and the training r
 Outputs, in out_dir (meta.json written last):
     instructions/                         training pairs (data/formats/instructions.py); each JSONL record:
                                           task "p5", family, template, user, prompt, response, interactions
-                                          ([item, occurrence] of the user's interactions it shows)
+                                          ([item, occurrence] of the user's interactions it shows), entities
+                                          ([start, end) character spans of the prompt's items, user
+                                          description and feature word: blank infilling's entities)
     eval/<name>/p5/<template>_<split>.jsonl   evaluation records (schema: data/formats/evalfiles.py P5_KEYS);
-                                          split validation | test
+                                          split validation | test; with the prompt's entities (and
+                                          candidate_entities beside candidate_prompts)
     eval/<name>/p5/negatives.txt          the 99 fixed negatives per user, P5's format (`user n1 ... n99`)
     eval/<name>/catalog.jsonl             item_id, text (as prompts render it), title, title_missing
     heldout.jsonl                         every held-out interaction: user, item, occurrence, held_out_as
@@ -65,7 +68,7 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Literal, NamedTuple, Optional
 
 import numpy as np
 
@@ -439,6 +442,27 @@ def plus_one_share(data: Data, users: list, index: dict) -> float:
     return hits / n if n else 0.0
 
 
+class ItemList(NamedTuple):
+    """Items shown in one slot, joined as P5 joins them (" , " or " -> "): each item is an entity."""
+    joiner: str
+    texts: list
+
+    def __str__(self) -> str:
+        return self.joiner.join(self.texts)
+
+
+class Rendered(str):
+    """A rendered prompt that knows its entities: [start, end) character spans of the values its slots show (the
+    user description, items, feature words), what RecSysLLM's infilling marks (docs/recsysllm.md); written as the
+    record's "entities"."""
+    entities: list
+
+
+# the slots whose values are entities; a list slot (ItemList) gives one entity per item
+ENTITY_SLOTS = {"user_id", "user_desc", "item_id", "item_title", "purchase_history", "visit_history", "candidates",
+                "feature"}
+
+
 class Renderer:
     """How a template's slots are filled from our records (docs/p5.md "Rendering")."""
 
@@ -474,12 +498,27 @@ class Renderer:
         """The template's source; with titles, an `item_{}` slot shows the title without P5's "item_" prefix."""
         return t.source.replace("item_{}", "{}") if self.items == "title" else t.source
 
-    def prompt(self, t: T.Template, **values) -> str:
+    def prompt(self, t: T.Template, **values) -> Rendered:
         fields = dict(values)
         if "item_id" in fields:
             fields["item_id"] = self.item(fields["item_id"])
-        src = self.source(t)
-        return src.format(*(T._value(t, fields, f) for f in t.source_fields))
+        pieces = self.source(t).split("{}")  # P5's sources use bare "{}" slots only
+        text, entities = pieces[0], []
+        for name, after in zip(t.source_fields, pieces[1:]):
+            value = T._value(t, fields, name)
+            if name in ENTITY_SLOTS:
+                for k, part in enumerate(value.texts if isinstance(value, ItemList) else [str(value)]):
+                    if k:
+                        text += value.joiner
+                    if part:
+                        entities.append([len(text), len(text) + len(part)])
+                    text += part
+            else:
+                text += str(value)
+            text += after
+        out = Rendered(text)
+        out.entities = entities
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -544,7 +583,7 @@ def gaussian_rating(rating: float, rng: random.Random) -> str:
 def _pair(family, tid, user, prompt, response, shown) -> dict:
     """A training pair, with the user's interactions it shows ([item, occurrence]; what the audit checks)."""
     return {"task": "p5", "family": family, "template": tid, "user": user, "prompt": prompt, "response": response,
-            "interactions": [list(x) for x in shown]}
+            "interactions": [list(x) for x in shown], "entities": prompt.entities}
 
 
 def training_pairs(cfg, data: Data, users: list, families: list, seen: list, r: Renderer, held: dict,
@@ -587,14 +626,14 @@ def training_pairs(cfg, data: Data, users: list, families: list, seen: list, r: 
                     if cfg.render.max_history and len(hist) > cfg.render.max_history:
                         hist = hist[-cfg.render.max_history:]  # our option (P5 cuts the prompt's end at 512 tokens)
                         counts["sequential_train_histories_cut_to_max_history"] += 1
-                    history = joiner().join(r.item(i) for i, _ in hist)
+                    history = ItemList(joiner(), [r.item(i) for i, _ in hist])
                     values = {"user_id": u, "user_desc": r.user_desc(u), "purchase_history": history,
                               "visit_history": history}
                     shown = hist + [target]
                     if "candidates" in t.source_fields:
                         cands = negatives.sample(set(data.seqs[u]), cfg.negatives) + [target[0]]
                         rng.shuffle(cands)
-                        values["candidates"] = " , ".join(r.item(c) for c in cands)
+                        values["candidates"] = ItemList(" , ", [r.item(c) for c in cands])
                         response = r.item(target[0])
                     elif t.target_fields == ("yes_no",):
                         if rng.random() > 0.5:
@@ -624,7 +663,7 @@ def training_pairs(cfg, data: Data, users: list, families: list, seen: list, r: 
                     if "candidates" in t.source_fields:
                         cands = negatives.sample(set(data.seqs[u]), cfg.negatives) + [target[0]]
                         rng.shuffle(cands)
-                        values["candidates"] = " , ".join(r.item(c) for c in cands)
+                        values["candidates"] = ItemList(" , ", [r.item(c) for c in cands])
                         response = r.item(target[0])
                     else:
                         if rng.random() > 0.5:
@@ -713,7 +752,7 @@ def _eval_records(cfg, data: Data, users: list, families: list, evaluated: list,
                     rec = base(u, t.family)
                     if t.family == "sequential":
                         hist = seq[:end][-mh:] if mh else seq[:end]
-                        history = (" , " if rng.random() > 0.5 else " -> ").join(r.item(i) for i in hist)
+                        history = ItemList(" , " if rng.random() > 0.5 else " -> ", [r.item(i) for i in hist])
                         rec.update(prompt=r.prompt(t, user_id=u, user_desc=r.user_desc(u), purchase_history=history,
                                                    visit_history=history),
                                    target_text=r.item(target), target_item_id=target, history_item_ids=hist)
@@ -722,7 +761,7 @@ def _eval_records(cfg, data: Data, users: list, families: list, evaluated: list,
                         seeded_rng(cfg.negatives_seed, "candidates", u, split).shuffle(cands)
                         texts = [r.item(c) for c in cands]
                         rec.update(prompt=r.prompt(t, user_id=u, user_desc=r.user_desc(u),
-                                                   candidates=" , ".join(texts)),
+                                                   candidates=ItemList(" , ", texts)),
                                    target_text=r.item(target), target_item_id=target, candidates=cands,
                                    candidate_texts=texts)
                     else:  # yes/no: P5's test protocol, one prompt per candidate, the positive first
@@ -845,6 +884,9 @@ def build(cfg: P5TasksConfig, log=print) -> dict:
             f = open(p5_dir / fname, "w", encoding="utf-8")
             files[fname] = 0
             continue
+        rec["entities"] = rec["prompt"].entities
+        if "candidate_prompts" in rec:
+            rec["candidate_entities"] = [p.entities for p in rec["candidate_prompts"]]
         f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
         files[fname] += 1
     if f is not None:
