@@ -116,8 +116,9 @@ class EvalConfig:
                            ("next_item.num_return_sequences", self.next_item.num_return_sequences)):
             if value is not None and value < 1:
                 raise invalid(key, value, "must be >= 1")
-        if self.objective == "infill" and self.task not in ("next_item", "rating"):
-            raise invalid("objective", self.objective, f"infill is evaluated on next_item and rating, not {self.task}")
+        if self.objective == "infill" and self.task not in ("next_item", "rating", "p5"):
+            raise invalid("objective", self.objective, f"infill is evaluated on next_item, rating and p5, not "
+                          f"{self.task}")
         if self.infill_prompt == "document" and self.task != "next_item":
             raise invalid("infill_prompt", self.infill_prompt, "the pre-training document form exists for next_item "
                           "only (its answer is the next item line)")

@@ -29,6 +29,11 @@ How each is scored:
 - explanation: greedy generation, BLEU-4 and ROUGE-1/2/L as P5 computes them (evaluation/text_metrics.py);
   review summarization: the same with BLEU-2.
 --limit and --sample apply to each template file.
+
+A blank-infilling model (`--objective infill`, docs/recsysllm.md) answers each prompt as a [gMASK] span: the prompt,
+its entities the builder's (the record's "entities"), + [gMASK] + [START], the answer closed by [END]; generation
+and scoring use the dynamic position mechanism with the catalog's texts as the entity pool
+(evaluation/infill_prompts.py). Yes/no prompts compare P(yes) and P(no) at the span's first token.
 """
 import dataclasses
 import pathlib
@@ -38,9 +43,9 @@ import time
 from data.formats.evalfiles import p5_files, p5_record_kind, read_p5_examples, sample_examples
 from data.formats.tokenizer import EOS
 from evaluation.config import P5_RATING_FORMAT
-from evaluation.generate import GenerationConfig, generate_text
+from evaluation.generate import GenerationConfig, generate, generate_text
 from evaluation.metrics import candidate_ranking_metrics, dedupe_keep_first, ranking_metrics
-from evaluation.scoring import score_continuations
+from evaluation.scoring import ScoringPrompt, score_continuations
 from evaluation.text_metrics import text_generation_metrics
 from evaluation.text_tasks import evaluate_text, yes_no_scores
 
@@ -135,8 +140,8 @@ def _rating(cfg, model, tokenizer, records, run_next_item, run_rating):
     r = cfg.rating
     values = r.values if r.values is not None else P5_RATING_VALUES
     rating = dataclasses.replace(r, values=values, value_format=r.value_format or P5_RATING_FORMAT)
-    examples = [{"user": x["user"], "prompt": x["prompt"], "target_rating": float(x["target_rating"])}
-                for x in records]
+    examples = [{"user": x["user"], "prompt": x["prompt"], "target_rating": float(x["target_rating"]),
+                 "entities": x.get("entities")} for x in records]
     preds, metrics = run_rating(dataclasses.replace(cfg, rating=rating), model, tokenizer, examples)
     headline = {key: metrics["summary"][key]["mean"] for key in metrics["summary"]}
     return [_without_user(p) for p in preds], {**headline, "details": metrics}
@@ -151,17 +156,17 @@ def _sequential(cfg, model, tokenizer, records, run_next_item, run_rating):
     if mode == "auto":  # exact ids when the model is trained to write the id itself
         mode = "exact_id" if all(_as_id(x["target_text"]) == str(x["target_item_id"]) for x in records) \
             else "grounding"
-    examples = [{"user": x["user"], "prompt": x["prompt"], "target_item_id": str(x["target_item_id"])}
-                for x in records]
-    if mode == "grounding":
-        preds, metrics = run_next_item(cfg, model, tokenizer, examples)
+    examples = [{"user": x["user"], "prompt": x["prompt"], "target_item_id": str(x["target_item_id"]),
+                 "entities": x.get("entities")} for x in records]
+    if mode == "grounding":  # an infilling model answers the prompt (not a document): infill_prompt=prompt
+        preds, metrics = run_next_item(dataclasses.replace(cfg, infill_prompt="prompt"), model, tokenizer, examples)
         return [_without_user(p) for p in preds], {**metrics["grounded"], "item_match": mode, "details": metrics}
     n = cfg.next_item
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens or 32, num_beams=n.num_beams,
                            num_return_sequences=n.num_return_sequences, length_penalty=n.length_penalty,
                            eos_token_id=tokenizer.token_to_id(EOS), pad_token_id=tokenizer.token_to_id(EOS),
                            stop_strings=tuple(cfg.stop))
-    outputs = _generate(model, tokenizer, [x["prompt"] for x in examples], gen, cfg.batch_size)
+    outputs = _generate(cfg, model, tokenizer, records, gen)
     numeric = all(x["target_item_id"].isdigit() for x in examples)
     known = {x["target_item_id"] for x in examples} | {str(i) for x in records for i in x["history_item_ids"]}
     preds, ranked, dropped = [], [], 0
@@ -191,14 +196,35 @@ def _as_id(text: str) -> str:
     return text[len("item_"):] if text.startswith("item_") else text
 
 
-def _generate(model, tokenizer, prompts, gen, batch_size) -> list:
-    """generate_text over batches of similar length; outputs in the prompts' order."""
-    lengths = [len(e.ids) for e in tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
+def _infill(cfg, model, tokenizer, records) -> tuple:
+    """A blank-infilling model's prompts for these records -> (InfillPrompts, the entity trie, the infilling ids)."""
+    from evaluation.infill_prompts import catalog_lines, infill_prompts
+
+    return infill_prompts(dataclasses.replace(cfg, infill_prompt="prompt"), model, tokenizer, records,
+                          catalog_lines(cfg.benchmark))
+
+
+def _generate(cfg, model, tokenizer, records, gen) -> list:
+    """Each record's prompt continued (causal: generate_text; infilling: its [gMASK] span, text without [END]), over
+    batches of similar length; outputs in the records' order."""
+    prompts = [x["prompt"] for x in records]
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    if cfg.objective == "infill":
+        spans, pool, ids = _infill(cfg, model, tokenizer, records)
+        gen = dataclasses.replace(gen, eos_token_id=ids["end"], pad_token_id=ids["end"])
     outputs = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        for i, out in zip(idx, generate_text(model, tokenizer, [prompts[i] for i in idx], gen)):
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        if cfg.objective == "infill":
+            outs = generate(model, [spans[i] for i in idx], gen, infill=pool)
+            for per_prompt in outs:
+                for g in per_prompt:
+                    g.text = tokenizer.decode(g.tokens[:-1] if g.finish_reason == "eos" else g.tokens,
+                                              skip_special_tokens=True)
+        else:
+            outs = generate_text(model, tokenizer, [prompts[i] for i in idx], gen)
+        for i, out in zip(idx, outs):
             outputs[i] = out
     return outputs
 
@@ -206,12 +232,17 @@ def _generate(model, tokenizer, prompts, gen, batch_size) -> list:
 def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating):
     """Each candidate text (+ EOS, as fine-tuning ends a response) scored after the prompt, a prompt's candidates
     together (evaluation/scoring.py)."""
-    eos = tokenizer.token_to_id(EOS)
-    prompt_ids = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in records], add_special_tokens=False)]
-    continuations = [[e.ids + [eos] for e in tokenizer.encode_batch(list(x["candidate_texts"]),
+    eos = end = tokenizer.token_to_id(EOS)
+    pool = None
+    if cfg.objective == "infill":  # each candidate as the [gMASK] span, closed by [END]
+        spans, pool, ids = _infill(cfg, model, tokenizer, records)
+        prompts, end = [ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end) for p in spans], ids["end"]
+    else:
+        prompts = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in records], add_special_tokens=False)]
+    continuations = [[e.ids + [end] for e in tokenizer.encode_batch(list(x["candidate_texts"]),
                                                                     add_special_tokens=False)] for x in records]
-    scores = score_continuations(model, prompt_ids, continuations, pad_token_id=eos,
-                                 token_budget=cfg.score_token_budget)
+    scores = score_continuations(model, prompts, continuations, pad_token_id=eos,
+                                 token_budget=cfg.score_token_budget, intra_trie=pool)
     sums = [[s.logprob for s in per] for per in scores]
     means = [[s.mean_logprob for s in per] for per in scores]
     candidates = [[str(c) for c in x["candidates"]] for x in records]
@@ -232,7 +263,10 @@ def _direct_yes_no(cfg, model, tokenizer, records, run_next_item, run_rating):
                          f"{sorted(answers)[:3]}; one (yes, no) pair per template is expected")
     yes, no = answers.pop()
     flat = [p for x in records for p in x["candidate_prompts"]]
-    p_yes = yes_no_scores(model, tokenizer, flat, cfg.batch_size, cfg.device, yes, no)
+    if cfg.objective == "infill":
+        p_yes = _infill_yes_no(cfg, model, tokenizer, records, yes, no)
+    else:
+        p_yes = yes_no_scores(model, tokenizer, flat, cfg.batch_size, cfg.device, yes, no)
     scores, start = [], 0
     for x in records:
         scores.append(p_yes[start:start + len(x["candidate_prompts"])])
@@ -245,10 +279,35 @@ def _direct_yes_no(cfg, model, tokenizer, records, run_next_item, run_rating):
     return preds, metrics
 
 
+def _infill_yes_no(cfg, model, tokenizer, records, yes: str, no: str) -> list:
+    """P(yes) / (P(yes) + P(no)) at the first token of each candidate prompt's [gMASK] span (the answers' first
+    tokens, encoded alone as fine-tuning encoded the responses)."""
+    import math
+
+    first = [tokenizer.encode(a, add_special_tokens=False).ids[:1] for a in (yes, no)]
+    if not all(first) or first[0] == first[1]:
+        raise ValueError(f"the answers {yes!r} and {no!r} must start with two different tokens")
+    flat = [{"user": x["user"], "prompt": p, "entities": e}
+            for x in records for p, e in zip(x["candidate_prompts"], x.get("candidate_entities") or
+                                             [None] * len(x["candidate_prompts"]))]
+    spans, pool, _ = _infill(cfg, model, tokenizer, flat)
+    prompts = [ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end) for p in spans]
+    scores = score_continuations(model, prompts, [first] * len(prompts), pad_token_id=tokenizer.token_to_id(EOS),
+                                 token_budget=cfg.score_token_budget, intra_trie=pool)
+    return [1.0 / (1.0 + math.exp(n.logprob - y.logprob)) for y, n in scores]
+
+
 def _text(bleu_order):
     def run(cfg, model, tokenizer, records, run_next_item, run_rating):
         examples = [{"id": n, "prompt": x["prompt"], "target_text": x["target_text"]} for n, x in enumerate(records)]
-        preds, _ = evaluate_text(model, tokenizer, examples, cfg.batch_size, cfg.p5.max_new_tokens_text, cfg.stop)
+        if cfg.objective == "infill":  # greedy [gMASK] spans
+            gen = GenerationConfig(max_new_tokens=cfg.p5.max_new_tokens_text, stop_strings=tuple(cfg.stop))
+            outs = _generate(cfg, model, tokenizer, records, gen)
+            preds = [{"target_text": x["target_text"], "text": o[0].text, "finish_reason": o[0].finish_reason}
+                     for x, o in zip(examples, outs)]
+        else:
+            preds, _ = evaluate_text(model, tokenizer, examples, cfg.batch_size, cfg.p5.max_new_tokens_text,
+                                     cfg.stop)
         texts = [p["text"] for p in preds]
         metrics = text_generation_metrics(texts, [x["target_text"] for x in records], bleu_orders=(bleu_order,))
         return [{"target_text": p["target_text"], "text": p["text"], "finish_reason": p["finish_reason"]}

@@ -219,3 +219,42 @@ def test_bad_files_and_templates_are_named(setup, tmp_path):
         path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
         with pytest.raises(ValueError, match=pattern):
             read_template_file(path)
+
+
+def test_a_blank_infilling_model_on_every_family(setup):
+    """--objective infill: every template file evaluated with [gMASK] spans (generation and scoring with the dynamic
+    position mechanism); a direct candidate's score is one forward over the fine-tuning collator's example of that
+    prompt and candidate (data/formats/infilling.py pair_infilled), and P(yes) compares the spans' first tokens."""
+    from data.formats.infilling import EntityTrie, pair_infilled
+    from data.formats.tokenizer import add_infill_tokens
+
+    tmp, tok, _, files, _, _ = setup
+    cfg = dataclasses.replace(MPTConfig.from_name("tiny"), max_seq_len=256, intra_positions=32)
+    model = build_model(cfg, seed=3).eval()
+    with torch.no_grad():
+        model.wte_intra.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(4))  # as if trained
+    save_model(model.state_dict(), cfg, tmp / "infill-ckpt")
+    (tmp / "infill-ckpt" / "tokenizer.json").write_bytes((tmp / "ckpt" / "tokenizer.json").read_bytes())
+    out = tmp / "infill-out"
+    metrics = evaluate.main(["--checkpoint", str(tmp / "infill-ckpt"), "--benchmark", str(tmp / "bench"),
+                             "--task", "p5", "--objective", "infill", "--out", str(out), "--device", "cpu",
+                             "--batch-size", "4", "--fallback-rating", "3.0", "--rating.decoding=expected",
+                             "--num-beams", "3", "--num-return-sequences", "3", "--max-new-tokens", "4",
+                             "--p5.max_new_tokens_text=6", "--score_token_budget=600"])
+    assert set(metrics["templates"]) == set(files)
+    preds = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    ids = add_infill_tokens(tok, cfg.vocab_size)
+    x, p = files["5-5"][2], next(q for q in preds if q["template"] == "5-5" and q["user"] == "3")
+    prompt = tok.encode(x["prompt"], add_special_tokens=False).ids
+    for j in (0, 7):
+        answer = tok.encode(x["candidate_texts"][j], add_special_tokens=False).ids
+        ex = pair_infilled(prompt, answer, [], ids, EntityTrie())  # no entities listed, no catalog: empty pool
+        with torch.no_grad():
+            logits = model(torch.tensor([ex.input_ids]), positions=torch.tensor([ex.positions]),
+                           prefix_end=torch.tensor([ex.prefix_end]), intra_positions=torch.tensor([ex.intra]))[0]
+        log_probs = torch.log_softmax(logits, -1)
+        n = ex.prefix_end
+        want = sum(float(log_probs[n + k, t]) for k, t in enumerate(ex.targets[n:]))
+        assert p["logprob"][j] == pytest.approx(want, abs=1e-4)
+    yes_no = next(q for q in preds if q["template"] == "5-1")
+    assert all(0 < v < 1 for v in yes_no["p_yes"]) and len(set(yes_no["p_yes"])) > 1
