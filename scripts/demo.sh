@@ -53,10 +53,14 @@ EVAL=(--checkpoint "$OUT/finetune/model" --benchmark "$BENCH" --device cpu
 $PY evaluate.py "${EVAL[@]}" --task next_item --sample $NEXT_N --out "$OUT/eval/next_item" --batch-size 8 > /dev/null
 $PY evaluate.py "${EVAL[@]}" --task rating --sample $RATING_N --seeds "${SEEDS[@]}" --out "$OUT/eval/rating" \
   --batch-size 32 > /dev/null
+# the same examples, the rating read as the expected value of the model's distribution over the rating strings
+$PY evaluate.py "${EVAL[@]}" --task rating --sample $RATING_N --rating.decoding=expected \
+  --out "$OUT/eval/rating-expected" --batch-size 32 > /dev/null
 $PY -m evaluation.baselines --benchmark "$BENCH" --next-item-sample $NEXT_N --rating-sample $RATING_N \
   --out "$OUT/eval/baselines" > /dev/null
 $PY scripts/report.py --title "MovieLens-100K test samples (this run)" --baselines "$OUT/eval/baselines" \
   --model "demo model (pre-train + fine-tune)=$OUT/eval/next_item" --model "demo model (pre-train + fine-tune)=$OUT/eval/rating" \
+  --model "demo model (pre-train + fine-tune)=$OUT/eval/rating-expected" \
   | tee "$OUT/results.md"
 echo
 echo "done in $((SECONDS - T0)) s. Wrote:"

@@ -36,6 +36,10 @@ def load_json(path: pathlib.Path) -> dict:
     return json.loads(path.read_text())
 
 
+RATING_DECODING = {"sample": "sampled (mean ± std over seeds)", "greedy": "greedy",
+                   "expected": "expected rating over the rating strings"}
+
+
 def tables(models, baselines, references, title) -> str:
     next_rows, rating_rows = [], []
     for label, folder in models:
@@ -47,9 +51,13 @@ def tables(models, baselines, references, title) -> str:
                 next_rows.append((f"{label}, trie-constrained beams", [m["constrained"][k] for k in NEXT_KEYS], n))
         else:
             s = m["summary"]
-            rating_rows.append((label, f"{s['RMSE']['mean']:.4f} ± {s['RMSE']['std']:.4f}",
-                                f"{s['MAE']['mean']:.4f} ± {s['MAE']['std']:.4f}",
-                                f"{s['n_unparsable']['mean']:.1f}", n))
+
+            def cell(key):  # mean ± std over sampling seeds; one deterministic number (greedy, expected value)
+                v = s[key]
+                return f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if v.get("std") is not None else "")
+            decoding = m["settings"]["rating"].get("decoding", "sample")
+            unparsable = f"{s['n_unparsable']['mean']:.1f}" if "n_unparsable" in s else "-"
+            rating_rows.append((f"{label}, {RATING_DECODING[decoding]}", cell("RMSE"), cell("MAE"), unparsable, n))
     if baselines:
         b = load_json(pathlib.Path(baselines) / "metrics.json")
         if "next_item" in b:

@@ -16,10 +16,12 @@ def test_main_command_quick(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert json.loads((out / "data" / "audit.json").read_text())["ok"]
     for path in ("pretrain/model/config.yaml", "finetune/model/config.yaml", "finetune/hf/config.json",
-                 "eval/next_item/predictions.jsonl", "eval/rating/metrics.json", "eval/baselines/metrics.json"):
+                 "eval/next_item/predictions.jsonl", "eval/rating/metrics.json", "eval/rating-expected/metrics.json",
+                 "eval/baselines/metrics.json"):
         assert (out / path).is_file(), path
     table = (out / "results.md").read_text()
     for row in ("| demo model (pre-train + fine-tune) |", "| most popular (baseline) |", "| global-mean (baseline) |",
-                "| per-item-mean (baseline) |"):
+                "| per-item-mean (baseline) |", "| demo model (pre-train + fine-tune), sampled (mean ± std over seeds) |",
+                "| demo model (pre-train + fine-tune), expected rating over the rating strings |"):
         assert row in table
     assert "weights and logits identical = True" in run.stdout
