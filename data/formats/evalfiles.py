@@ -23,10 +23,9 @@ def item_id_order(item_id: str) -> tuple:
     return (not item_id.isdigit(), int(item_id) if item_id.isdigit() else 0, item_id)
 
 
-def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file {path} not found (run `python -m data.prepare`, or check "
-                                f"--benchmark/--task/--split)")
+def _checked_records(path: pathlib.Path, check, limit=None) -> list:
+    """The JSON records of a JSONL file (blank lines skipped), each passed to check(record, where) which raises
+    naming `where` (file:line); at most `limit`; an empty file is an error."""
     examples = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -36,18 +35,28 @@ def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not JSON ({e})") from None
-            missing = [k for k in REQUIRED_KEYS[task] if record.get(k) is None]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing key(s) {missing} for task '{task}'")
-            label = record.get("target_label")
-            if task == "yes_no" and not (type(label) is int and label in (0, 1)):
-                raise ValueError(f"{path}:{lineno}: target_label must be 0 (no) or 1 (yes), got {label!r}")
+            check(record, f"{path}:{lineno}")
             examples.append(record)
             if limit is not None and len(examples) >= limit:
                 break
     if not examples:
         raise ValueError(f"{path}: no examples")
     return examples
+
+
+def read_examples(path: pathlib.Path, task: str, limit=None) -> list:
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {path} not found (run `python -m data.prepare`, or check "
+                                f"--benchmark/--task/--split)")
+
+    def check(record, where):
+        missing = [k for k in REQUIRED_KEYS[task] if record.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing} for task '{task}'")
+        label = record.get("target_label")
+        if task == "yes_no" and not (type(label) is int and label in (0, 1)):
+            raise ValueError(f"{where}: target_label must be 0 (no) or 1 (yes), got {label!r}")
+    return _checked_records(path, check, limit)
 
 
 def read_catalog(path: pathlib.Path, field: str = "text") -> tuple:
@@ -118,31 +127,19 @@ def read_p5_examples(path, limit=None) -> list:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"P5 evaluation file {path} not found (run `python -m data.prepare.p5_tasks`)")
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not JSON ({e})") from None
-            kind = p5_record_kind(record)
-            if kind not in P5_KEYS:
-                raise ValueError(f"{path}:{lineno}: unknown family {record.get('family')!r}")
-            missing = [k for k in P5_COMMON_KEYS + P5_KEYS[kind] if record.get(k) is None]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing key(s) {missing} for P5 {kind} records")
-            n = len(record.get("candidates", ()))
-            for key in ("candidate_texts", "candidate_prompts"):
-                if key in record and len(record[key]) != n:
-                    raise ValueError(f"{path}:{lineno}: {len(record[key])} {key} for {n} candidates")
-            examples.append(record)
-            if limit is not None and len(examples) >= limit:
-                break
-    if not examples:
-        raise ValueError(f"{path}: no examples")
-    return examples
+
+    def check(record, where):
+        kind = p5_record_kind(record)
+        if kind not in P5_KEYS:
+            raise ValueError(f"{where}: unknown family {record.get('family')!r}")
+        missing = [k for k in P5_COMMON_KEYS + P5_KEYS[kind] if record.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing} for P5 {kind} records")
+        n = len(record.get("candidates", ()))
+        for key in ("candidate_texts", "candidate_prompts"):
+            if key in record and len(record[key]) != n:
+                raise ValueError(f"{where}: {len(record[key])} {key} for {n} candidates")
+    return _checked_records(path, check, limit)
 
 
 def p5_files(benchmark_dir) -> dict:

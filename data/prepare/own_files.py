@@ -95,13 +95,13 @@ import config as config_lib
 from config import cli
 from config import invalid
 from data.formats.instructions import InstructionWriter
+from data.prepare import build_command
 from data.formats.instructions import section_meta as instructions_meta
 from data.formats.packed import FORMAT, FORMAT_VERSION, PackWriter
 from data.formats.packed import section_meta as packed_meta
 from data.formats.tokenizer import EOS, load as load_tokenizer, sha256_file, token_dtype
 from data.prepare.config import PackSection
 from data.prepare.records import BadLines, DataError
-from output import OutputLock
 
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides further "
                    "context. Write a response that appropriately completes the request.\n\n"
@@ -629,15 +629,7 @@ def build(cfg: OwnFilesConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        print(__doc__)
-        return 2
-    cfg = config_lib.command_line(OwnFilesConfig, argv, __doc__)  # --help, --dry-run exit here
-    print(config_lib.dump(cfg), flush=True)
-    with OutputLock(cfg.out_dir, "data.prepare.own_files"):  # one build writes out_dir at a time
-        build(cfg)
-    return 0
+    return build_command(OwnFilesConfig, build, "own_files", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ import numpy as np
 import config as config_lib
 from config import cli, invalid
 from data.formats.instructions import InstructionWriter
+from data.prepare import build_command
 from data.formats.instructions import section_meta as instructions_meta
 from data.formats.packed import FORMAT, FORMAT_VERSION
 from data.formats.tokenizer import EOS, load as load_tokenizer, sha256_file, token_dtype
@@ -84,7 +85,6 @@ from data.prepare.recipe import p5_rating_split, seeded_rng
 from data.prepare.records import BadLines, DataError
 from data.prepare.sources import movielens as movielens_source
 from data.prepare.sources import p5 as p5_source
-from output import OutputLock
 
 ENCODE_BATCH = 512
 UNKNOWN_TITLE = "unknown title"  # P5's text for an item without a title (src/pretrain_data.py)
@@ -1036,15 +1036,7 @@ def audit_build(root, meta: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        print(__doc__)
-        return 2
-    cfg = config_lib.command_line(P5TasksConfig, argv, __doc__)  # --help, --dry-run exit here
-    print(config_lib.dump(cfg), flush=True)
-    with OutputLock(cfg.out_dir, "data.prepare.p5_tasks"):  # one build writes out_dir at a time
-        build(cfg)
-    return 0
+    return build_command(P5TasksConfig, build, "p5_tasks", __doc__, argv)
 
 
 if __name__ == "__main__":
