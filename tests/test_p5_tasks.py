@@ -177,6 +177,11 @@ def test_movielens_rating_with_user_features(tmp_path):
     held = {(h["user"], h["item"]) for h in _lines(out / "heldout.jsonl")}
     n_train = sum(1 for (u, i) in ratings if u in users and (u, i) not in held)
     assert rating["train_pairs"] == n_train and set(rating["train_templates"]) == {f"1-{i}" for i in range(1, 10)}
+    # the training statistics the rating fallback and the baselines read: exactly the trained ratings
+    stats = json.loads((out / "eval/p5-movielens/train_stats.json").read_text())
+    trained = [r for (u, i), r in ratings.items() if u in users and (u, i) not in held]
+    assert stats["rated_interactions"] == n_train == len(trained)
+    assert stats["mean_rating"] == pytest.approx(sum(trained) / len(trained)) and stats["rating_scale"] == [1.0, 5.0]
     bands = {1: (1.0, 1.4), 2: (1.5, 2.4), 3: (2.5, 3.4), 4: (3.5, 4.4), 5: (4.5, 5.0)}
     draws = collections.defaultdict(list)
     for p in _lines(out / "instructions/instructions.jsonl"):

@@ -53,6 +53,7 @@ Outputs, in out_dir (meta.json written last):
                                           candidate_entities beside candidate_prompts)
     eval/<name>/p5/negatives.txt          the 99 fixed negatives per user, P5's format (`user n1 ... n99`)
     eval/<name>/catalog.jsonl             item_id, text (as prompts render it), title, title_missing
+    eval/<name>/train_stats.json          the training split's counts and mean rating (data.prepare's schema)
     heldout.jsonl                         every held-out interaction: user, item, occurrence, held_out_as
     tokenizer.json, meta.json             counts per family and template, skipped families with reasons,
                                           the options used (rendering, indexing, seeds, held-out set), "+1" shares
@@ -723,6 +724,27 @@ def _review_family_pair(t: T.Template, rec: Review, r: Renderer, rng: random.Ran
     return r.prompt(t, **values), response
 
 
+def train_stats(data: Data, users: list, held: dict) -> dict:
+    """The training split's statistics in `python -m data.prepare`'s train_stats.json schema (data/formats/
+    evalfiles.py read_train_stats), for the simple baselines and the rating fallback: per item [interactions,
+    rated interactions, sum of ratings] over the users' training sequences and training rating records (nothing
+    held out), and the mean training rating."""
+    items = collections.defaultdict(lambda: [0, 0, 0.0])
+    for u in users:
+        for item, occ in zip(data.seqs[u], occurrences(data.seqs[u])):
+            if (u, item, occ) not in held:
+                items[item][0] += 1
+    chosen = set(users)
+    for rec in (data.ratings or {}).get("train", []):
+        if rec.user in chosen and rec.rating is not None and (rec.user, rec.item, rec.occurrence) not in held:
+            items[rec.item][1] += 1
+            items[rec.item][2] += rec.rating
+    rated = sum(c[1] for c in items.values())
+    return {"interactions": sum(c[0] for c in items.values()), "rated_interactions": rated,
+            "mean_rating": sum(c[2] for c in items.values()) / rated if rated else None,
+            "rating_scale": [1.0, 5.0] if rated else None, "items": {i: items[i] for i in sorted(items)}}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # evaluation files
 
@@ -900,6 +922,7 @@ def build(cfg: P5TasksConfig, log=print) -> dict:
             title = data.titles[item]
             f.write(json.dumps({"item_id": item, "text": r.item(item), "title": title, "title_missing": not title},
                                ensure_ascii=False, sort_keys=True) + "\n")
+    (eval_dir / "train_stats.json").write_text(json.dumps(train_stats(data, users, held), sort_keys=True) + "\n")
     with open(out_dir / "heldout.jsonl", "w", encoding="utf-8") as f:
         for (u, item, occ), labels in held.items():
             f.write(json.dumps({"user": u, "item": item, "occurrence": occ, "held_out_as": labels}) + "\n")
