@@ -7,6 +7,10 @@
   (ties: smaller item id first); HR/NDCG@5/10 as in evaluate.py.
 - rating, global mean: every prediction is the training split's mean rating.
 - rating, per-item mean: the item's mean training rating, the global mean for an item never rated in training.
+- P5's template files (BENCHMARK/p5/, python -m data.prepare.p5_tasks), each as evaluate.py --task p5 scores it:
+  rating templates by the global and per-item means; sequential by most popular; direct (candidates and yes/no)
+  by most popular within each user's 100 candidates (training interactions; ties by item id, since P5's yes/no
+  lists put the positive first); explanation and review have no baseline here.
 Training statistics come from BENCHMARK/train_stats.json (every training interaction: validation/test of both
 tasks removed, untitled items included). With a sample size, the examples are those evaluate.py picks with the
 same --sample/--sample-seed for that task.
@@ -17,8 +21,9 @@ import pathlib
 import sys
 
 from config import cli
-from data.formats.evalfiles import item_id_order, read_examples, read_train_stats, sample_examples
-from evaluation.metrics import ranking_metrics, rating_metrics
+from data.formats.evalfiles import (DEFAULT_RATING_SCALE, item_id_order, read_examples, read_train_stats,
+                                    sample_examples)
+from evaluation.metrics import candidate_ranking_metrics, ranking_metrics, rating_metrics
 
 
 def most_popular(stats: dict, k: int = 10) -> list:
@@ -37,7 +42,7 @@ def run(benchmark, split="test", samples=None, sample_seed=0, scale=None) -> dic
     samples = samples or {}
     bench = pathlib.Path(benchmark)
     stats = read_train_stats(bench)
-    scale = tuple(scale or stats["rating_scale"])
+    scale = tuple(scale or stats["rating_scale"] or DEFAULT_RATING_SCALE)  # a build without ratings has none
     results = {}
     path = bench / f"next_item_{split}.jsonl"
     if path.is_file():
@@ -55,9 +60,43 @@ def run(benchmark, split="test", samples=None, sample_seed=0, scale=None) -> dic
                        "per_item_mean": [per_item_mean(stats, x["target_item_id"]) for x in examples]}
         results["rating"] = {name: rating_metrics([repr(p) for p in preds], targets, glob, tuple(scale))
                              for name, preds in predictions.items()}
+    if (bench / "p5").is_dir():
+        results["p5"] = p5_baselines(bench, stats, split, samples.get("p5"), sample_seed, scale)
     if not results:
         raise FileNotFoundError(f"{bench}: neither next_item_{split}.jsonl nor a rated rating_{split}.jsonl")
     return results
+
+
+def p5_baselines(bench, stats: dict, split: str, sample, sample_seed: int, scale) -> dict:
+    """{template: {"seen", "kind", baseline: metrics}} for each P5 template file with a baseline; the examples are
+    those evaluate.py --task p5 scores with the same --sample/--sample-seed."""
+    from evaluation.p5_tasks import read_template_file, template_files
+
+    out = {}
+    popularity = {i: c[0] for i, c in stats["items"].items()}
+    for tid, path in template_files(bench, split).items():
+        records, kind = read_template_file(path)
+        records = sample_examples(records, sample, sample_seed)
+        row = {"seen": bool(records[0]["seen"]), "kind": kind, "n": len(records)}
+        if kind == "rating" and stats["mean_rating"] is not None and all("item_id" in x for x in records):
+            targets = [float(x["target_rating"]) for x in records]
+            glob = stats["mean_rating"]
+            for name, preds in (("global_mean", [glob] * len(records)),
+                                ("per_item_mean", [per_item_mean(stats, x["item_id"]) for x in records])):
+                row[name] = rating_metrics([repr(p) for p in preds], targets, glob, tuple(scale))
+        elif kind == "sequential":
+            row["most_popular"] = ranking_metrics([most_popular(stats)] * len(records),
+                                                  [str(x["target_item_id"]) for x in records])
+        elif kind.startswith("direct"):
+            # ties broken by item id, not by the list's order: P5's yes/no lists put the positive first
+            candidates = [sorted((str(c) for c in x["candidates"]), key=item_id_order) for x in records]
+            row["most_popular"] = candidate_ranking_metrics(
+                candidates, [[popularity.get(c, 0) for c in cands] for cands in candidates],
+                [str(x["target_item_id"]) for x in records])
+        else:
+            continue
+        out[tid] = row
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -71,6 +110,17 @@ def markdown(results: dict) -> str:
         lines += ["| rating | RMSE | MAE | examples |", "|---|---:|---:|---:|"]
         lines += [f"| {name.replace('_', ' ')} | {m['RMSE']:.4f} | {m['MAE']:.4f} | {m['n']} |"
                   for name, m in results["rating"].items()]
+    if "p5" in results:
+        lines += ["", "| P5 template | seen | baseline | metrics | examples |", "|---|---|---|---|---:|"]
+        for tid, row in results["p5"].items():
+            for name in ("global_mean", "per_item_mean", "most_popular"):
+                if name in row:
+                    m = row[name]
+                    keys = ("RMSE", "MAE") if "RMSE" in m else tuple(k for k in ("HR@1", "HR@5", "NDCG@5", "HR@10",
+                                                                                   "NDCG@10") if k in m)
+                    cells = ", ".join(f"{k} {m[k]:.4f}" for k in keys)
+                    lines.append(f"| {tid} | {'seen' if row['seen'] else 'unseen'} | {name.replace('_', ' ')} | "
+                                 f"{cells} | {row['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -85,7 +135,8 @@ def main(argv=None) -> dict:
     p.add_argument("--rating-scale", type=float, nargs=2, help="default: the build's (train_stats.json)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    samples = {"next_item": args.next_item_sample or args.sample, "rating": args.rating_sample or args.sample}
+    samples = {"next_item": args.next_item_sample or args.sample, "rating": args.rating_sample or args.sample,
+               "p5": args.sample}
     results = run(args.benchmark, args.split, samples, args.sample_seed, args.rating_scale)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -76,3 +76,30 @@ def test_report_tables_and_paired_difference(tmp_path):
     table = report.tables([("A", tmp_path / "a")], None, [("paper", ".1,.2,.3,.4")], "T")
     assert "| A | 0.5000 | 0.1000 | 0.5000 | 0.1000 | 4 |" in table and "| paper | 0.1000 | 0.2000 |" in table
     assert "| A, trie-constrained beams | 0.2500 | 0.2000 | 0.7500 | 0.3000 | 4 |" in table
+
+
+def test_p5_template_baselines_hand_worked(tmp_path):
+    """BENCHMARK/p5/: direct templates ranked by training popularity within each user's candidates (ties by item id,
+    whatever the list's order), sequential by most popular, rating templates by the global and per-item means."""
+    bench = write_benchmark(tmp_path / "b")
+    (bench / "p5").mkdir()
+    files = {
+        "5-5": [{"user": "a", "family": "direct", "template": "5-5", "seen": True, "prompt": "p", "target_text": "3",
+                 "target_item_id": "3", "candidates": ["10", "3", "2", "1"], "candidate_texts": ["10", "3", "2", "1"]},
+                {"user": "b", "family": "direct", "template": "5-5", "seen": True, "prompt": "p", "target_text": "2",
+                 "target_item_id": "2", "candidates": ["1", "2"], "candidate_texts": ["1", "2"]}],
+        "2-13": [{"user": "a", "family": "sequential", "template": "2-13", "seen": False, "prompt": "p",
+                  "target_text": "1", "target_item_id": "1", "history_item_ids": ["2"]}],
+        "1-10": [{"user": "a", "family": "rating", "template": "1-10", "seen": False, "prompt": "p",
+                  "target_text": "5", "target_rating": 5.0, "item_id": "1"}]}
+    for tid, records in files.items():
+        (bench / "p5" / f"{tid}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    p5 = baselines.run(bench)["p5"]
+    # user a: popularity 10:3, 3:3, 2:5, 1:3 -> 2, 1, 3, 10 (ties by item id): the target 3 is third;
+    # user b: 2:5 before 1:3 -> the target is first
+    direct = p5["5-5"]["most_popular"]
+    assert direct["HR@1"] == 0.5 and direct["NDCG@5"] == pytest.approx((1 / math.log2(4) + 1) / 2)
+    assert p5["2-13"]["most_popular"]["HR@5"] == 1.0 and p5["2-13"]["seen"] is False  # item 1 is second
+    assert p5["1-10"]["per_item_mean"]["RMSE"] == pytest.approx(0.5)  # item 1: 9.0 / 2 = 4.5 vs 5
+    assert p5["1-10"]["global_mean"]["RMSE"] == pytest.approx(5 - 11 / 3)
+    assert "| 5-5 | seen | most popular | HR@1 0.5000" in baselines.markdown(baselines.run(bench))
