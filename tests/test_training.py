@@ -324,6 +324,13 @@ def test_model_name_must_match_init_from(tmp_path):
     with pytest.raises(ValueError, match=r"model\.name = demo does not describe the model in model\.init_from.*d_model"):
         model_config(cfg)
     assert model_config(load_config(TINY, [f"--model.init_from={tmp_path / 'm'}"])) == config  # name: tiny agrees
+    # the name with its overrides is what is compared: tiny with another vocabulary describes a model saved so
+    small = dataclasses.replace(config, vocab_size=256)
+    save_model(build_model(small, seed=0).state_dict(), small, tmp_path / "v")
+    assert model_config(load_config(TINY, [f"--model.init_from={tmp_path / 'v'}",
+                                           "--model.overrides={vocab_size: 256}"])) == small
+    with pytest.raises(ValueError, match=r"model\.name = tiny with model\.overrides does not describe .*vocab_size"):
+        model_config(load_config(TINY, [f"--model.init_from={tmp_path / 'v'}", "--model.overrides={n_layers: 3}"]))
 
 
 def test_dropout_under_activation_checkpointing_gives_the_same_gradients(world_of_one, one_thread):

@@ -45,11 +45,17 @@ def model_config(cfg) -> MPTConfig:
     """The run's model: init_from's config (model.name / model.config, when also given, must describe the same
     architecture: it is what training.memory estimates before the checkpoint exists), else the named config."""
     m = cfg.model
+    known = {f.name for f in dataclasses.fields(MPTConfig)}
+    for key in m.overrides:  # a typo, or `{attn_impl:torch}` (YAML: one key "attn_impl:torch"), named: no TypeError
+        if key not in known:
+            raise ValueError(f"model.overrides: {key!r} is not a model config key (model/config.py MPTConfig)")
     named = None
     if m.config is not None:
         named, what = MPTConfig.from_yaml(m.config), f"model.config = {m.config}"
     elif m.name is not None:
         named, what = MPTConfig.from_name(m.name), f"model.name = {m.name}"
+    if named is not None and m.overrides:  # the name with its overrides is what the run describes
+        named, what = dataclasses.replace(named, **m.overrides), f"{what} with model.overrides"
     if m.init_from is not None:
         config = read_config(m.init_from)
         if named is not None:
@@ -63,10 +69,6 @@ def model_config(cfg) -> MPTConfig:
     else:
         raise ValueError("no model: set model.init_from (a checkpoint), model.name (configs/model/<name>.yaml) or "
                          "model.config (a model YAML)")
-    known = {f.name for f in dataclasses.fields(MPTConfig)}
-    for key in m.overrides:  # a typo, or `{attn_impl:torch}` (YAML: one key "attn_impl:torch"), named: no TypeError
-        if key not in known:
-            raise ValueError(f"model.overrides: {key!r} is not a model config key (model/config.py MPTConfig)")
     return dataclasses.replace(config, **m.overrides) if m.overrides else config
 
 

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The two papers side by side, in miniature (issue 14; docs/results.md): on MovieLens-100K and Amazon Beauty (P5's
+# split, real titles), the same model size, tokenizer, initialisation and number of training tokens for
+#   (a) RecGPT: causal pre-training on the training histories, then instruction tuning on P5's multitask prompts;
+#   (b) RecSysLLM: blank-infilling pre-training on the same rows, then the same prompts as [gMASK] generation;
+#   (c) instruction tuning alone, from the same initialisation, for as many tokens as (a) pre-trains + tunes.
+# Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
+# beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
+#   bash scripts/papers.sh [all|data|train|eval|report]
+# Environment: PAPERS_OUT (default out/papers), PAPERS_DATASETS (default "movielens beauty"), PAPERS_QUICK=1 (a few
+# steps and users: the test suite's version), PRE_STEPS, FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the
+# multitask corpus), EVAL_DEVICE (default cpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+SHARED=${RECGPT_SHARED_DATA:-../shared/data}
+STAGE=${1:-all}
+OUT=${PAPERS_OUT:-out/papers}
+DATASETS=${PAPERS_DATASETS:-movielens beauty}
+EVAL_DEVICE=${EVAL_DEVICE:-cpu}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+if [[ "${PAPERS_QUICK:-0}" == 1 ]]; then
+  PRE_STEPS=${PRE_STEPS:-2}; FT_STEPS=${FT_STEPS:-2}; EVAL_USERS=${EVAL_USERS:-3}; P5_USERS=${P5_USERS:-20}
+  BEAMS=2; NEW_TOKENS=12; ML_USERS=(--max_users=20); WARMUP=(--schedule.t_warmup=1); SHAPE=demo
+else
+  PRE_STEPS=${PRE_STEPS:-300}; FT_STEPS=${FT_STEPS:-300}; EVAL_USERS=${EVAL_USERS:-500}; P5_USERS=${P5_USERS:-3000}
+  BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=beauty-mini
+fi
+# configs/train/beauty-mini-{pretrain,finetune}.yaml's batches; pre-training rows cut to 512 tokens; the model and the
+# pairs take 2,048 (P5's direct prompts list 100 titles: about 900 tokens on MovieLens, more on Beauty)
+PRE_ROWS=16; FT_BATCH=32; SEQ=512; CTX=2048
+log() { echo "== $* ($(date +%H:%M:%S))"; }
+quiet() { "$@" 2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]\|s/batch]"; }
+
+for D in $DATASETS; do
+  R=$OUT/$D
+  mkdir -p "$R"
+  if [[ $D == movielens ]]; then
+    DCFG=configs/data/movielens-100k.yaml; PCFG=configs/data/p5-movielens.yaml; SRC=$SHARED/movielens-100k
+    P5_LIMIT=("${ML_USERS[@]}"); TEMPLATES=1-6,1-10,2-3,2-13,5-5,5-8; VOCAB=4224; P5_NAME=p5-movielens
+  else
+    DCFG=configs/data/beauty-mini.yaml; PCFG=configs/data/p5-beauty.yaml; SRC=$SHARED/amazon-beauty-p5
+    P5_LIMIT=(--max_users="$P5_USERS"); TEMPLATES=2-3,2-13,5-5,5-8; VOCAB=8320; P5_NAME=p5-beauty
+  fi
+  # one model for every arm: beauty-mini's shape (quick: demo's) with the dataset's vocabulary (the trained BPE's 4,096 / 8,192 ids
+  # plus 128 spare rows, as MPT-7B keeps spare rows: (b)'s five infilling tokens go there); (b) adds the
+  # zero-initialised intra table its objective needs (256 x d_model parameters)
+  MODEL=(--model.name=$SHAPE "--model.overrides={vocab_size: $VOCAB, max_seq_len: $CTX}")
+  INFILL_MODEL=(--model.name=$SHAPE "--model.overrides={vocab_size: $VOCAB, max_seq_len: $CTX, intra_positions: 256}")
+
+  if [[ $STAGE == all || $STAGE == data ]]; then
+    log "$D: pre-training rows (python -m data.prepare) and the multitask prompts (p5_tasks), one tokenizer"
+    quiet $PY -m data.prepare $DCFG "--out_dir=$R/data" "--sources.0.options.path=$SRC" > "$R/data.log"
+    $PY -m data.prepare.audit "$R/data" > "$R/data-audit.json"
+    quiet $PY -m data.prepare.p5_tasks $PCFG "--out_dir=$R/p5" "--source.path=$SRC" \
+      "--tokenizer.path=$R/data/tokenizer.json" --render.items=title --render.max_history=20 --max_seq_len=$CTX \
+      "${P5_LIMIT[@]}" > "$R/p5.log"
+    $PY -m data.prepare.audit "$R/p5" > "$R/p5-audit.json"
+    $PY scripts/papers.py heldout "$R/data" "$R/p5"
+  fi
+  if [[ $STAGE == all || $STAGE == train ]]; then
+    rm -rf "$R/a-pretrain" "$R/a" "$R/b-pretrain" "$R/b" "$R/c"  # the train stage trains anew
+    COMMON=(--run.seed=1337 --checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
+    PRE=(--train.max_steps=$PRE_STEPS "--data.path=$R/data" --data.seq_len=$SEQ "${COMMON[@]}")
+    FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${COMMON[@]}")
+    log "$D (a) causal pre-training";   quiet $PY train.py configs/train/beauty-mini-pretrain.yaml "${MODEL[@]}" \
+      "--run.out_dir=$R/a-pretrain" "${PRE[@]}" > "$R/a-pretrain.log"
+    log "$D (a) instruction tuning";    quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
+      "--model.init_from=$R/a-pretrain/model" "--run.out_dir=$R/a" "${FT[@]}" > "$R/a.log"
+    log "$D (b) infilling pre-training"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml \
+      "${INFILL_MODEL[@]}" --infill.objective=infill "--run.out_dir=$R/b-pretrain" "${PRE[@]}" > "$R/b-pretrain.log"
+    log "$D (b) [gMASK] instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml \
+      "${INFILL_MODEL[@]}" --infill.objective=infill "--model.init_from=$R/b-pretrain/model" "--run.out_dir=$R/b" \
+      "${FT[@]}" > "$R/b.log"
+    C_STEPS=$($PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5")
+    log "$D (c) instruction tuning alone, $C_STEPS steps (the same tokens)"
+    quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" --model.init_from=null \
+      "--run.out_dir=$R/c" --train.max_steps=$C_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${COMMON[@]}" \
+      > "$R/c.log"
+  fi
+  if [[ $STAGE == all || $STAGE == eval ]]; then
+    BENCH=$R/p5/eval/$P5_NAME
+    EVAL=(--benchmark "$BENCH" --task p5 --templates $TEMPLATES --sample $EVAL_USERS --device "$EVAL_DEVICE"
+          --rating.decoding=expected --num-beams $BEAMS --num-return-sequences $BEAMS --max-new-tokens $NEW_TOKENS
+          --next_item.constrained=true --embedding-cache "$OUT/embedding_cache" --batch-size 8)
+    for ARM in a b c; do
+      OBJ=causal; [[ $ARM == b ]] && OBJ=infill
+      log "$D evaluate ($ARM)"
+      quiet $PY evaluate.py --checkpoint "$R/$ARM/model" --objective $OBJ --out "$R/eval/$ARM" "${EVAL[@]}" \
+        > "$R/eval-$ARM.log"
+    done
+    $PY -m evaluation.baselines --benchmark "$BENCH" --sample $EVAL_USERS --out "$R/eval/baselines" > /dev/null
+  fi
+done
+if [[ $STAGE == all || $STAGE == report ]]; then
+  $PY scripts/papers.py report "$OUT" --datasets $DATASETS | tee "$OUT/results.md"
+fi
