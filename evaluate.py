@@ -12,6 +12,8 @@
         --out out/eval/ml-rating-expected --rating.decoding=expected [--rating.p5_filter=true]
     # P5's five families, a file per template (BENCHMARK/p5/<template>_<split>.jsonl; evaluation/p5_tasks.py)
     python evaluate.py --checkpoint out/p5-model --benchmark BENCH --task p5 --out out/eval/p5 [--templates 2-3,2-13]
+    # a blank-infilling model (RecSysLLM, docs/recsysllm.md): the same tasks, each answer a [gMASK] span
+    python evaluate.py --checkpoint out/infill-model --benchmark BENCH --task p5 --objective infill --out out/eval/p5-infill
     # the same examples for the simple baselines (most popular, global / per-item mean rating)
     python -m evaluation.baselines --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --sample 2000 --out out/eval/base
     # a YAML config (every key: evaluation/config.py) with flags and --section.key=value as overrides
