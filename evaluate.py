@@ -54,7 +54,7 @@ from config import cli, dump, save, to_dict
 from data.formats.evalfiles import DEFAULT_RATING_SCALE, read_catalog, read_examples, read_train_stats, sample_examples
 from data.formats.tokenizer import EOS
 from evaluation.config import EvalConfig, load_eval_config
-from evaluation.generate import GenerationConfig, generate, generate_text
+from evaluation.generate import GenerationConfig, run_generation
 from evaluation.infill_prompts import catalog_lines, infill_form, infill_prompts
 from output import OutputLock, staged_dir
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
@@ -118,39 +118,6 @@ def parse_args(argv=None) -> EvalConfig:
         print(dump(cfg), end="")
         raise SystemExit(0)
     return cfg
-
-
-# ---------------------------------------------------------------------------------------------
-# generation in batches
-
-
-def batches_by_length(tokenizer, examples, batch_size):
-    """Index batches of prompts of similar token length (less padding); results go back by index."""
-    lengths = [len(e.ids) for e in tokenizer.encode_batch([x["prompt"] for x in examples], add_special_tokens=False)]
-    order = sorted(range(len(examples)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def run_generation(model, tokenizer, examples, gen: GenerationConfig, batch_size, desc, constraint=None,
-                   seed=None, infill=None) -> list:
-    """infill: (InfillPrompts, entity trie) for a blank-infilling model: the prompts are token-level, one per
-    example, and each output's text is its span without the closing [END]."""
-    outputs = [None] * len(examples)
-    for b, idx in enumerate(tqdm(batches_by_length(tokenizer, examples, batch_size), desc=desc, unit="batch")):
-        if seed is not None:  # one stream per batch, so batches do not replay the same draws
-            gen.seed = seed * 1_000_003 + b
-        if infill is None:
-            results = generate_text(model, tokenizer, [examples[i]["prompt"] for i in idx], gen, constraint)
-        else:
-            prompts, pool = infill
-            results = generate(model, [prompts[i] for i in idx], gen, None, constraint, infill=pool)
-            for per_prompt in results:
-                for g in per_prompt:
-                    g.text = tokenizer.decode(g.tokens[:-1] if g.finish_reason == "eos" else g.tokens,
-                                              skip_special_tokens=True)
-        for i, r in zip(idx, results):
-            outputs[i] = r
-    return outputs
 
 
 def output_record(g, **more) -> dict:

@@ -47,8 +47,10 @@ def train(cfg, d):
 
         eos_id = int(read_meta(cfg.data.path)[1]["instructions"]["eos_id"])
     infill = cfg.infill.objective == "infill"
-    # a prompt must leave room for a response token (and, infilling, for [gMASK], [START] and [END])
-    prompt_limit = max_seq_len - 3 if infill else max_seq_len
+    if infill:
+        from training.infilling import PairInfillCollator, pair_collator_for
+    # a prompt must leave room for a response token (and, infilling, for [gMASK], [START], [END] and a padding slot)
+    prompt_limit = max_seq_len - (PairInfillCollator.RESERVED - 1 if infill else 0)
     dataset = FilteredDataset(raw, prompt_limit)
     if d.is_main and dataset.dropped:
         print(f"[finetune] dropped {dataset.dropped} of {len(raw)} examples whose prompt has >= {prompt_limit} "
@@ -62,8 +64,6 @@ def train(cfg, d):
         return sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to)
 
     if infill:  # RecSysLLM: each pair as [gMASK] generation (training/infilling.py)
-        from training.infilling import pair_collator_for
-
         collator = pair_collator_for(cfg, model_config(cfg), max_seq_len)
 
         def make_batch(ds, indices):  # noqa: F811

@@ -493,3 +493,38 @@ def generate_text(model: MPT, tokenizer, prompts: Sequence[str], cfg: Generation
                 text = min((text.split(s, 1)[0] for s in cfg.stop_strings if s in text), key=len, default=text)
             g.text = text
     return outputs
+
+
+def by_length(lengths: Sequence[int], batch_size: int) -> list:
+    """Index batches of similar length (less padding); results go back by index."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_generation(model: MPT, tokenizer, examples: Sequence[dict], gen: GenerationConfig, batch_size: int,
+                   desc: str = "generation", constraint=None, seed=None, infill=None) -> list:
+    """Each example's "prompt" continued (generate_text), in batches of prompts of similar length, with a progress
+    bar; outputs in the examples' order. seed: sampling's, one stream per batch so that batches do not replay the same
+    draws. infill: (InfillPrompts, entity trie) for a blank-infilling model (evaluation/infill_prompts.py): the
+    prompts are token-level, one per example, and each output's text is its span without the closing [END]."""
+    from tqdm import tqdm
+
+    lengths = [len(e.ids) for e in tokenizer.encode_batch([x["prompt"] for x in examples], add_special_tokens=False)]
+    outputs = [None] * len(examples)
+    for b, idx in enumerate(tqdm(by_length(lengths, batch_size), desc=desc, unit="batch")):
+        if seed is not None:
+            gen.seed = seed * 1_000_003 + b
+        if infill is None:
+            results = generate_text(model, tokenizer, [examples[i]["prompt"] for i in idx], gen, constraint)
+        else:
+            prompts, pool = infill
+            results = generate(model, [prompts[i] for i in idx], gen, None, constraint, infill=pool)
+            for per_prompt in results:
+                for g in per_prompt:
+                    g.text = tokenizer.decode(g.tokens[:-1] if g.finish_reason == "eos" else g.tokens,
+                                              skip_special_tokens=True)
+        for i, r in zip(idx, results):
+            outputs[i] = r
+    return outputs

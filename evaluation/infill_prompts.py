@@ -42,17 +42,11 @@ def infill_prompts(cfg, model, tokenizer, examples, pool_texts=()) -> tuple:
 
 
 def catalog_lines(benchmark) -> list:
-    """The entity pool: the benchmark's items as its texts show them, the catalog's document `line`s (a data.prepare
-    build) or, for P5's prompt builds (data/prepare/p5_tasks.py, no documents), its `text`s; none when there is no
-    catalog (a rating-only benchmark). The training collator reads the same (training/infilling.py)."""
-    import json
+    """The entity pool of a benchmark (data/formats/evalfiles.py read_entity_pool), the one the training collator
+    reads; none when there is no catalog (a rating-only benchmark)."""
     import pathlib
 
-    from data.formats.evalfiles import read_catalog
+    from data.formats.evalfiles import read_entity_pool
 
     catalog = pathlib.Path(benchmark) / "catalog.jsonl"
-    if not catalog.is_file():
-        return []
-    with open(catalog, encoding="utf-8") as f:
-        first = json.loads(f.readline() or "{}")
-    return read_catalog(catalog, "line" if "line" in first else "text")[1]
+    return read_entity_pool(catalog) if catalog.is_file() else []

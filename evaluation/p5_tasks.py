@@ -43,11 +43,11 @@ import time
 from data.formats.evalfiles import p5_files, p5_record_kind, read_p5_examples, sample_examples
 from data.formats.tokenizer import EOS
 from evaluation.config import P5_RATING_FORMAT
-from evaluation.generate import GenerationConfig, generate, generate_text
+from evaluation.generate import GenerationConfig, run_generation
 from evaluation.metrics import candidate_ranking_metrics, dedupe_keep_first, ranking_metrics
-from evaluation.scoring import ScoringPrompt, score_continuations
+from evaluation.scoring import score_continuations
 from evaluation.text_metrics import text_generation_metrics
-from evaluation.text_tasks import evaluate_text, yes_no_scores
+from evaluation.text_tasks import answer_token, evaluate_text, yes_no_scores
 
 FAMILIES = ("rating", "sequential", "explanation", "review", "direct")
 # the headline columns of the results table, by record kind (data/formats/evalfiles.py p5_record_kind: the review
@@ -158,8 +158,8 @@ def _sequential(cfg, model, tokenizer, records, run_next_item, run_rating):
             else "grounding"
     examples = [{"user": x["user"], "prompt": x["prompt"], "target_item_id": str(x["target_item_id"]),
                  "entities": x.get("entities")} for x in records]
-    if mode == "grounding":  # an infilling model answers the prompt (not a document): infill_prompt=prompt
-        preds, metrics = run_next_item(dataclasses.replace(cfg, infill_prompt="prompt"), model, tokenizer, examples)
+    if mode == "grounding":  # (an infilling model answers the prompt: task p5 has no documents)
+        preds, metrics = run_next_item(cfg, model, tokenizer, examples)
         return [_without_user(p) for p in preds], {**metrics["grounded"], "item_match": mode, "details": metrics}
     n = cfg.next_item
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens or 32, num_beams=n.num_beams,
@@ -197,36 +197,21 @@ def _as_id(text: str) -> str:
 
 
 def _infill(cfg, model, tokenizer, records) -> tuple:
-    """A blank-infilling model's prompts for these records -> (InfillPrompts, the entity trie, the infilling ids)."""
+    """A blank-infilling model's prompts for these records (task p5: each record's prompt + [gMASK]) -> (InfillPrompts,
+    the entity trie, the infilling ids)."""
     from evaluation.infill_prompts import catalog_lines, infill_prompts
 
-    return infill_prompts(dataclasses.replace(cfg, infill_prompt="prompt"), model, tokenizer, records,
-                          catalog_lines(cfg.benchmark))
+    return infill_prompts(cfg, model, tokenizer, records, catalog_lines(cfg.benchmark))
 
 
 def _generate(cfg, model, tokenizer, records, gen) -> list:
-    """Each record's prompt continued (causal: generate_text; infilling: its [gMASK] span, text without [END]), over
-    batches of similar length; outputs in the records' order."""
-    prompts = [x["prompt"] for x in records]
-    lengths = [len(e.ids) for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    """Each record's prompt continued (infilling: its [gMASK] span, closed by [END]); outputs in the records'
+    order."""
+    infill = None
     if cfg.objective == "infill":
         spans, pool, ids = _infill(cfg, model, tokenizer, records)
-        gen = dataclasses.replace(gen, eos_token_id=ids["end"], pad_token_id=ids["end"])
-    outputs = [None] * len(prompts)
-    for start in range(0, len(order), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
-        if cfg.objective == "infill":
-            outs = generate(model, [spans[i] for i in idx], gen, infill=pool)
-            for per_prompt in outs:
-                for g in per_prompt:
-                    g.text = tokenizer.decode(g.tokens[:-1] if g.finish_reason == "eos" else g.tokens,
-                                              skip_special_tokens=True)
-        else:
-            outs = generate_text(model, tokenizer, [prompts[i] for i in idx], gen)
-        for i, out in zip(idx, outs):
-            outputs[i] = out
-    return outputs
+        gen, infill = dataclasses.replace(gen, eos_token_id=ids["end"], pad_token_id=ids["end"]), (spans, pool)
+    return run_generation(model, tokenizer, records, gen, cfg.batch_size, "generation", infill=infill)
 
 
 def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating):
@@ -236,7 +221,7 @@ def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating
     pool = None
     if cfg.objective == "infill":  # each candidate as the [gMASK] span, closed by [END]
         spans, pool, ids = _infill(cfg, model, tokenizer, records)
-        prompts, end = [ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end) for p in spans], ids["end"]
+        prompts, end = spans, ids["end"]
     else:
         prompts = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in records], add_special_tokens=False)]
     continuations = [[e.ids + [end] for e in tokenizer.encode_batch(list(x["candidate_texts"]),
@@ -284,15 +269,14 @@ def _infill_yes_no(cfg, model, tokenizer, records, yes: str, no: str) -> list:
     tokens, encoded alone as fine-tuning encoded the responses)."""
     import math
 
-    first = [tokenizer.encode(a, add_special_tokens=False).ids[:1] for a in (yes, no)]
-    if not all(first) or first[0] == first[1]:
-        raise ValueError(f"the answers {yes!r} and {no!r} must start with two different tokens")
+    first = [[answer_token(tokenizer, a)] for a in (yes, no)]
+    if first[0] == first[1]:
+        raise ValueError(f"the answers {yes!r} and {no!r} start with the same token: they cannot be told apart")
     flat = [{"user": x["user"], "prompt": p, "entities": e}
             for x in records for p, e in zip(x["candidate_prompts"], x.get("candidate_entities") or
                                              [None] * len(x["candidate_prompts"]))]
     spans, pool, _ = _infill(cfg, model, tokenizer, flat)
-    prompts = [ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end) for p in spans]
-    scores = score_continuations(model, prompts, [first] * len(prompts), pad_token_id=tokenizer.token_to_id(EOS),
+    scores = score_continuations(model, spans, [first] * len(spans), pad_token_id=tokenizer.token_to_id(EOS),
                                  token_budget=cfg.score_token_budget, intra_trie=pool)
     return [1.0 / (1.0 + math.exp(n.logprob - y.logprob)) for y, n in scores]
 

@@ -19,7 +19,7 @@ bf16, so the default budget of 16,384 positions is 16 GiB, and 2 MiB at 7B in fp
 product; a chunk always holds at least one row. The prefill's batch is capped the same way (`prompt_budget`), and its
 cache lives while its chunks run: the peak is about the two budgets together.
 
-Prompts are token lists, or `ScoringPrompt`s, which can carry what a blank-infilling model needs besides the ids
+Prompts are token lists, or `ScoringPrompt`s (an InfillPrompt is taken as one), which can carry what a blank-infilling model needs besides the ids
 (explicit ALiBi positions, Part A's end, intra ids): the prefill passes them to the model as generate.py's
 InfillState does. A causal prompt needs none of them. For an infilling prompt (data/formats/infilling.py
 gmask_prompt: Part A + [START]) the continuation tokens take the positions after the prompt's last one (a span's
@@ -33,7 +33,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from data.formats.infilling import span_intra
+from data.formats.infilling import InfillPrompt, span_intra
 from evaluation.generate import left_pad
 
 
@@ -65,7 +65,11 @@ class ContinuationScore(NamedTuple):
 
 
 def _as_prompt(p) -> ScoringPrompt:
-    return p if isinstance(p, ScoringPrompt) else ScoringPrompt(list(p))
+    if isinstance(p, ScoringPrompt):
+        return p
+    if isinstance(p, InfillPrompt):  # data/formats/infilling.py gmask_prompt: Part A + [START]
+        return ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end)
+    return ScoringPrompt(list(p))
 
 
 def _chunks(items: Sequence, width_of, budget: int) -> list:
@@ -81,7 +85,7 @@ def _chunks(items: Sequence, width_of, budget: int) -> list:
 
 
 @torch.no_grad()
-def score_continuations(model, prompts: Sequence[Union[Sequence[int], ScoringPrompt]],
+def score_continuations(model, prompts: Sequence[Union[Sequence[int], ScoringPrompt, InfillPrompt]],
                         continuations: Sequence[Sequence[Sequence[int]]], pad_token_id: int = 0,
                         token_budget: int = 16384, prompt_budget: Optional[int] = None, intra_trie=None) -> list:
     """prompts[i]: token ids (or a ScoringPrompt); continuations[i]: the candidate token lists of prompt i, each
@@ -278,7 +282,7 @@ def evaluate_rating_over_set(cfg, model, tokenizer, examples) -> tuple:
         from evaluation.infill_prompts import catalog_lines, infill_prompts
 
         infill, pool, ids = infill_prompts(cfg, model, tokenizer, examples, catalog_lines(cfg.benchmark))
-        prompts = [ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end) for p in infill]
+        prompts = infill
         answers = answer_set_ids(tokenizer, strings, ids["end"])
     else:
         prompts, pool = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in examples],

@@ -24,21 +24,13 @@ from typing import Optional, Sequence
 import torch
 
 from data.formats.tokenizer import EOS
-from evaluation.generate import GenerationConfig, generate_text, left_pad
+from evaluation.generate import GenerationConfig, by_length, left_pad, run_generation
 from evaluation.metrics import roc_auc, text_match_metrics
 
 
 def _encode(tokenizer, texts: Sequence[str]) -> list:
     """Each text alone, as the build tokenised prompts and responses (no special tokens added)."""
     return [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-
-
-def _by_length(lengths: Sequence[int], batch_size: int) -> list:
-    """Index batches of similar length (less padding); results go back by index."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def answer_token(tokenizer, answer: str) -> int:
@@ -68,7 +60,7 @@ def yes_no_scores(model, tokenizer, prompts: Sequence[str], batch_size: int, dev
     pad_id = tokenizer.token_to_id(EOS)
     ids = _encode(tokenizer, prompts)
     scores = [0.0] * len(ids)
-    for idx in _by_length([len(p) for p in ids], batch_size):
+    for idx in by_length([len(p) for p in ids], batch_size):
         batch, mask = left_pad([ids[i] for i in idx], pad_id, device)  # (B, S) each
         logits = model(batch, attention_mask=mask, last_token_only=True)[:, -1]  # (B, V) fp32
         p_yes = torch.sigmoid(logits[:, yes_id] - logits[:, no_id])  # (B,)
@@ -105,11 +97,7 @@ def evaluate_text(model, tokenizer, examples: Sequence[dict], batch_size: int, m
     eos_id = tokenizer.token_to_id(EOS)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=eos_id,
                            stop_strings=tuple(stop_strings))
-    lengths = [len(p) for p in _encode(tokenizer, [x["prompt"] for x in examples])]
-    outputs = [None] * len(examples)
-    for idx in _by_length(lengths, batch_size):
-        for i, per_prompt in zip(idx, generate_text(model, tokenizer, [examples[i]["prompt"] for i in idx], cfg)):
-            outputs[i] = per_prompt[0]
+    outputs = [per_prompt[0] for per_prompt in run_generation(model, tokenizer, examples, cfg, batch_size, "greedy")]
     predictions = [{"id": x["id"], "target_text": x["target_text"], "text": g.text, "finish_reason": g.finish_reason,
                     "n_tokens": len(g.tokens)} for x, g in zip(examples, outputs)]
     metrics = text_match_metrics([g.text for g in outputs], [x["target_text"] for x in examples])

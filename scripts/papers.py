@@ -64,9 +64,8 @@ def sft_steps(pre_steps: int, pre_rows: int, seq_len: int, ft_steps: int, ft_bat
     from data.formats.instructions import InstructionDataset
 
     ds = InstructionDataset(p5_build)
-    n = min(len(ds), 20_000)
-    mean_len = sum(len(ds[i]["input_ids"]) for i in range(0, len(ds), max(1, len(ds) // n))) / len(
-        range(0, len(ds), max(1, len(ds) // n)))
+    sample = range(0, len(ds), max(1, len(ds) // 20_000))  # at most about 20,000 pairs, spread over the build
+    mean_len = sum(len(ds[i]["input_ids"]) for i in sample) / len(sample)
     extra = math.ceil(pre_steps * pre_rows * seq_len / (mean_len * ft_batch))
     print(ft_steps + extra)
     return 0

@@ -82,13 +82,13 @@ def test_scored_answers_are_the_training_examples(model):
     one forward over the fine-tuning collator's example of that prompt and answer (data/formats/infilling.py
     pair_infilled: the same positions and intra ids), whatever the chunking."""
     from data.formats.infilling import pair_infilled
-    from evaluation.scoring import ScoringPrompt, score_continuations
+    from evaluation.scoring import score_continuations
 
     items, hist = histories()
     trie = EntityTrie(items)
     answers = [[20, 21], [11, 12, 13], [11, 12, 40], [50], [30, 30, 30]]  # entities, prefixes, and not
     prompts = [gmask_prompt(t, e, IDS) for t, e in hist]
-    scoring = [ScoringPrompt(p.input_ids, p.positions, p.intra, p.prefix_end) for p in prompts]
+    scoring = prompts  # InfillPrompts are scored as they are
     for budget in (8, 4096):
         scores = score_continuations(model, scoring, [[a + [IDS["end"]] for a in answers]] * 2, pad_token_id=0,
                                      token_budget=budget, intra_trie=trie)

@@ -70,9 +70,10 @@ def behaviour_sample(n: int, keep: int, rng: random.Random, shares, windows) -> 
 def _infill_setup(cfg, config) -> tuple:
     """What both collators need from the data build at data.path, for a model with this MPTConfig: the infilling
     token ids (added to the build's tokenizer, data/formats/tokenizer.py), the newline token that separates lines,
-    the build's meta.json, and the entity pool of the intra rule. The pool is the one the decoder uses, the build's
-    catalog lines, when the build has benchmark catalogs (a line's own rating or review then restarts at intra 1, as
-    when decoding); otherwise None (each row's own item lines)."""
+    the build's meta.json, the entity pool of the intra rule and the tokenizer. The pool is the one the decoder uses,
+    the catalogs' items as the texts show them (data/formats/evalfiles.py read_entity_pool), when the build has
+    benchmark catalogs (a line's own rating or review then restarts at intra 1, as when decoding); otherwise None
+    (each row's own item lines)."""
     from data.formats.packed import read_meta
     from data.formats.tokenizer import add_infill_tokens, load, newline_id
 
@@ -88,12 +89,10 @@ def _infill_setup(cfg, config) -> tuple:
     newline = newline_id(tok, str(tok_path))
     pool = None
     catalogs = [meta_path.parent / e["catalog"] for e in (meta.get("eval") or {}).values() if e.get("catalog")]
-    if catalogs:  # the decoder's entity pool (evaluate.py --objective infill): the catalog items' lines
-        from data.formats.evalfiles import read_catalog
+    if catalogs:  # the decoder's entity pool (evaluation/infill_prompts.py): the items as the texts show them
+        from data.formats.evalfiles import read_entity_pool
 
-        # an item as the texts show it: a document's line, or (P5's prompts) the catalog text the prompts render
-        shown = "text" if meta.get("builder") == "p5_tasks" else "line"
-        lines = [line for c in catalogs for line in read_catalog(c, shown)[1]]
+        lines = [line for c in catalogs for line in read_entity_pool(c)]
         pool = EntityTrie([e.ids for e in tok.encode_batch(lines, add_special_tokens=False)])
     return ids, newline, meta, pool, tok
 

@@ -77,6 +77,14 @@ def read_catalog(path: pathlib.Path, field: str = "text") -> tuple:
     return ids, texts
 
 
+def read_entity_pool(path: pathlib.Path) -> list:
+    """The catalog's items as the training texts show them, blank infilling's entity pool (docs/recsysllm.md): the
+    document `line` of a `python -m data.prepare` catalog, or the `text` of a P5 prompt build's (no documents)."""
+    with open(path, encoding="utf-8") as f:
+        first = json.loads(next((line for line in f if line.strip()), "{}"))
+    return read_catalog(path, "line" if "line" in first else "text")[1]
+
+
 def sample_examples(examples: list, n: Optional[int], seed: int = 0) -> list:
     """A seeded random sample of n examples, in file order; all of them when n is None or >= len(examples)."""
     if n is None or n >= len(examples):
