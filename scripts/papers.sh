@@ -7,9 +7,9 @@
 # Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
 # beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
 #   bash scripts/papers.sh [all|data|train|eval|report]
-# Environment: PAPERS_OUT (default out/papers), PAPERS_DATASETS (default "movielens beauty"), PAPERS_QUICK=1 (a few
-# steps and users: the test suite's version), PRE_STEPS, FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the
-# multitask corpus), EVAL_DEVICE (default cpu).
+# Environment: PAPERS_OUT (default out/papers), PAPERS_DATASETS (default "movielens beauty"), PAPERS_SCALE (cpu, the
+# default; gpu, larger; quick, the test suite's: also PAPERS_QUICK=1), and to override a scale's values PRE_STEPS,
+# FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus); EVAL_DEVICE (default cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -19,12 +19,18 @@ OUT=${PAPERS_OUT:-out/papers}
 DATASETS=${PAPERS_DATASETS:-movielens beauty}
 EVAL_DEVICE=${EVAL_DEVICE:-cpu}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-if [[ "${PAPERS_QUICK:-0}" == 1 ]]; then
+SCALE=${PAPERS_SCALE:-cpu}; [[ "${PAPERS_QUICK:-0}" == 1 ]] && SCALE=quick
+if [[ $SCALE == quick ]]; then     # the test suite's version: a few steps and users
   PRE_STEPS=${PRE_STEPS:-2}; FT_STEPS=${FT_STEPS:-2}; EVAL_USERS=${EVAL_USERS:-3}; P5_USERS=${P5_USERS:-20}
   BEAMS=2; NEW_TOKENS=12; ML_USERS=(--max_users=20); WARMUP=(--schedule.t_warmup=1); SHAPE=demo
+elif [[ $SCALE == cpu ]]; then     # what finishes in about two hours on a 2-core CPU for both datasets (docs/results.md)
+  PRE_STEPS=${PRE_STEPS:-200}; FT_STEPS=${FT_STEPS:-100}; EVAL_USERS=${EVAL_USERS:-300}; P5_USERS=${P5_USERS:-3000}
+  BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=demo
+elif [[ $SCALE == gpu ]]; then     # the larger configuration, for one GPU (EVAL_DEVICE=cuda)
+  PRE_STEPS=${PRE_STEPS:-2000}; FT_STEPS=${FT_STEPS:-1500}; EVAL_USERS=${EVAL_USERS:-943}
+  P5_USERS=${P5_USERS:-22363}; BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=beauty-mini
 else
-  PRE_STEPS=${PRE_STEPS:-300}; FT_STEPS=${FT_STEPS:-300}; EVAL_USERS=${EVAL_USERS:-500}; P5_USERS=${P5_USERS:-3000}
-  BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=beauty-mini
+  echo "PAPERS_SCALE must be quick, cpu or gpu, got '$SCALE'" >&2; exit 2
 fi
 # configs/train/beauty-mini-{pretrain,finetune}.yaml's batches; pre-training rows cut to 512 tokens; the model and the
 # pairs take 2,048 (P5's direct prompts list 100 titles: about 900 tokens on MovieLens, more on Beauty)
@@ -42,9 +48,9 @@ for D in $DATASETS; do
     DCFG=configs/data/beauty-mini.yaml; PCFG=configs/data/p5-beauty.yaml; SRC=$SHARED/amazon-beauty-p5
     P5_LIMIT=(--max_users="$P5_USERS"); TEMPLATES=2-3,2-13,5-5,5-8; VOCAB=8320; P5_NAME=p5-beauty
   fi
-  # one model for every arm: beauty-mini's shape (quick: demo's) with the dataset's vocabulary (the trained BPE's 4,096 / 8,192 ids
-  # plus 128 spare rows, as MPT-7B keeps spare rows: (b)'s five infilling tokens go there); (b) adds the
-  # zero-initialised intra table its objective needs (256 x d_model parameters)
+  # one model for every arm: the scale's shape (cpu, quick: demo; gpu: beauty-mini) with the dataset's vocabulary
+  # (the trained BPE's 4,096 / 8,192 ids plus 128 spare rows, as MPT-7B keeps spare rows: (b)'s five infilling tokens
+  # go there); (b) adds the zero-initialised intra table its objective needs (256 x d_model parameters)
   MODEL=(--model.name=$SHAPE "--model.overrides={vocab_size: $VOCAB, max_seq_len: $CTX}")
   INFILL_MODEL=(--model.name=$SHAPE "--model.overrides={vocab_size: $VOCAB, max_seq_len: $CTX, intra_positions: 256}")
 
