@@ -29,6 +29,11 @@ ARMS = {"a": "(a) RecGPT: causal pre-training + instruction tuning",
         "b": "(b) RecSysLLM: blank-infilling pre-training + [gMASK] instruction tuning",
         "c": "(c) instruction tuning alone"}
 PAIRS = (("b", "a"), ("a", "c"), ("b", "c"))
+# (b) with one RecSysLLM ingredient switched (scripts/papers.sh's ablate stage; arm b-<name>)
+ABLATIONS = {"no-entity": "entity-aware masking off (GLM's token spans)",
+             "no-chrono": "chronological spans off (Part B shuffled, GLM's default)",
+             "no-intra": "intra positions off (1D positions only)",
+             "behaviour": "behaviour sampling on (long/medium/short-term items)"}
 # the published rows, for scale (RecSysLLM Tables 2, 4, 7 on Beauty: GLM-10B + LoRA; P5-B; ../shared/spec/p5.md 4.2)
 PAPER_ROWS = {"beauty": {"P5-B (paper)": {"2-3": {"HR@10": .0664}, "2-13": {"HR@10": .0645},
                                           "5-5": {"HR@10": .2325}, "5-8": {"HR@10": .2300}},
@@ -75,13 +80,16 @@ def sft_steps(pre_steps: int, pre_rows: int, seq_len: int, ft_steps: int, ft_bat
 # the report
 
 
-def per_user(prediction: dict, kind: str):
-    """One user's contribution: hit@10 (sequential, direct) or the squared error (rating)."""
+def per_user(prediction: dict, kind: str, view: str = "headline"):
+    """One user's contribution: hit@10 (sequential, direct) or the squared error (rating: the expected value).
+    view "constrained": the sequential prediction's trie-constrained beams."""
     if kind == "rating":
         value = prediction.get("expected")
         return None if value is None else (min(max(value, 1.0), 5.0) - prediction["target_rating"]) ** 2
-    if "ranked_item_ids" in prediction:
-        return float(prediction["target_item_id"] in prediction["ranked_item_ids"][:10])
+    ranked = (prediction.get("constrained") or {}).get("ranked_item_ids") if view == "constrained" else \
+        prediction.get("ranked_item_ids")
+    if kind == "sequential":
+        return None if ranked is None else float(prediction["target_item_id"] in ranked[:10])
     scores = prediction.get("logprob") or prediction.get("p_yes")
     cands, target = prediction["candidates"], prediction["target_item_id"]
     order = sorted(range(len(cands)), key=lambda i: -scores[i])  # ties keep the list's order, as evaluate.py
@@ -99,64 +107,131 @@ def bootstrap(a: np.ndarray, b: np.ndarray, rmse: bool, n: int = 2000, seed: int
     return float(diff), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
-def report(out, datasets) -> int:
+# the columns of each kind of template, and the rows: (label, {template: metrics}) per arm, view and baseline
+COLUMNS = {"rating": ("RMSE", "MAE"), "sequential": ("HR@5", "NDCG@5", "HR@10", "NDCG@10"),
+           "direct_candidates": ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10")}
+TITLES = {"rating": "Rating (RMSE, MAE; lower is better)",
+          "sequential": "Next item over the whole catalog (10 beams)",
+          "direct_candidates": "Direct recommendation: the 100 candidates ranked by likelihood"}
+BASELINES = {"rating": ("global_mean", "per_item_mean"), "sequential": ("most_popular",),
+             "direct_candidates": ("most_popular",)}
+
+
+def arm_label(arm: str) -> str:
+    if arm in ARMS:
+        return ARMS[arm]
+    name = arm[len("b-"):]
+    return f"(b) with {ABLATIONS[name]}" if name in ABLATIONS else arm
+
+
+def arm_rows(arm: str, results: dict, sampled: dict, kind: str) -> list:
+    """An arm's rows for one kind: rating by the expected value (and sampled, mean +- std over seeds); sequential
+    grounded and trie-constrained."""
+    label = arm_label(arm)
+    if kind == "rating":
+        rows = [(f"{label}, expected value", {t: r["metrics"] for t, r in results.items()})]
+        if sampled:
+            rows.append((f"{label}, sampled ({len(next(iter(sampled.values()))['metrics']['details']['per_seed'])}"
+                         f" seeds, mean +- std)", {t: {k: r["metrics"]["details"]["summary"][k] for k in ("RMSE", "MAE")}
+                                                   for t, r in sampled.items()}))
+        return rows
+    if kind == "sequential":
+        return [(f"{label}, grounded", {t: r["metrics"] for t, r in results.items()}),
+                (f"{label}, constrained", {t: r["metrics"]["details"].get("constrained", {})
+                                           for t, r in results.items()})]
+    return [(label, {t: r["metrics"] for t, r in results.items()})]
+
+
+def report(out, datasets, figures=None) -> int:
     out = pathlib.Path(out)
     for d in datasets:
         root = out / d
         if not (root / "eval").is_dir():
             continue
-        results, preds = {}, {}
-        for arm in ARMS:
-            m = root / "eval" / arm / "metrics.json"
-            if m.is_file():
-                results[arm] = json.loads(m.read_text())["templates"]
-                preds[arm] = read_jsonl(root / "eval" / arm / "predictions.jsonl")
+        arms = [a for a in ARMS if (root / "eval" / a / "metrics.json").is_file()]
+        arms += sorted(p.name for p in (root / "eval").glob("b-*") if (p / "metrics.json").is_file())
+        results = {a: json.loads((root / "eval" / a / "metrics.json").read_text())["templates"] for a in arms}
+        preds = {a: read_jsonl(root / "eval" / a / "predictions.jsonl") for a in arms}
+        sampled = {a: json.loads((root / "eval" / f"{a}-sampled" / "metrics.json").read_text())["templates"]
+                   for a in arms if (root / "eval" / f"{a}-sampled" / "metrics.json").is_file()}
         base = json.loads((root / "eval" / "baselines" / "metrics.json").read_text()).get("p5", {})
-        templates = sorted({t for r in results.values() for t in r}, key=lambda t: tuple(map(int, t.split("-"))))
+        external = {}  # a standard sequential recommender, when scripts/sasrec_baseline.py has run
+        if (root / "eval" / "sasrec" / "metrics.json").is_file():
+            external["SASRec (RecBole; baseline)"] = json.loads((root / "eval" / "sasrec" / "metrics.json")
+                                                                 .read_text())["templates"]
+        info = results[arms[0]]
         print(f"### {d}\n")
-        header = "| | " + " | ".join(f"{t} ({'seen' if next(iter(results.values()))[t]['seen'] else 'unseen'}) "
-                                       f"{_key(next(iter(results.values()))[t]['kind'])}" for t in templates) + " |"
-        print(header)
-        print("|---" + "|---:" * len(templates) + "|")
-        for arm, r in results.items():
-            print(f"| {ARMS[arm]} | " + " | ".join(_fmt(r[t]["metrics"].get(_key(r[t]["kind"]))) for t in templates)
-                  + " |")
-        for name in ("most_popular", "global_mean", "per_item_mean"):
-            cells = [base.get(t, {}).get(name, {}).get(_key(base.get(t, {}).get("kind", ""))) for t in templates]
-            if any(c is not None for c in cells):
-                print(f"| {name.replace('_', ' ')} (baseline) | " + " | ".join(_fmt(c) for c in cells) + " |")
-        for name, row in PAPER_ROWS.get(d, {}).items():
-            print(f"| {name} | " + " | ".join(_fmt(row.get(t, {}).get("HR@10")) for t in templates) + " |")
+        for kind in COLUMNS:
+            templates = sorted((t for t in info if info[t]["kind"] == kind), key=_order)
+            if not templates:
+                continue
+            columns = COLUMNS[kind]
+            print(f"**{TITLES[kind]}**, {info[templates[0]]['n']} users\n")
+            print("| | " + " | ".join(f"{t} ({'seen' if info[t]['seen'] else 'unseen'}) {c}"
+                                      for t in templates for c in columns) + " |")
+            print("|---" + "|---:" * (len(templates) * len(columns)) + "|")
+            rows = [row for a in arms for row in arm_rows(a, {t: results[a][t] for t in templates},
+                                                          {t: sampled[a][t] for t in templates
+                                                           if t in sampled.get(a, {})}, kind)]
+            rows += [(f"{name.replace('_', ' ')}" + (" within the candidates" if kind == "direct_candidates" else "")
+                      + " (baseline)", {t: base.get(t, {}).get(name, {}) for t in templates})
+                     for name in BASELINES[kind]]
+            rows += [(name, {t: m.get(t, {}).get("metrics", {}) for t in templates}) for name, m in external.items()]
+            rows += [(name, {t: {"HR@10": row[t]["HR@10"]} for t in templates if t in row})
+                     for name, row in PAPER_ROWS.get(d, {}).items()]
+            for label, per_template in rows:
+                print(f"| {label} | " + " | ".join(_fmt(per_template.get(t, {}).get(c)) for t in templates
+                                                  for c in columns) + " |")
+            print()
+        print("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item (grounded "
+              "and constrained) and direct, RMSE of the expected rating for rating.\n")
+        pairs = [(x, y) for x, y in PAIRS if x in preds and y in preds]
+        pairs += [(a, "b") for a in arms if a.startswith("b-") and "b" in preds]
+        print("| template | " + " | ".join(f"{x} - {y}" for x, y in pairs) + " |")
+        print("|---" + "|---" * len(pairs) + "|")
+        for t in sorted(info, key=_order):
+            kind = info[t]["kind"]
+            for view in (("headline", "constrained") if kind == "sequential" else ("headline",)):
+                cells = [_paired(preds[x], preds[y], t, kind, view) for x, y in pairs]
+                name = t if view == "headline" else f"{t} constrained"
+                print(f"| {name} | " + " | ".join(cells) + " |")
         print()
-        print("Paired differences (95% bootstrap interval over users; HR@10, or RMSE for rating):\n")
-        print("| template | " + " | ".join(f"{x} - {y}" for x, y in PAIRS) + " |")
-        print("|---" + "|---" * len(PAIRS) + "|")
-        for t in templates:
-            cells = []
-            for x, y in PAIRS:
-                if x not in preds or y not in preds:
-                    cells.append("-")
-                    continue
-                kind = results[x][t]["kind"]
-                ux = {p["user"]: per_user(p, kind) for p in preds[x] if p["template"] == t}
-                uy = {p["user"]: per_user(p, kind) for p in preds[y] if p["template"] == t}
-                users = sorted(u for u in ux if u in uy and ux[u] is not None and uy[u] is not None)
-                if not users:
-                    cells.append("-")
-                    continue
-                diff, lo, hi = bootstrap(np.array([ux[u] for u in users]), np.array([uy[u] for u in users]),
-                                         rmse=kind == "rating")
-                cells.append(f"{diff:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-            print(f"| {t} | " + " | ".join(cells) + " |")
-        print()
+        if figures is not None:
+            curves(root, arms, pathlib.Path(figures) / f"papers-{d}-curves.png")
     return 0
 
 
-def _key(kind: str) -> str:
-    return "RMSE" if kind == "rating" else "HR@10"
+def _paired(px: list, py: list, template: str, kind: str, view: str) -> str:
+    ux = {p["user"]: per_user(p, kind, view) for p in px if p["template"] == template}
+    uy = {p["user"]: per_user(p, kind, view) for p in py if p["template"] == template}
+    users = sorted(u for u in ux if u in uy and ux[u] is not None and uy[u] is not None)
+    if not users:
+        return "-"
+    diff, lo, hi = bootstrap(np.array([ux[u] for u in users]), np.array([uy[u] for u in users]),
+                             rmse=kind == "rating")
+    return f"{diff:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def curves(root: pathlib.Path, arms: list, path: pathlib.Path) -> None:
+    """The training runs' loss against tokens seen (scripts/report.py's plot): each arm's pre-training and tuning."""
+    from report import plot
+
+    runs = []
+    for arm in arms:
+        for run, what in ((f"{arm}-pretrain", "pre-training"), (arm, "tuning")):
+            log = root / run / "metrics.jsonl"
+            if log.is_file():
+                runs.append((f"{arm} {what}", log))
+    plot(runs, path)
+
+
+def _order(template: str) -> tuple:
+    return tuple(map(int, template.split("-")))
 
 
 def _fmt(x) -> str:
+    if isinstance(x, dict):  # mean and std over seeds
+        return f"{x['mean']:.4f} +- {x['std']:.4f}"
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
@@ -173,14 +248,16 @@ def main(argv=None) -> int:
     r = sub.add_parser("report")
     r.add_argument("out")
     r.add_argument("--datasets", nargs="+", default=["movielens", "beauty"])
+    r.add_argument("--figures", help="a folder for each dataset's training curves (papers-<dataset>-curves.png)")
     args = p.parse_args(argv)
     if args.command == "heldout":
         return heldout(args.data_build, args.p5_build)
     if args.command == "sft-steps":
         return sft_steps(args.pre_steps, args.pre_rows, args.seq_len, args.ft_steps, args.ft_batch, args.p5_build)
-    return report(args.out, args.datasets)
+    return report(args.out, args.datasets, args.figures)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # scripts/report.py's plot
     sys.exit(main())

@@ -6,10 +6,15 @@
 #   (c) instruction tuning alone, from the same initialisation, for as many tokens as (a) pre-trains + tunes.
 # Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
 # beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
-#   bash scripts/papers.sh [all|data|train|eval|report]
+#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|report]
+# eval-sampled: MovieLens's rating templates by sampling (3 seeds) beside the expected value (part of eval);
+# ablate: (b) with each RecSysLLM ingredient switched, one arm per name in PAPERS_ABLATIONS (no-entity, no-chrono,
+# no-intra, behaviour; part of all when set), trained and evaluated as (b).
 # Environment: PAPERS_OUT (default out/papers), PAPERS_DATASETS (default "movielens beauty"), PAPERS_SCALE (cpu, the
 # default; gpu, larger; quick, the test suite's: also PAPERS_QUICK=1), and to override a scale's values PRE_STEPS,
-# FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus); EVAL_DEVICE (default cpu).
+# FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus); EVAL_DEVICE (default cpu); PAPERS_FIGURES
+# (the report's training-curve plots; default PAPERS_OUT); PAPERS_ARMS (the arms the eval stages evaluate; default
+# "a b c").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -35,8 +40,31 @@ fi
 # configs/train/beauty-mini-{pretrain,finetune}.yaml's batches; pre-training rows cut to 512 tokens; the model and the
 # pairs take 2,048 (P5's direct prompts list 100 titles: about 900 tokens on MovieLens, more on Beauty)
 PRE_ROWS=16; FT_BATCH=32; SEQ=512; CTX=2048
+ABLATIONS=${PAPERS_ABLATIONS:-}
+EVAL_ARMS=${PAPERS_ARMS:-a b c}
+declare -A SWITCH=([no-entity]=--infill.entity_masking=false [no-chrono]=--infill.chronological=false
+                   [no-intra]=--infill.intra=false [behaviour]=--infill.behaviour_sampling=true)
+for X in $ABLATIONS; do
+  [[ -n "${SWITCH[$X]:-}" ]] || { echo "PAPERS_ABLATIONS: unknown '$X' (known: ${!SWITCH[*]})" >&2; exit 2; }
+done
 log() { echo "== $* ($(date +%H:%M:%S))"; }
 quiet() { "$@" 2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]\|s/batch]"; }
+train_infill() {  # an infilling arm ($1: b, or b-<ablation>; the rest: its switches): pre-training, then [gMASK] tuning
+  local arm=$1; shift
+  log "$D ($arm) infilling pre-training $*"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml \
+    "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--run.out_dir=$R/$arm-pretrain" "${PRE[@]}" \
+    > "$R/$arm-pretrain.log"
+  log "$D ($arm) [gMASK] instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml \
+    "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--model.init_from=$R/$arm-pretrain/model" \
+    "--run.out_dir=$R/$arm" "${FT[@]}" > "$R/$arm.log"
+}
+evaluate_arm() {  # $1: the arm; $2: its results' name (eval/$2, eval-$2.log); the rest: evaluate.py options
+  local arm=$1 name=$2 obj=causal; shift 2
+  [[ $arm == b* ]] && obj=infill
+  log "$D evaluate $name"
+  quiet $PY evaluate.py --checkpoint "$R/$arm/model" --objective $obj --out "$R/eval/$name" "${EVAL[@]}" "$@" \
+    > "$R/eval-$name.log"
+}
 
 for D in $DATASETS; do
   R=$OUT/$D
@@ -44,9 +72,11 @@ for D in $DATASETS; do
   if [[ $D == movielens ]]; then
     DCFG=configs/data/movielens-100k.yaml; PCFG=configs/data/p5-movielens.yaml; SRC=$SHARED/movielens-100k
     P5_LIMIT=("${ML_USERS[@]}"); TEMPLATES=1-6,1-10,2-3,2-13,5-5,5-8; VOCAB=4224; P5_NAME=p5-movielens
+    RATING_TEMPLATES=1-6,1-10
   else
     DCFG=configs/data/beauty-mini.yaml; PCFG=configs/data/p5-beauty.yaml; SRC=$SHARED/amazon-beauty-p5
     P5_LIMIT=(--max_users="$P5_USERS"); TEMPLATES=2-3,2-13,5-5,5-8; VOCAB=8320; P5_NAME=p5-beauty
+    RATING_TEMPLATES=
   fi
   # one model for every arm: the scale's shape (cpu, quick: demo; gpu: beauty-mini) with the dataset's vocabulary
   # (the trained BPE's 4,096 / 8,192 ids plus 128 spare rows, as MPT-7B keeps spare rows: (b)'s five infilling tokens
@@ -64,20 +94,20 @@ for D in $DATASETS; do
     $PY -m data.prepare.audit "$R/p5" > "$R/p5-audit.json"
     $PY scripts/papers.py heldout "$R/data" "$R/p5"
   fi
+  COMMON=(--run.seed=1337 --checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
+  PRE=(--train.max_steps=$PRE_STEPS "--data.path=$R/data" --data.seq_len=$SEQ "${COMMON[@]}")
+  FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${COMMON[@]}")
+  BENCH=$R/p5/eval/$P5_NAME
+  EVAL=(--benchmark "$BENCH" --task p5 --sample $EVAL_USERS --device "$EVAL_DEVICE" --rating.decoding=expected
+        --num-beams $BEAMS --num-return-sequences $BEAMS --max-new-tokens $NEW_TOKENS --next_item.constrained=true
+        --embedding-cache "$OUT/embedding_cache" --batch-size 8)
   if [[ $STAGE == all || $STAGE == train ]]; then
     rm -rf "$R/a-pretrain" "$R/a" "$R/b-pretrain" "$R/b" "$R/c"  # the train stage trains anew
-    COMMON=(--run.seed=1337 --checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
-    PRE=(--train.max_steps=$PRE_STEPS "--data.path=$R/data" --data.seq_len=$SEQ "${COMMON[@]}")
-    FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${COMMON[@]}")
     log "$D (a) causal pre-training";   quiet $PY train.py configs/train/beauty-mini-pretrain.yaml "${MODEL[@]}" \
       "--run.out_dir=$R/a-pretrain" "${PRE[@]}" > "$R/a-pretrain.log"
     log "$D (a) instruction tuning";    quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
       "--model.init_from=$R/a-pretrain/model" "--run.out_dir=$R/a" "${FT[@]}" > "$R/a.log"
-    log "$D (b) infilling pre-training"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml \
-      "${INFILL_MODEL[@]}" --infill.objective=infill "--run.out_dir=$R/b-pretrain" "${PRE[@]}" > "$R/b-pretrain.log"
-    log "$D (b) [gMASK] instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml \
-      "${INFILL_MODEL[@]}" --infill.objective=infill "--model.init_from=$R/b-pretrain/model" "--run.out_dir=$R/b" \
-      "${FT[@]}" > "$R/b.log"
+    train_infill b
     C_STEPS=$($PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5")
     log "$D (c) instruction tuning alone, $C_STEPS steps (the same tokens)"
     quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" --model.init_from=null \
@@ -85,19 +115,22 @@ for D in $DATASETS; do
       > "$R/c.log"
   fi
   if [[ $STAGE == all || $STAGE == eval ]]; then
-    BENCH=$R/p5/eval/$P5_NAME
-    EVAL=(--benchmark "$BENCH" --task p5 --templates $TEMPLATES --sample $EVAL_USERS --device "$EVAL_DEVICE"
-          --rating.decoding=expected --num-beams $BEAMS --num-return-sequences $BEAMS --max-new-tokens $NEW_TOKENS
-          --next_item.constrained=true --embedding-cache "$OUT/embedding_cache" --batch-size 8)
-    for ARM in a b c; do
-      OBJ=causal; [[ $ARM == b ]] && OBJ=infill
-      log "$D evaluate ($ARM)"
-      quiet $PY evaluate.py --checkpoint "$R/$ARM/model" --objective $OBJ --out "$R/eval/$ARM" "${EVAL[@]}" \
-        > "$R/eval-$ARM.log"
-    done
+    for ARM in $EVAL_ARMS; do evaluate_arm $ARM $ARM --templates $TEMPLATES; done
     $PY -m evaluation.baselines --benchmark "$BENCH" --sample $EVAL_USERS --out "$R/eval/baselines" > /dev/null
+  fi
+  if [[ -n $RATING_TEMPLATES && ($STAGE == all || $STAGE == eval || $STAGE == eval-sampled) ]]; then
+    for ARM in $EVAL_ARMS; do
+      evaluate_arm $ARM $ARM-sampled --templates $RATING_TEMPLATES --rating.decoding=sample
+    done
+  fi
+  if [[ -n $ABLATIONS && ($STAGE == all || $STAGE == ablate) ]]; then
+    for X in $ABLATIONS; do
+      rm -rf "$R/b-$X-pretrain" "$R/b-$X"
+      train_infill "b-$X" "${SWITCH[$X]}"
+      evaluate_arm "b-$X" "b-$X" --templates $TEMPLATES
+    done
   fi
 done
 if [[ $STAGE == all || $STAGE == report ]]; then
-  $PY scripts/papers.py report "$OUT" --datasets $DATASETS | tee "$OUT/results.md"
+  $PY scripts/papers.py report "$OUT" --datasets $DATASETS --figures "${PAPERS_FIGURES:-$OUT}" | tee "$OUT/results.md"
 fi
