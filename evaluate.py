@@ -4,6 +4,10 @@
     # sequential recommendation: 10 beams, 10 outputs, each grounded to its nearest catalog item
     python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --task next_item \
         --out out/eval/beauty-next --batch-size 8 --device cuda --dtype bfloat16 [--constrained] [--sample 2000]
+    # a 7B model on one GPU: batches sized by KV-cache positions (prompts x beams x length), not by a prompt count;
+    # 40000 fits an A100-40GB, 110000 an 80 GB GPU (docs/evaluation_memory.md)
+    python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --task next_item \
+        --out out/eval/beauty-next --device cuda --dtype bfloat16 --token-budget 40000
     # rating prediction: sampling (temperature 1.0, top-p 0.9, top-k 50), three seeds, mean +- std
     python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/movielens-100k/eval/movielens-100k --task rating \
         --out out/eval/ml-rating --seeds 0 1 2
@@ -48,7 +52,6 @@ import sys
 import time
 
 import torch
-from tqdm import tqdm
 
 from config import cli, dump, save, to_dict
 from data.formats.evalfiles import DEFAULT_RATING_SCALE, read_catalog, read_examples, read_train_stats, sample_examples
@@ -73,7 +76,10 @@ FLAGS = [
     ("--objective", "objective", str, "causal (default) | infill: a blank-infilling model (docs/recsysllm.md)"),
     ("--split", "split", str, "default: test"),
     ("--out", "out", str, "output folder"),
-    ("--batch-size", "batch_size", int, "prompts per generate call (beams run together); default 8"),
+    ("--batch-size", "batch_size", int, "at most this many prompts per generate call (beams run together); default 8, "
+     "or no bound with --token-budget"),
+    ("--token-budget", "generate_token_budget", int, "KV-cache positions per generate call, prompts x beams x (longest "
+     "prompt + max new tokens - 1), instead of a prompt count (a longer prompt runs alone); docs/evaluation_memory.md"),
     ("--device", "device", str, "default: cuda when available, else cpu"),
     ("--dtype", "dtype", str, "float32 | bfloat16 | float16; default: the checkpoint's"),
     ("--limit", "limit", int, "evaluate only the first N examples (a quick look)"),
@@ -152,15 +158,17 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
         gen.eos_token_id = ids["end"]  # a span ends at [END]
         infill_inputs = (prompts, pool)
     started = time.time()
-    generated = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "beam search", infill=infill_inputs)
+    generated = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "beam search", infill=infill_inputs,
+                               token_budget=cfg.generate_token_budget)
     seconds = time.time() - started
     index = CatalogIndex(item_ids, texts, load_embedder(cfg.next_item.embedder, cfg.device),
                          cache_dir=cfg.next_item.embedding_cache)
 
     predictions, ranked, ranked_norm = [], [], []
     n_outputs = n_exact = 0
-    for x, outs in zip(tqdm(examples, desc="grounding", unit="user"), generated):
-        grounded = index.nearest([g.text for g in outs])
+    # the outputs of many users in one embedding call (CatalogIndex.nearest_lists), not one call per user
+    grounded_lists = index.nearest_lists([[g.text for g in outs] for outs in generated])
+    for x, outs, grounded in zip(examples, generated, grounded_lists):
         n_outputs += len(outs)
         n_exact += sum(exact for _, _, exact in grounded)
         by_logprob = sorted(range(len(outs)), key=lambda j: -outs[j].logprob)  # stable: ties keep beam order
@@ -197,7 +205,7 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
         trie = CatalogTrie.from_catalog(item_ids, texts, encode, gen.eos_token_id, model.config.vocab_size)
         started = time.time()
         constrained = run_generation(model, tokenizer, examples, gen, cfg.batch_size, "constrained beams", trie,
-                                     infill=infill_inputs)
+                                     infill=infill_inputs, token_budget=cfg.generate_token_budget)
         seconds = time.time() - started
         ranked_c = []
         for p, outs in zip(predictions, constrained):
@@ -247,7 +255,8 @@ def evaluate_rating(cfg, model, tokenizer, examples) -> tuple:
     per_seed = {}
     for seed in cfg.rating.seeds if sampling else ["greedy"]:
         outs = run_generation(model, tokenizer, examples, gen, cfg.batch_size, f"sampling seed {seed}" if sampling
-                              else "greedy", seed=seed if sampling else None, infill=infill_inputs)
+                              else "greedy", seed=seed if sampling else None, infill=infill_inputs,
+                              token_budget=cfg.generate_token_budget)
         texts = [o[0].text for o in outs]
         per_seed[seed] = rating_metrics(texts, targets, cfg.rating.fallback_rating, tuple(cfg.rating.scale),
                                         p5_filter=r.p5_filter)
@@ -265,7 +274,8 @@ def evaluate_text_task(cfg, model, tokenizer, examples) -> tuple:
     """Your own prompt/response test pairs (data/prepare/own_files.py): greedy generation, exact match."""
     from evaluation.text_tasks import evaluate_text
 
-    return evaluate_text(model, tokenizer, examples, cfg.batch_size, cfg.max_new_tokens or 64, cfg.stop)
+    return evaluate_text(model, tokenizer, examples, cfg.batch_size, cfg.max_new_tokens or 64, cfg.stop,
+                         token_budget=cfg.generate_token_budget)
 
 
 def evaluate_yes_no_task(cfg, model, tokenizer, examples) -> tuple:
@@ -276,7 +286,8 @@ def evaluate_yes_no_task(cfg, model, tokenizer, examples) -> tuple:
     spelled = json.loads(answers.read_text()) if answers.is_file() else {"yes": "Yes", "no": "No"}
     cfg.yes_no.yes = cfg.yes_no.yes or spelled["yes"]
     cfg.yes_no.no = cfg.yes_no.no or spelled["no"]
-    return evaluate_yes_no(model, tokenizer, examples, cfg.batch_size, cfg.device, cfg.yes_no.yes, cfg.yes_no.no)
+    return evaluate_yes_no(model, tokenizer, examples, cfg.batch_size, cfg.device, cfg.yes_no.yes, cfg.yes_no.no,
+                           token_budget=cfg.generate_token_budget)
 
 
 TASKS = {"next_item": evaluate_next_item, "rating": evaluate_rating, "text": evaluate_text_task,

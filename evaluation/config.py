@@ -2,6 +2,7 @@
 YAML file, `--section.key=value` overrides, and evaluate.py's own flags (`--batch-size 8`), which are overrides too.
 
     python evaluate.py configs/eval/beauty-next-item.yaml --checkpoint=out/recgpt-7b/model --batch-size 16
+    python evaluate.py configs/eval/beauty-next-item.yaml --checkpoint=out/recgpt-7b/model --token-budget 40000
 """
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -88,7 +89,9 @@ class EvalConfig:
     out: Optional[str] = None  # output folder (required)
     tokenizer: Optional[str] = None  # tokenizers JSON; default: CHECKPOINT/tokenizer.json
     split: str = "test"
-    batch_size: int = 8  # prompts per generate call (beams run together)
+    # prompts per generate call (beams run together): an upper bound; default 8, or no bound when
+    # generate_token_budget is set (then the budget alone sizes the batches)
+    batch_size: Optional[int] = None
     device: Optional[str] = None  # default: cuda when available, else cpu
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None  # default: the checkpoint's
     verify: Literal["full", "fast"] = "full"  # checkpoint integrity: full = sha256 of each shard; fast = sizes, headers
@@ -98,8 +101,12 @@ class EvalConfig:
     max_new_tokens: Optional[int] = None  # default: 128 (next_item), 16 (rating), 64 (text)
     stop: list[str] = field(default_factory=list)  # stop strings; EOS always stops
     # likelihood scoring (candidates, rating sets): positions (rows x tokens) of one batch's KV cache; at 7B in bf16
-    # a position of every layer's keys and values is 1 MiB (evaluation/scoring.py)
+    # a position of every layer's keys and values is 0.5 MiB (evaluation/scoring.py, evaluation/memory.py)
     score_token_budget: int = 16384
+    # generation (next_item, rating, text, P5's generating families; yes/no's forward pass too): KV-cache positions of
+    # one generate call, rows x length = prompts x beams x (longest prompt + max_new_tokens - 1); a prompt over it runs
+    # alone. Default: batches of batch_size prompts. Sizes per GPU: docs/evaluation_memory.md (evaluation/memory.py)
+    generate_token_budget: Optional[int] = None
     next_item: NextItemSection = field(default_factory=NextItemSection)
     rating: RatingSection = field(default_factory=RatingSection)
     yes_no: YesNoSection = field(default_factory=YesNoSection)
@@ -112,10 +119,13 @@ class EvalConfig:
         for key, value in (("batch_size", self.batch_size), ("limit", self.limit), ("sample", self.sample),
                            ("max_new_tokens", self.max_new_tokens), ("next_item.num_beams", self.next_item.num_beams),
                            ("score_token_budget", self.score_token_budget),
+                           ("generate_token_budget", self.generate_token_budget),
                            ("p5.max_new_tokens_text", self.p5.max_new_tokens_text),
                            ("next_item.num_return_sequences", self.next_item.num_return_sequences)):
             if value is not None and value < 1:
                 raise invalid(key, value, "must be >= 1")
+        if self.batch_size is None and self.generate_token_budget is None:
+            self.batch_size = 8  # the prompt count that sized every batch before generate_token_budget
         if self.objective == "infill" and self.task not in ("next_item", "rating", "p5"):
             raise invalid("objective", self.objective, f"infill is evaluated on next_item, rating and p5, not "
                           f"{self.task}")

@@ -26,8 +26,15 @@ be compared with it token for token (tests/test_generate.py):
 Beyond HF: a prompt whose beam search is done is dropped from the batch (its cache rows go), the prompt is
 run once before its beams are spread (not once per beam), and an optional `constraint` (constrained.py)
 restricts the tokens each beam may take next.
+
+Memory: a call allocates one KV cache, once, of prompts x beams rows (beam search: the prompts run on its first rows
+and are spread into their beams in place; no second cache) and longest prompt + max_new_tokens - 1 positions.
+run_generation batches prompts by a prompt count, a token budget of those positions, or both (by_length), and logs
+the largest batch's estimate before decoding (evaluation/memory.py; docs/evaluation_memory.md).
 """
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -35,7 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from data.formats.infilling import IntraTracker
+from evaluation.memory import cache_positions, describe, generation_memory, prefill_bytes
 from model.mpt import MPT
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -149,17 +159,31 @@ class Decoder:
     `step(rows, tokens)` keeps the current rows listed in `rows` (in that order: beam search reorders and
     duplicates them, finished prompts are dropped) and appends one token to each. With the cache, only the
     new tokens run through the model; without it, the whole sequence is recomputed (the reference). `infill`:
-    an InfillState for blank-infilling prompts (positions, prefix and intra ids go with every model call).
+    an InfillState for blank-infilling prompts (positions, prefix and intra ids go with every model call). `rows`: the
+    most rows the cache will hold (beam search: prompts x beams), allocated at the start so that growing to them
+    needs no second cache.
     """
 
     def __init__(self, model: MPT, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, use_cache=True,
-                 infill: Optional[InfillState] = None):
+                 infill: Optional[InfillState] = None, rows: Optional[int] = None):
         self.model, self.ids, self.mask, self.infill = model, ids, mask, infill
         total = ids.shape[1] + max_new_tokens - 1  # the last generated token is never fed back
         if total > model.config.max_seq_len:
             raise ValueError(f"prompt of {ids.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds the model "
                              f"config key max_seq_len={model.config.max_seq_len}; shorten the prompt")
-        self.cache = model.new_kv_cache(ids.shape[0], max_len=total) if use_cache else None
+        self.cache = None
+        if use_cache:
+            # allocated once, at the most rows it will hold (beam search: prompts x beams; evaluation/memory.py): the
+            # prompts fill its first rows, and spreading them into their beams gathers in place
+            self.cache = model.new_kv_cache(max(rows or 0, ids.shape[0]), max_len=total)
+            self._storage = (self.cache.keys, self.cache.values, self.cache.positions)  # all rows: the allocation
+            self._rows(ids.shape[0])
+
+    def _rows(self, n: int):
+        """Let the cache hold its first n rows of the storage allocated at the start (KVCache.reorder gathers in
+        place whenever the rows it keeps are no more than the rows it holds)."""
+        keys, values, positions = self._storage
+        self.cache.keys, self.cache.values, self.cache.positions = keys[:, :n], values[:, :n], positions[:n]
 
     def prefill(self) -> torch.Tensor:
         self.generated = 0
@@ -172,6 +196,11 @@ class Decoder:
         if rows is not None:
             self.mask = self.mask.index_select(0, rows)
             if self.cache is not None:
+                if len(rows) > self.cache.keys.shape[1]:  # prompts spread into beams: into the rows set aside
+                    if len(rows) > self._storage[0].shape[1]:
+                        raise ValueError(f"{len(rows)} cache rows needed, {self._storage[0].shape[1]} allocated: "
+                                         f"pass Decoder(rows=) the most rows the search holds")
+                    self._rows(self._storage[0].shape[1])
                 self.cache.reorder(rows)
             else:
                 self.ids = self.ids.index_select(0, rows)
@@ -246,8 +275,9 @@ def sample_next(logits: torch.Tensor, cfg: GenerationConfig, generator=None) -> 
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def _decoder(model: MPT, prompts, cfg: GenerationConfig, infill) -> Decoder:
-    """Left-padded prompts on the model's device, and their decoder (infill: the entity trie of InfillPrompts)."""
+def _decoder(model: MPT, prompts, cfg: GenerationConfig, infill, rows: Optional[int] = None) -> Decoder:
+    """Left-padded prompts on the model's device, and their decoder (infill: the entity trie of InfillPrompts; rows:
+    the most cache rows the decoding holds, default one per prompt)."""
     device = model.wte.weight.device
     token_lists = [p.input_ids for p in prompts] if infill is not None else prompts
     ids, mask = left_pad(token_lists, cfg.pad_token_id, device)
@@ -260,7 +290,7 @@ def _decoder(model: MPT, prompts, cfg: GenerationConfig, infill) -> Decoder:
     if infill is not None:
         state = InfillState(prompts, [ids.shape[1] - len(t) for t in token_lists], infill, device,
                             model.config.intra_positions)
-    return Decoder(model, ids, mask, cfg.max_new_tokens, cfg.use_cache, state)
+    return Decoder(model, ids, mask, cfg.max_new_tokens, cfg.use_cache, state, rows)
 
 
 @torch.no_grad()
@@ -329,7 +359,7 @@ def beam_search(model: MPT, prompts, cfg: GenerationConfig, decode=None, constra
     device = model.wte.weight.device
     K, T, lp_power = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
     n_candidates = 2 * K  # HF keeps (1 + number of EOS ids) * num_beams, >= 2 * num_beams
-    decoder = _decoder(model, prompts, cfg, infill)
+    decoder = _decoder(model, prompts, cfg, infill, rows=len(prompts) * K)  # the cache, once, at its beams' size
     stops = StopStrings(cfg.stop_strings, decode)
     neg_inf = float("-inf")
 
@@ -495,25 +525,106 @@ def generate_text(model: MPT, tokenizer, prompts: Sequence[str], cfg: Generation
     return outputs
 
 
-def by_length(lengths: Sequence[int], batch_size: int) -> list:
-    """Index batches of similar length (less padding); results go back by index."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+def by_length(lengths: Sequence[int], batch_size: Optional[int] = None, token_budget: Optional[int] = None,
+              rows_per_prompt: int = 1, extra_positions: int = 0, sizes: Optional[Sequence[int]] = None) -> list:
+    """Index batches of prompts of similar length (less padding), shortest first; results go back by index.
+
+    batch_size: at most this many prompts a batch. token_budget: at most this many KV-cache positions a batch, where a
+    batch of n prompts whose longest has L tokens costs n x rows_per_prompt x (L + extra_positions) (generation:
+    rows_per_prompt = beams, extra_positions = max_new_tokens - 1: evaluation/memory.py cache_positions). A prompt
+    that costs more than the budget alone is a batch of its own (logged), never dropped. Either limit may be None, not
+    both; with both, a batch ends at whichever comes first. sizes: the prompts' token counts when `lengths`, the sort
+    key, are not (blank-infilling prompts are ordered by their text's length)."""
+    if batch_size is None and token_budget is None:
+        raise ValueError("by_length needs a batch_size, a token_budget or both")
+    for key, value in (("batch_size", batch_size), ("token_budget", token_budget)):
+        if value is not None and value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if token_budget is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    sizes = lengths if sizes is None else sizes
+
+    def cost(n, longest):
+        return n * rows_per_prompt * (longest + extra_positions)
+
+    batches, alone, longest = [], [], 0
+    for i in order:
+        if batches and (batch_size is None or len(batches[-1]) < batch_size) and \
+                cost(len(batches[-1]) + 1, max(longest, sizes[i])) <= token_budget:
+            batches[-1].append(i)
+            longest = max(longest, sizes[i])
+            continue
+        batches.append([i])
+        longest = sizes[i]
+        if cost(1, longest) > token_budget:
+            alone.append(i)
+    if alone:
+        worst = max(sizes[i] for i in alone)
+        log.info("%d prompt(s) cost more than the token budget of %s KV-cache positions alone (the longest: %d rows x "
+                 "%d positions = %s): each runs in a batch of its own", len(alone), f"{token_budget:,}",
+                 rows_per_prompt, worst + extra_positions, f"{cost(1, worst):,}")
+    return batches
 
 
-def run_generation(model: MPT, tokenizer, examples: Sequence[dict], gen: GenerationConfig, batch_size: int,
-                   desc: str = "generation", constraint=None, seed=None, infill=None) -> list:
+def log_memory_estimate(model: MPT, batches: Sequence[Sequence[int]], sizes: Sequence[int], beams: int,
+                        max_new_tokens: int, what: str = "generation") -> dict:
+    """Log the estimate of the batch that needs the most memory (evaluation/memory.py: KV cache, weights, logits, and
+    the prefill beside) before decoding, with a warning when it exceeds the GPU's memory; returns it, with "rows",
+    "length" and "prefill"."""
+    c, w = model.config, model.wte.weight
+    b = w.element_size()
+    kernel = c.attn_impl == "flex" or (c.attn_impl == "triton" and (w.is_cuda or os.environ.get("TRITON_INTERPRET")
+                                                                    == "1"))
+    materialised = not kernel  # model/mpt.py: the "torch" path (and "triton" without CUDA) builds the attention bias
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    est = None
+    for batch in batches:
+        n, longest = len(batch), max(sizes[i] for i in batch)
+        rows, length = n * beams, longest + max_new_tokens - 1
+        e = generation_memory(c.n_layers, c.d_model, c.vocab_size, rows, length, b, weights)
+        e.update(rows=rows, length=length, prompts=n,
+                 prefill=prefill_bytes(n, longest, c.d_model, c.n_heads, b, materialised))
+        if est is None or e["total"] + e["prefill"] > est["total"] + est["prefill"]:
+            est = e
+    log.info("%s: %d batches; the largest holds %d prompt(s) x %d beam(s) = %d rows x %d positions (%s): %s", what,
+             len(batches), est["prompts"], beams, est["rows"], est["length"], f"{est['rows'] * est['length']:,}",
+             describe(est, str(w.dtype).replace("torch.", "")))
+    if w.is_cuda:
+        total = torch.cuda.get_device_properties(w.device).total_memory
+        if est["total"] + est["prefill"] > total:
+            log.warning("%s: the largest batch needs up to %.1f GiB, more than the GPU's %.1f GiB: it will likely run "
+                        "out of memory; set evaluate.py's --token-budget (docs/evaluation_memory.md)", what,
+                        (est["total"] + est["prefill"]) / 2 ** 30, total / 2 ** 30)
+    return est
+
+
+def run_generation(model: MPT, tokenizer, examples: Sequence[dict], gen: GenerationConfig,
+                   batch_size: Optional[int], desc: str = "generation", constraint=None, seed=None, infill=None,
+                   token_budget: Optional[int] = None) -> list:
     """Each example's "prompt" continued (generate_text), in batches of prompts of similar length, with a progress
-    bar; outputs in the examples' order. seed: sampling's, one stream per batch so that batches do not replay the same
-    draws. infill: (InfillPrompts, entity trie) for a blank-infilling model (evaluation/infill_prompts.py): the
-    prompts are token-level, one per example, and each output's text is its span without the closing [END]."""
+    bar; outputs in the examples' order. batch_size: at most this many prompts a batch; token_budget: at most this
+    many KV-cache positions a batch, beams included (by_length; either may be None, not both). The largest batch's
+    memory estimate is logged first. seed: sampling's, one stream per batch so that batches do not replay the same
+    draws (a sampled output depends on its batch, so a seeded run reproduces with the same batching). infill:
+    (InfillPrompts, entity trie) for a blank-infilling model (evaluation/infill_prompts.py): the prompts are
+    token-level, one per example, and each output's text is its span without the closing [END]."""
     from tqdm import tqdm
 
     lengths = [len(e.ids) for e in tokenizer.encode_batch([x["prompt"] for x in examples], add_special_tokens=False)]
+    sizes = lengths if infill is None else [len(p.input_ids) for p in infill[0]]
+    beams = gen.num_beams if gen.num_beams > 1 or constraint is not None else 1
+    batches = by_length(lengths, batch_size, token_budget, beams, gen.max_new_tokens - 1, sizes)
+    if token_budget is not None and batch_size is not None:
+        capped = sum(len(b) == batch_size and cache_positions(len(b) + 1, max(sizes[i] for i in b), beams,
+                                                              gen.max_new_tokens) <= token_budget for b in batches)
+        if capped:
+            log.info("%s: %d of %d batches stopped at batch_size=%d prompts with room left in the token budget: unset "
+                     "batch_size (or raise it) to fill them", desc, capped, len(batches), batch_size)
+    if batches:
+        log_memory_estimate(model, batches, sizes, beams, gen.max_new_tokens, desc)
     outputs = [None] * len(examples)
-    for b, idx in enumerate(tqdm(by_length(lengths, batch_size), desc=desc, unit="batch")):
+    for b, idx in enumerate(tqdm(batches, desc=desc, unit="batch")):
         if seed is not None:
             gen.seed = seed * 1_000_003 + b
         if infill is None:

@@ -8,6 +8,7 @@ user's outputs, in beam-score order, become a ranked item list with repeats remo
     embedder = load_embedder()                                     # all-MiniLM-L6-v2 from its PyPI wheel
     index = CatalogIndex(item_ids, item_texts, embedder, cache_dir="out/embeddings")
     ranked = index.rank(["Title: Foo; Brand: Bar", ...])           # [item_id, ...] de-duplicated
+    grounded = index.nearest_lists(outputs_per_user)               # [(item_id, score, exact)] per output, per user
 
 Catalog items sharing one text are one entry of the index, answered by the lowest item id (catalog order),
 so identical texts cannot tie by floating-point accident. The catalog embeddings are cached on disk under a
@@ -132,20 +133,45 @@ class CatalogIndex:
 
     def nearest(self, texts: Sequence[str]) -> list:
         """[(item_id, cosine score, exact_text_match)] per text. An exact catalog string short-cuts to its
-        item (with normalised vectors it is a top-1 anyway, spec §6.3); score ties go to catalog order."""
-        if not texts:
-            return []
-        queries = normalise(self.embedder.encode(list(texts)))
-        k = min(8, len(self.entry_item))
-        scores, entries = self.index.search(queries, k)
-        out = []
-        for text, row_scores, row_entries in zip(texts, scores, entries):
+        item (with normalised vectors it is a top-1 anyway, spec §6.3) and is not embedded; the others are embedded
+        in one call. Score ties go to catalog order. A text's answer does not depend on the texts beside it: FAISS
+        picks the 8 nearest entries and their cosines are recomputed one query at a time (FAISS's own scores can
+        differ in the last bit with the number of queries searched together)."""
+        out = [None] * len(texts)
+        todo = []
+        for n, text in enumerate(texts):
             if text in self.entry_of_text:
-                out.append((self.entry_item[self.entry_of_text[text]], 1.0, True))
-                continue
-            best = row_scores[0]
-            entry = min(e for s, e in zip(row_scores, row_entries) if s == best and e >= 0)
-            out.append((self.entry_item[entry], float(best), False))
+                out[n] = (self.entry_item[self.entry_of_text[text]], 1.0, True)
+            else:
+                todo.append(n)
+        if not todo:
+            return out
+        queries = normalise(self.embedder.encode([texts[n] for n in todo]))  # (Q, dim)
+        k = min(8, len(self.entry_item))
+        _, entries = self.index.search(queries, k)  # (Q, k), -1 where fewer than k
+        candidates = self.index.reconstruct_batch(np.maximum(entries, 0).ravel()).reshape(len(todo), k, -1)
+        scores = (candidates * queries[:, None, :]).sum(-1)  # (Q, k) cosines, each row on its own
+        for n, row_scores, row_entries in zip(todo, scores, entries):
+            valid = row_entries >= 0
+            best = row_scores[valid].max()
+            entry = min(e for s, e, v in zip(row_scores, row_entries, valid) if v and s == best)
+            out[n] = (self.entry_item[entry], float(best), False)
+        return out
+
+    def nearest_lists(self, lists: Sequence[Sequence[str]], max_texts: int = 4096) -> list:
+        """nearest() of each list of texts (a user's outputs), as a list per list, the texts of many lists embedded
+        in one call (up to max_texts texts a call, whole lists): the same answers as a call per list."""
+        out, start = [], 0
+        while start < len(lists):
+            end, n = start, 0
+            while end < len(lists) and (end == start or n + len(lists[end]) <= max_texts):
+                n += len(lists[end])
+                end += 1
+            flat, at = self.nearest([t for texts in lists[start:end] for t in texts]), 0
+            for texts in lists[start:end]:
+                out.append(flat[at:at + len(texts)])
+                at += len(texts)
+            start = end
         return out
 
     def rank(self, texts: Sequence[str]) -> list:

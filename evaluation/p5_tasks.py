@@ -211,7 +211,8 @@ def _generate(cfg, model, tokenizer, records, gen) -> list:
     if cfg.objective == "infill":
         spans, pool, ids = _infill(cfg, model, tokenizer, records)
         gen, infill = dataclasses.replace(gen, eos_token_id=ids["end"], pad_token_id=ids["end"]), (spans, pool)
-    return run_generation(model, tokenizer, records, gen, cfg.batch_size, "generation", infill=infill)
+    return run_generation(model, tokenizer, records, gen, cfg.batch_size, "generation", infill=infill,
+                          token_budget=cfg.generate_token_budget)
 
 
 def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating):
@@ -251,7 +252,8 @@ def _direct_yes_no(cfg, model, tokenizer, records, run_next_item, run_rating):
     if cfg.objective == "infill":
         p_yes = _infill_yes_no(cfg, model, tokenizer, records, yes, no)
     else:
-        p_yes = yes_no_scores(model, tokenizer, flat, cfg.batch_size, cfg.device, yes, no)
+        p_yes = yes_no_scores(model, tokenizer, flat, cfg.batch_size, cfg.device, yes, no,
+                              token_budget=cfg.generate_token_budget)
     scores, start = [], 0
     for x in records:
         scores.append(p_yes[start:start + len(x["candidate_prompts"])])
@@ -291,7 +293,7 @@ def _text(bleu_order):
                      for x, o in zip(examples, outs)]
         else:
             preds, _ = evaluate_text(model, tokenizer, examples, cfg.batch_size, cfg.p5.max_new_tokens_text,
-                                     cfg.stop)
+                                     cfg.stop, token_budget=cfg.generate_token_budget)
         texts = [p["text"] for p in preds]
         metrics = text_generation_metrics(texts, [x["target_text"] for x in records], bleu_orders=(bleu_order,))
         return [{"target_text": p["target_text"], "text": p["text"], "finish_reason": p["finish_reason"]}

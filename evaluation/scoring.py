@@ -14,10 +14,10 @@ comes after every real token of its row, and attention is causal); the prompts' 
 is never run twice, however many candidates it has.
 
 Chunks: one chunk holds rows x (longest prompt + longest continuation of the chunk) positions of every layer's
-keys and values, which is what bounds memory (2 x n_layers x d_model x dtype bytes per position: 1 MiB at 7B in
-bf16, so the default budget of 16,384 positions is 16 GiB, and 2 MiB at 7B in fp32). `token_budget` caps that
-product; a chunk always holds at least one row. The prefill's batch is capped the same way (`prompt_budget`), and its
-cache lives while its chunks run: the peak is about the two budgets together.
+keys and values, which is what bounds memory (2 x n_layers x d_model x dtype bytes per position: 0.5 MiB at 7B in
+bf16, so the default budget of 16,384 positions is 8 GiB, and 1 MiB at 7B in fp32; evaluation/memory.py).
+`token_budget` caps that product; a chunk always holds at least one row. The prefill's batch is capped the same way
+(`prompt_budget`), and its cache lives while its chunks run: the peak is about the two budgets together.
 
 Prompts are token lists, or `ScoringPrompt`s (an InfillPrompt is taken as one), which can carry what a blank-infilling model needs besides the ids
 (explicit ALiBi positions, Part A's end, intra ids): the prefill passes them to the model as generate.py's

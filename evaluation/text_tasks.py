@@ -42,8 +42,8 @@ def answer_token(tokenizer, answer: str) -> int:
 
 
 @torch.no_grad()
-def yes_no_scores(model, tokenizer, prompts: Sequence[str], batch_size: int, device=None, yes: str = "Yes",
-                  no: str = "No") -> list:
+def yes_no_scores(model, tokenizer, prompts: Sequence[str], batch_size: Optional[int], device=None, yes: str = "Yes",
+                  no: str = "No", token_budget: Optional[int] = None) -> list:
     """P(yes) / (P(yes) + P(no)) for each prompt, from the next-token distribution after its last token.
 
     yes, no: the answer strings as the training responses spell them; their first tokens (encoded alone) are
@@ -51,6 +51,7 @@ def yes_no_scores(model, tokenizer, prompts: Sequence[str], batch_size: int, dev
     of the logits at each prompt's last token. Prompts are left padded into batches (evaluation/generate.left_pad):
     the attention mask keeps the pad keys out and ALiBi depends only on distances, so a prompt's logits are those of
     running it alone, and the last column is every prompt's last real token. device: default the model's.
+    batch_size, token_budget: at most this many prompts, tokens (prompts x longest) a batch (generate.by_length).
     """
     yes_id, no_id = answer_token(tokenizer, yes), answer_token(tokenizer, no)
     if yes_id == no_id:
@@ -60,7 +61,7 @@ def yes_no_scores(model, tokenizer, prompts: Sequence[str], batch_size: int, dev
     pad_id = tokenizer.token_to_id(EOS)
     ids = _encode(tokenizer, prompts)
     scores = [0.0] * len(ids)
-    for idx in by_length([len(p) for p in ids], batch_size):
+    for idx in by_length([len(p) for p in ids], batch_size, token_budget):
         batch, mask = left_pad([ids[i] for i in idx], pad_id, device)  # (B, S) each
         logits = model(batch, attention_mask=mask, last_token_only=True)[:, -1]  # (B, V) fp32
         p_yes = torch.sigmoid(logits[:, yes_id] - logits[:, no_id])  # (B,)
@@ -69,13 +70,14 @@ def yes_no_scores(model, tokenizer, prompts: Sequence[str], batch_size: int, dev
     return scores
 
 
-def evaluate_yes_no(model, tokenizer, examples: Sequence[dict], batch_size: int, device=None, yes: str = "Yes",
-                    no: str = "No") -> tuple:
+def evaluate_yes_no(model, tokenizer, examples: Sequence[dict], batch_size: Optional[int], device=None,
+                    yes: str = "Yes", no: str = "No", token_budget: Optional[int] = None) -> tuple:
     """examples: records of a yes_no file ("id", "prompt", "target_label") -> (predictions, metrics).
 
     predictions: per example {"id", "target_label", "p_yes", "prediction"} (prediction 1 when p_yes >= 0.5).
     metrics: accuracy at 0.5, auc (None when the examples hold one class only), n, positives, the answers."""
-    scores = yes_no_scores(model, tokenizer, [x["prompt"] for x in examples], batch_size, device, yes, no)
+    scores = yes_no_scores(model, tokenizer, [x["prompt"] for x in examples], batch_size, device, yes, no,
+                           token_budget)
     labels = [int(x["target_label"]) for x in examples]
     predicted = [int(s >= 0.5) for s in scores]
     predictions = [{"id": x["id"], "target_label": t, "p_yes": s, "prediction": y}
@@ -88,16 +90,18 @@ def evaluate_yes_no(model, tokenizer, examples: Sequence[dict], batch_size: int,
     return predictions, metrics
 
 
-def evaluate_text(model, tokenizer, examples: Sequence[dict], batch_size: int, max_new_tokens: int,
-                  stop_strings: Sequence[str] = ()) -> tuple:
-    """examples: records of a text file ("id", "prompt", "target_text") -> (predictions, metrics).
+def evaluate_text(model, tokenizer, examples: Sequence[dict], batch_size: Optional[int], max_new_tokens: int,
+                  stop_strings: Sequence[str] = (), token_budget: Optional[int] = None) -> tuple:
+    """examples: records of a text file ("id", "prompt", "target_text") -> (predictions, metrics). batch_size,
+    token_budget: how generation batches the prompts (generate.run_generation).
 
     Greedy decoding, stopping at EOS, a stop string or max_new_tokens. predictions: per example {"id",
     "target_text", "text", "finish_reason", "n_tokens"}; metrics: text_match_metrics and the finish reasons."""
     eos_id = tokenizer.token_to_id(EOS)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=eos_id,
                            stop_strings=tuple(stop_strings))
-    outputs = [per_prompt[0] for per_prompt in run_generation(model, tokenizer, examples, cfg, batch_size, "greedy")]
+    outputs = [per_prompt[0] for per_prompt in run_generation(model, tokenizer, examples, cfg, batch_size, "greedy",
+                                                              token_budget=token_budget)]
     predictions = [{"id": x["id"], "target_text": x["target_text"], "text": g.text, "finish_reason": g.finish_reason,
                     "n_tokens": len(g.tokens)} for x, g in zip(examples, outputs)]
     metrics = text_match_metrics([g.text for g in outputs], [x["target_text"] for x in examples])

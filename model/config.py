@@ -48,7 +48,9 @@ class MPTConfig:
     clip_qkv: Optional[float] = None  # clamp the fused qkv projection to [-clip_qkv, clip_qkv]
     qk_ln: bool = False  # LayerNorm on q and k (over d_model) before splitting into heads
     softmax_scale: Optional[float] = None  # None -> 1/sqrt(head_dim)
-    attn_impl: str = "torch"  # "torch" (PyTorch, any device) or "triton" (our flash kernel, CUDA)
+    # "torch" (PyTorch reference: SDPA given a materialised bias, any device), "triton" (our flash kernel, CUDA) or
+    # "flex" (torch's FlexAttention: compiled on CUDA; on the CPU eager and inference only)
+    attn_impl: str = "torch"
     # initialisation for training from scratch (llm-foundry's generic_param_init_fn_)
     init_name: str = "kaiming_normal_"  # kaiming_normal_ | kaiming_uniform_ | normal_
     init_std: float = 0.02  # used by normal_
@@ -81,7 +83,7 @@ class MPTConfig:
         check("softmax_scale", self.softmax_scale is None or self.softmax_scale > 0, "must be null or > 0")
         check("logit_scale", self.logit_scale is None or isinstance(self.logit_scale, (int, float)),
               "must be null or a number")
-        check("attn_impl", self.attn_impl in ("torch", "triton"), "must be 'torch' or 'triton'")
+        check("attn_impl", self.attn_impl in ("torch", "triton", "flex"), "must be 'torch', 'triton' or 'flex'")
         check("init_name", self.init_name in ("kaiming_normal_", "kaiming_uniform_", "normal_"),
               "must be kaiming_normal_, kaiming_uniform_ or normal_")
         check("fan_mode", self.fan_mode in ("fan_in", "fan_out"), "must be fan_in or fan_out")
@@ -145,6 +147,8 @@ class MPTConfig:
         out = {"architectures": ["MptForCausalLM"], "model_type": "mpt"}
         for ours, (section, theirs) in _MPT_JSON_KEYS.items():
             (out.setdefault(section, {}) if section else out)[theirs] = flat[ours]
+        if self.attn_impl == "flex":  # ours only: mosaicml's remote-code MPTConfig raises "Unknown attn_impl" for
+            out["attn_config"]["attn_impl"] = "torch"  # anything but torch/flash/triton (transformers ignores the key)
         for key in ("alibi_bias_max", "attn_pdrop", "clip_qkv"):  # transformers' MptAttentionConfig types them int
             value = out["attn_config"][key]
             if isinstance(value, float) and value.is_integer():

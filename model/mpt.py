@@ -11,14 +11,21 @@ Numerically the same model as llm-foundry's MPT and transformers' MptForCausalLM
 - a preallocated KV cache for incremental decoding (beam search reorders it with `KVCache.reorder`);
 - llm-foundry's initialisation for training from scratch (`init_weights`).
 
-Attention is chosen by `config.attn_impl`: "torch" runs attention/reference.py (PyTorch; SDPA in fp32,
-explicit fp32 softmax otherwise) and "triton" runs our flash kernel (attention/flash_alibi.py) on CUDA.
+Attention is chosen by `config.attn_impl`, one function computed three ways (tests/test_kernels.py,
+tests/test_flex_attention.py):
+- "torch": attention/reference.py, SDPA given a materialised (B or 1, H, S, S) ALiBi + mask bias in the compute
+  dtype, built once per forward (the explicit fp32 softmax only in float64); any device. Accuracy of the bf16 bias:
+  attention_reference's docstring;
+- "triton": our flash kernel (attention/flash_alibi.py), ALiBi in registers; CUDA (without it, the "torch" path);
+- "flex": torch's FlexAttention (attention/flex.py), ALiBi as a score_mod and the masks as a BlockMask built once
+  per forward; compiled on CUDA, eager and inference-only on the CPU.
 
 Build without allocating, then materialise once:
     with torch.device("meta"):
         model = MPT(cfg)
     model.to_empty(device="cuda"); model.init_weights()      # from scratch, or model.load.load_model(...)
 """
+import functools
 import logging
 import math
 import os
@@ -28,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attention.flex import FlexBias, flex_attn_alibi, flex_bias
 from attention.reference import AttentionBias, attention_bias, attention_reference
 from model.config import MPTConfig
 
@@ -112,25 +120,39 @@ class AttentionInputs(NamedTuple):
     """What every layer's attention needs, built once per forward pass (all layers share positions and mask)."""
     slopes: torch.Tensor  # (H,) fp32
     key_padding_mask: Optional[torch.Tensor]  # (B, past + S) bool, True = real key; None = no padding
-    bias: Optional[AttentionBias]  # PyTorch path: the materialised ALiBi + mask bias; None on the Triton path
+    bias: Optional[AttentionBias]  # "torch" path: the materialised ALiBi + mask bias; None on the others
     positions: Optional[torch.Tensor] = None  # (B, past + S) ALiBi positions of the keys; None = their indices
     prefix_end: Optional[torch.Tensor] = None  # (B,) keys before it are visible to every query; None = causal
+    flex: Optional[FlexBias] = None  # "flex" path: ALiBi score_mod and BlockMask (slopes, positions, masks in it)
 
 
 def attention(q, k, v, inputs: AttentionInputs, config: MPTConfig, dropout_p: float = 0.0):
     """The attention switch: (B, H, Sq, D) queries against (B, H, Sk, D) keys/values, causal (with an optional
     bidirectional prefix), ALiBi (on indices, or on given positions)."""
+    if inputs.flex is not None:
+        return flex_attn_alibi(q, k, v, softmax_scale=config.scale, bias=inputs.flex)
     if inputs.bias is None:
         from attention.flash_alibi import flash_attn_alibi
 
         extra = {}
         if inputs.positions is not None or inputs.prefix_end is not None:  # only then: the plain call stays as it was
             extra = {"positions": inputs.positions, "prefix_end": inputs.prefix_end}
-        return flash_attn_alibi(q, k, v, inputs.slopes, causal=True, key_padding_mask=inputs.key_padding_mask,
+        slopes = inputs.slopes
+        if slopes.dtype != torch.float32:  # FSDP2's bf16 policy casts every float forward input, slopes included:
+            slopes = _fp32_slopes(config.n_heads, config.alibi_bias_max, q.device)  # 0.8409 -> 0.8398 is not ALiBi
+        return flash_attn_alibi(q, k, v, slopes, causal=True, key_padding_mask=inputs.key_padding_mask,
                                 softmax_scale=config.scale, **extra)
-    # fp32 goes through SDPA (fast); in bf16/fp16 the explicit path keeps the bias and softmax in fp32 as MPT does
+    # SDPA with the bias in q's dtype (CUDA: the memory-efficient kernel, q.k and softmax in fp32, no stored scores).
+    # In bf16 that rounds ALiBi to bf16, which moves the result less than the explicit path's own bf16 error (measured
+    # at seq 2048: attention_reference's docstring) and saves its 6 bytes per score per layer. The explicit softmax
+    # stays for float64, the tests' exact path
     return attention_reference(q, k, v, bias=inputs.bias, softmax_scale=config.scale,
-                               sdpa=q.dtype == torch.float32, dropout_p=dropout_p)
+                               sdpa=q.dtype != torch.float64, dropout_p=dropout_p)
+
+
+@functools.lru_cache(maxsize=16)
+def _fp32_slopes(n_heads: int, alibi_bias_max: float, device) -> torch.Tensor:
+    return alibi_slopes(n_heads, alibi_bias_max).to(device)  # (H,) fp32
 
 
 _warned_no_triton = False
@@ -263,11 +285,17 @@ class MPT(nn.Module):
         if prefix_end is not None and prefix_end.shape != (B,):
             raise ValueError(f"prefix_end has shape {tuple(prefix_end.shape)}; expected (batch,) = {(B,)}")
         slopes = self.slopes(x.device)  # (H,) fp32
-        bias = None
-        if not (self.config.attn_impl == "triton" and _triton_usable(x)):
+        # what every layer's attention shares, built once here: the flex BlockMask + score_mod, or the torch path's
+        # bias in the compute dtype (one tensor for all layers, not a cast per layer), or nothing for the kernel
+        bias = flex = None
+        impl = self.config.attn_impl
+        if impl == "flex":
+            flex = flex_bias(slopes, S, past + S, causal=True, key_padding_mask=key_padding_mask,
+                             positions=key_positions, prefix_end=prefix_end, device=x.device)
+        elif not (impl == "triton" and _triton_usable(x)):
             bias = attention_bias(slopes, S, past + S, causal=True, key_padding_mask=key_padding_mask, device=x.device,
-                                  positions=key_positions, prefix_end=prefix_end)
-        attn_inputs = AttentionInputs(slopes, key_padding_mask, bias, key_positions, prefix_end)
+                                  positions=key_positions, prefix_end=prefix_end, dtype=x.dtype)
+        attn_inputs = AttentionInputs(slopes, key_padding_mask, bias, key_positions, prefix_end, flex)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_inputs, kv_cache, i)
         if kv_cache is not None:

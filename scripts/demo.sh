@@ -10,7 +10,8 @@
 #   5. evaluate on test samples: next item (10-beam search, MiniLM + FAISS grounding) -> HR/NDCG@5/10;
 #      rating (sampling, 3 seeds) -> RMSE/MAE; beside most-popular / global-mean / per-item-mean baselines
 # Environment: RECGPT_SHARED_DATA (default ../shared/data); DEMO_OUT (default out/demo); DEMO_SKIP_SETUP=1 to
-# use the current python; DEMO_QUICK=1 for a shortened run (the test suite's version: a few steps and examples).
+# use the current python; DEMO_QUICK=1 for a shortened run (the test suite's version: a few steps and examples);
+# DEMO_DEVICE (default cpu) for evaluate.py, e.g. cuda (training takes the GPU whenever torch sees one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${DEMO_SKIP_SETUP:-0}" == 1 ]]; then PY=${PY:-python}; else bash scripts/setup.sh; PY=.venv/bin/python; fi
@@ -48,7 +49,7 @@ step "4/5 Hugging Face round trip"; $PY scripts/demo_generate.py "$OUT/finetune/
 
 step "5/5 evaluate"
 BENCH=$OUT/data/eval/movielens-100k
-EVAL=(--checkpoint "$OUT/finetune/model" --benchmark "$BENCH" --device cpu
+EVAL=(--checkpoint "$OUT/finetune/model" --benchmark "$BENCH" --device "${DEMO_DEVICE:-cpu}"
       --embedding-cache "$OUT/embedding_cache" "${MAX_NEW[@]}")
 $PY evaluate.py "${EVAL[@]}" --task next_item --sample $NEXT_N --out "$OUT/eval/next_item" --batch-size 8 > /dev/null
 $PY evaluate.py "${EVAL[@]}" --task rating --sample $RATING_N --seeds "${SEEDS[@]}" --out "$OUT/eval/rating" \

@@ -346,3 +346,26 @@ def test_save_model_roundtrip_in_several_shards(tmp_path):
     assert loaded.config == model.config
     for name, t in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t), name
+
+
+def test_kernel_gets_fp32_slopes_when_fsdp_casts_them(monkeypatch):
+    """FSDP2's bf16 policy casts every floating forward input of a block, AttentionInputs.slopes included (0.8409
+    becomes 0.8398); the kernel path must still see MPT's fp32 slopes."""
+    import attention.flash_alibi as flash
+    from model.mpt import AttentionInputs, alibi_slopes, attention
+
+    seen = {}
+
+    def fake_kernel(q, k, v, slopes, **kwargs):
+        seen["slopes"] = slopes
+        return q
+
+    monkeypatch.setattr(flash, "flash_attn_alibi", fake_kernel)
+    cfg = MPTConfig.from_name("tiny")
+    exact = alibi_slopes(6, 8.0)
+    cfg = dataclasses.replace(cfg, n_heads=6, d_model=48, attn_impl="triton")
+    q = torch.zeros(1, 6, 3, 8)
+    attention(q, q, q, AttentionInputs(exact.to(torch.bfloat16), None, None), cfg)
+    assert seen["slopes"].dtype == torch.float32 and torch.equal(seen["slopes"], exact)
+    attention(q, q, q, AttentionInputs(exact, None, None), cfg)  # fp32 as given: passed through unchanged
+    assert seen["slopes"] is exact

@@ -8,9 +8,17 @@ Arithmetic from ../shared/spec/performance.md section 6 (GB = 1e9 bytes; the "gp
 - in flight: two blocks' all-gathered compute params (current + prefetch), one block's unsharded gradient, the root
   unit (wte + norm_f) gathered plus its gradient, in the compute dtype (2 bytes bf16, 4 fp32);
 - activations per layer, per sequence (Korthikanti et al. 2022 without dropout masks): 34*s*h in 16-bit units
-  (x2 for fp32) with a flash kernel (attn_impl triton: only O and the LSE are kept); attn_impl torch in bf16 also
-  keeps the (heads, s, s) scores and probabilities: + 5*heads*s^2 bytes (x2 for fp32). With per-block activation
-  checkpointing each layer keeps only its input (2*s*h bytes) plus one block's activations during recompute;
+  (x2 for fp32), O included, plus the attention path's own (`attention_memory`, by attn_impl). All three paths are
+  fused kernels that keep no (heads, s, s) scores, only the fp32 row log-sum-exp (4*heads*s bytes per layer):
+  - triton: our flash kernel, ALiBi in registers;
+  - flex: torch.compile(flex_attention) on CUDA, ALiBi as a score_mod, one BlockMask of a few KB for all layers;
+  - torch: SDPA's memory-efficient kernel given the materialised ALiBi + mask bias in the compute dtype, built once
+    per forward and shared by every layer: heads*s^2 elements (2 bytes bf16, 4 fp32) per sequence, counted once,
+    for every sequence of the micro-batch (with padding; an unpadded batch shares one). Before SDPA took bf16
+    (attention_reference's docstring), bf16 ran the explicit softmax, which stores 6*heads*s^2 bytes per layer
+    (fp32 probabilities and their bf16 copy): 25.8 GB per 2048-token sequence for MPT-7B.
+  With per-block activation checkpointing each layer keeps only its input (2*s*h bytes) plus one block's
+  activations during recompute;
 - logits and cross-entropy: bf16 logits + fp32 copy + fp32 gradient = 10 bytes per (token, vocab entry);
 - CUDA context, NCCL buffers and allocator slack: 2 GB (the spec's 1-3 GB estimate).
 With LoRA (`--lora.enabled=true`, model/lora.py) the base is frozen: stored in the compute dtype (bf16: 2 bytes/param,
@@ -37,6 +45,23 @@ def block_params(c: MPTConfig) -> int:
     return (c.num_params() - c.vocab_size * c.d_model - c.d_model * (1 if c.no_bias else 2)) // c.n_layers
 
 
+ATTENTION_PATHS = {
+    "triton": "Triton flash kernel, ALiBi in registers: per layer the output and row LSE only",
+    "flex": "FlexAttention compiled (CUDA), ALiBi as a score_mod: per layer the output and row LSE only",
+    "torch": "SDPA (memory-efficient kernel) given a {dtype} (batch, heads, s, s) ALiBi + mask bias shared by all "
+             "layers: per layer the output and row LSE",
+}
+
+
+def attention_memory(c: MPTConfig, seq_len: int, micro_batch: int, cbytes: int) -> tuple[str, float, float]:
+    """(description, bytes per layer beyond the 34*s*h activations, bytes shared by all layers) of c.attn_impl."""
+    lse = 4 * c.n_heads * seq_len * micro_batch  # fp32 row log-sum-exp, saved for the backward by every fused kernel
+    shared = 0.0
+    if c.attn_impl == "torch":
+        shared = cbytes * c.n_heads * seq_len ** 2 * micro_batch  # the bias, one per sequence when padded
+    return ATTENTION_PATHS[c.attn_impl].format(dtype="bf16" if cbytes == 2 else "fp32"), lse, shared
+
+
 def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_precision: str = "bf16",
              activation_checkpointing: bool = False, lora=None) -> dict:
     """Bytes per GPU by item (and "params"); `lora`: the run config's lora section when LoRA is on, else None."""
@@ -45,9 +70,8 @@ def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_prec
     blk = block_params(c)
     root = N - L * blk
     act_unit = cbytes / 2  # the 34*s*h figure is in 16-bit units
-    per_layer = 34 * s * b * h * act_unit
-    if c.attn_impl != "triton":
-        per_layer += 5 * c.n_heads * s * s * b * act_unit
+    _, attn_per_layer, attn_shared = attention_memory(c, s, b, cbytes)
+    per_layer = 34 * s * b * h * act_unit + attn_per_layer
     if lora is not None and lora.dropout > 0:  # each adapter's dropped input (compute dtype) and its bool mask
         widths = {"Wqkv": h, "out_proj": h, "up_proj": h, "down_proj": c.expansion_ratio * h}
         per_layer += sum(widths[t] for t in lora.targets) * s * b * (cbytes + 1)
@@ -65,6 +89,7 @@ def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_prec
             "gathered params: 2 blocks + root": (2 * blk + root) * cbytes + 2 * n_adapters / L * cbytes,
             "unsharded grads: 1 block's adapters": n_adapters / L * 4,
             "activations": activations,
+            f"attention bias ({c.attn_impl}; shared by all layers)": attn_shared,
             "logits + cross-entropy": b * s * c.vocab_size * 10,
             "CUDA context, NCCL, allocator slack": 2 * GB,
         }
@@ -78,6 +103,7 @@ def estimate(c: MPTConfig, gpus: int, micro_batch: int, seq_len: int, mixed_prec
         "gathered params: 2 blocks + root": (2 * blk + root) * cbytes,
         "unsharded grads: 1 block + root": (blk + root) * cbytes,
         "activations": activations,
+        f"attention bias ({c.attn_impl}; shared by all layers)": attn_shared,
         "logits + cross-entropy": b * s * c.vocab_size * 10,
         "CUDA context, NCCL, allocator slack": 2 * GB,
     }
@@ -112,6 +138,8 @@ def main(argv=None):
         n = adapter_parameter_count(c, lora.rank, lora.targets)
         print(f"LoRA rank {lora.rank} on {', '.join(lora.targets)}: {n:,} trainable parameters "
               f"({100 * n / c.num_params():.2f}%), the base frozen")
+    cbytes = 2 if cfg.parallel.mixed_precision == "bf16" else 4
+    print(f"attention (attn_impl {c.attn_impl}): {attention_memory(c, seq_len, mb, cbytes)[0]}")
     rows = {ac: estimate(c, args.gpus, mb, seq_len, cfg.parallel.mixed_precision, ac, lora) for ac in (False, True)}
     print(f"{'per GPU':48s} {'no act. ckpt':>14s} {'act. ckpt':>14s}")
     for key in rows[False]:
