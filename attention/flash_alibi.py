@@ -9,6 +9,14 @@ Conventions (identical to attention/reference.py; facts in ../shared/spec/mpt.md
 - ALiBi is the "distance" form -slope_h * |i + Sk - Sq - j| (FlashAttention-2's), computed in registers
   from the (H,) fp32 slopes and the row/column indices; no bias tensor exists anywhere. On causal rows
   it differs from MPT's "vector" form by a per-row constant, so the probabilities are MPT's.
+  Plain causal attention (no positions, no prefix) computes the equivalent column form
+  slope_h * (j - origin) instead, one bias per key rather than a distance per (query, key) pair: on every
+  visible pair it differs from the distance form by slope_h * (i + Sk - Sq - origin), a per-row constant.
+  The origin is a per-program key index near the tile (the middle query row of the forward / dQ block,
+  the middle key of the dK/dV block), which keeps the biases of the keys that matter small and fp32 exact;
+  a global origin (slope * j) would lose ~1e-3 at 8192 keys. The stored LSE is always the distance
+  form's (each pass shifts it by its own per-row constant), so forward and backward agree whatever form
+  each uses. `COLUMN_ALIBI = False` switches the column form off.
 - key_padding_mask (B, Sk) bool, True = real key; the kernels read it as one uint8 per key.
 - A query row that sees no key (a pad query of a left-padded batch, or a query before every key when
   Sq > Sk) outputs 0 and gets zero gradients, as FlashAttention-2 does; never NaN.
@@ -52,11 +60,18 @@ Algorithm (FlashAttention-2; ../shared/spec/mpt.md 14.2-14.3):
 
 Block sizes come from `triton.autotune` over a small set of configurations (FWD_CONFIGS, BWD_KV_CONFIGS,
 BWD_Q_CONFIGS below) on GPU, keyed on the head dim, the flags and power-of-two buckets of the sequence
-lengths (so decoding, where Sk grows by one per step, does not re-tune every step). Under the Triton
-interpreter a single fixed small configuration is used (multi-config autotuning does not work there).
+lengths; a forward with Sq <= 16 (decoding) is keyed without the cache length at all and tuned over 16-row
+query tiles, so a generation tunes once. `_prune` trims each set per key (dtype, lengths, and on sm_90 the
+Triton tutorial's rule against small 8-warp forward tiles). Under the Triton interpreter a single fixed
+small configuration is used (multi-config autotuning does not work there).
+
+`flash_attn_alibi` calls one PyTorch custom op, `recgpt::flash_attn_alibi_fwd` (returning the output and
+the LSE), whose registered backward is the op `recgpt::flash_attn_alibi_bwd`: torch.compile and FSDP's
+tracing treat each as one opaque node with a shape-only fake implementation.
 """
 import math
 import os
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -78,61 +93,114 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Interpreter: one config with BLOCK_M != BLOCK_N so the tests exercise unequal tiles, multiple blocks
 # per sequence, partial last blocks and diagonal blocks at sequence lengths like 17..130.
 # ----------------------------------------------------------------------------------------------------
-def _configs(shapes, fp32_shapes, interpret_shape):
-    """triton.Configs for the GPU (the fp16/bf16 set and the fp32 set, told apart by a `fp32` attribute
-    that `_prune_by_dtype` reads), or the single interpreter config."""
-    if _INTERPRET:
-        m, n = interpret_shape
-        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=1)]
+def _gpu_configs(shapes, fp32_shapes, decode_shapes=(), decode_fp32_shapes=()):
+    """triton.Configs for the GPU, tagged with the attributes `_prune` reads: `fp32` (fp32 inputs get their
+    own, smaller tiles: twice the shared memory per element) and `decode` (the forward's Sq <= DECODE_MAX_Q
+    configurations, one 16-row query tile)."""
     configs = []
-    for fp32, table in ((False, shapes), (True, fp32_shapes)):
+    for fp32, decode, table in ((False, False, shapes), (True, False, fp32_shapes),
+                                (False, True, decode_shapes), (True, True, decode_fp32_shapes)):
         for m, n, w, s in table:
             config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            config.fp32 = fp32
+            config.fp32, config.decode = fp32, decode
             configs.append(config)
     return configs
 
 
-def _prune_by_dtype(configs, named_args, **kwargs):
-    """fp32 tiles take twice the shared memory: fp32 inputs get their own, smaller configs."""
+def _capability(device):
+    return torch.cuda.get_device_capability(device)
+
+
+def _prune(configs, named_args, hopper_rule=False, **kwargs):
+    """Configurations worth timing for one autotune key (all of its inputs are in the key: the dtypes, the
+    buckets, the GPU the process runs on):
+    - the dtype's set (fp32 or fp16/bf16), and the decode set exactly when K_BUCKET is 0 (`_fwd_buckets`);
+    - tiles no longer than the (bucketed) sequences, as the Triton tutorial's `prune_invalid_configs` does
+      for BLOCK_M: a 128-row tile over 40 queries is mostly masked work;
+    - with hopper_rule (the forward only), on sm_90 the tutorial's `keep` rule: no 8-warp configuration with
+      a tile smaller than 128 x 128. The tutorial states it for its forward kernel; the backward passes keep
+      their 8-warp tiles, chosen because 4 warps spill at D = 128 there.
+    UNTIMED: these rules come from the tutorial and from register counts, not from timing this kernel; a
+    GPU session should time the pruned against the full sets (attention/benchmark.py) before trusting them.
+    Never returns an empty list (a rule that would remove everything is skipped)."""
     fp32 = named_args["Q"].dtype == torch.float32
-    return [c for c in configs if getattr(c, "fp32", fp32) == fp32]
+    decode = named_args["K_BUCKET"] == 0
+    kept = [c for c in configs if c.fp32 == fp32 and c.decode == decode] or configs
+    q_len, k_len = named_args["Q_BUCKET"], named_args["K_BUCKET"] or float("inf")
+    kept = [c for c in kept if c.kwargs["BLOCK_M"] <= q_len and c.kwargs["BLOCK_N"] <= k_len] or kept
+    if hopper_rule and _capability(named_args["Q"].device)[0] == 9:
+        kept = [c for c in kept if not (c.num_warps == 8 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] < 128 * 128)
+                ] or kept
+    return kept
 
-
-_PRUNE = None if _INTERPRET else {"early_config_prune": _prune_by_dtype}
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the fp32 sets fit A100's 164 KiB of shared memory at D = 128.
 # The fp16/bf16 sets were picked by register pressure at D = 128 (ptxas -v for sm_90a, no GPU timing yet):
 # 4 warps with 128-row query tiles, or dK/dV tiles of 64 x 128, spill kilobytes per thread and are left out.
-FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)],
-                       [(64, 32, 4, 2), (32, 32, 4, 2)], interpret_shape=(32, 16))
-BWD_KV_CONFIGS = _configs([(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)],
-                          [(32, 64, 4, 2), (32, 32, 4, 2)], interpret_shape=(16, 32))
-BWD_Q_CONFIGS = _configs([(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2)],
-                         [(64, 32, 4, 2), (32, 32, 4, 2)], interpret_shape=(32, 16))
-# Autotune keys: the flags, the head dim and bucketed lengths (Q_BUCKET/K_BUCKET); tensor dtypes are
-# added by the autotuner itself.
-_TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_ALIBI", "HAS_KPM", "HAS_POS", "HAS_PREFIX"]
+# Decode (forward, Sq <= 16): one 16-row query tile (the smallest tl.dot accepts) streaming 32..128-row key
+# tiles; a 64- or 128-row tile would compute 4-8x the needed rows. Untimed.
+FWD_GPU_CONFIGS = _gpu_configs([(128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)],
+                               [(64, 32, 4, 2), (32, 32, 4, 2)],
+                               decode_shapes=[(16, 64, 4, 3), (16, 128, 4, 2), (16, 32, 4, 3)],
+                               decode_fp32_shapes=[(16, 64, 4, 2), (16, 32, 4, 2)])
+BWD_KV_GPU_CONFIGS = _gpu_configs([(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)],
+                                  [(32, 64, 4, 2), (32, 32, 4, 2)])
+BWD_Q_GPU_CONFIGS = _gpu_configs([(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2)],
+                                 [(64, 32, 4, 2), (32, 32, 4, 2)])
+
+
+def _interpret_config(m, n):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=1)]
+
+
+# Under the interpreter a single fixed configuration (multi-config autotuning does not work there).
+FWD_CONFIGS = _interpret_config(32, 16) if _INTERPRET else FWD_GPU_CONFIGS
+BWD_KV_CONFIGS = _interpret_config(16, 32) if _INTERPRET else BWD_KV_GPU_CONFIGS
+BWD_Q_CONFIGS = _interpret_config(32, 16) if _INTERPRET else BWD_Q_GPU_CONFIGS
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    return _prune(configs, named_args, hopper_rule=True, **kwargs)
+
+
+_FWD_PRUNE = None if _INTERPRET else {"early_config_prune": _prune_fwd}
+_BWD_PRUNE = None if _INTERPRET else {"early_config_prune": _prune}
+# Autotune keys: the flags, the head dim and bucketed lengths (Q_BUCKET/K_BUCKET, see `_bucket` and
+# `_fwd_buckets`); tensor dtypes are added by the autotuner itself.
+_TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_ALIBI", "HAS_KPM", "HAS_POS", "HAS_PREFIX",
+             "COLUMN_ALIBI"]
+# Plain causal attention with ALiBi on key indices uses the column form of the bias (see `_scores`); False
+# restores the distance form everywhere (for timing the two against each other, or bit-exact comparisons
+# with the positions / prefix kernels, which always use the distance form).
+COLUMN_ALIBI = True
+DECODE_MAX_Q = 16  # forward calls with at most this many queries are tuned as decoding (`_fwd_buckets`)
 
 
 @triton.jit
-def _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2, kpm_ptr, stride_kpm_s,
-            MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
-            HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2, kpm_ptr,
+            stride_kpm_s, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
+            HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Base-2 scores of one tile: log2(e) * (scale * q k^T + alibi), -inf where the key is not visible.
 
     q (BLOCK_M, D), k (BLOCK_N, D); offs_m (BLOCK_M,) query rows, offs_n (BLOCK_N,) key rows;
     diag = Sk - Sq, the absolute position of query row 0; kpm_ptr points at this batch's key mask.
     pos_q (BLOCK_M,), pos_k (BLOCK_N,): ALiBi positions (HAS_POS; unused otherwise, see `_positions`);
     prefix_end: keys before it are visible to every query (HAS_PREFIX; see `_prefix_end`).
+    COLUMN_ALIBI: the bias is slope * (j - origin), see `_column_shift`; the caller's LSE is shifted to match.
     Returns (BLOCK_M, BLOCK_N) fp32.
     """
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale2
-    # index distance query - key, exact in int32 (then one convert): the causal mask, and the ALiBi distance
-    # when no positions are given. >= 0 on visible pairs of a plain causal tile.
+    # index distance query - key, exact in int32: the causal mask, and the ALiBi distance when no positions are
+    # given. >= 0 on visible pairs of a plain causal tile. (Dead code, removed by the compiler, on the interior
+    # tiles of the column form.)
     dist = (offs_m + diag)[:, None] - offs_n[None, :]
     if HAS_ALIBI:
-        if HAS_POS:
+        if COLUMN_ALIBI:
+            # plain causal: -slope * dist = slope * (j - origin) - slope * (i + diag - origin) on every visible
+            # pair, and the last term is constant along the row: one (BLOCK_N,) vector per key block instead of
+            # a (BLOCK_M, BLOCK_N) int distance, convert and multiply
+            s += (slope2 * (offs_n - origin).to(tl.float32))[None, :]
+        elif HAS_POS:
             # always the abs: span tokens see Part-A keys at larger positions, positions may repeat or go back
             s -= slope2 * tl.abs(pos_q[:, None] - pos_k[None, :]).to(tl.float32)
         elif IS_CAUSAL and not HAS_PREFIX:
@@ -154,6 +222,19 @@ def _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scal
     elif HAS_KPM:  # interior tile: keys visible (causally or as prefix); only padding remains
         s = tl.where(real, s, float("-inf"))
     return s
+
+
+@triton.jit
+def _column_shift(offs_m, diag, origin, slope2, COLUMN_ALIBI: tl.constexpr):
+    """How much the column-form scores of query rows offs_m exceed the distance-form ones (base 2):
+    slope2 * (i + diag - origin), constant along each row, so the probabilities are the same and only the
+    row LSE moves by it. The LSE in memory is always the distance form's: the forward subtracts the shift
+    before storing it and each backward pass adds its own (its origin differs), so every pass may pick its
+    form. 0 without the column form."""
+    shift = 0.0
+    if COLUMN_ALIBI:
+        shift = slope2 * (offs_m + diag - origin).to(tl.float32)
+    return shift
 
 
 @triton.jit
@@ -214,9 +295,9 @@ def _key_range(start_m, seq_k, diag, prefix_end, BLOCK_M: tl.constexpr, BLOCK_N:
 
 @triton.jit
 def _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, lo, hi, seq_k, diag, prefix_end,
-               qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+               origin, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
                BLOCK_N: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-               HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+               HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr,
                DOT_PRECISION: tl.constexpr):
     """Online softmax over key blocks [lo, hi): updates acc (BLOCK_M, D), m_i, l_i (BLOCK_M,)."""
     for start_n in range(lo, hi, BLOCK_N):
@@ -226,8 +307,9 @@ def _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m
         else:
             k = tl.load(k_ptrs + start_n * stride_kn)
         pos_k = _positions(pos_ptr, offs_n, seq_k, stride_pos_s, HAS_POS)
-        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2,
-                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                    COLUMN_ALIBI, DOT_PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row with no visible key so far has m_new = -inf: subtract 0 instead, so exp2(-inf - 0) = 0
         # rather than exp2(-inf + inf) = NaN
@@ -245,7 +327,7 @@ def _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m
     return acc, m_i, l_i
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_FWD_PRUNE)
 @triton.jit
 def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm, Pos, Prefix,
               stride_qb, stride_qh, stride_qm, stride_qd,
@@ -255,7 +337,7 @@ def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm, Pos, Prefix,
               stride_kpm_b, stride_kpm_s, stride_pos_b, stride_pos_s, stride_prefix,
               n_heads, seq_q, seq_k, qk_scale2, Q_BUCKET, K_BUCKET,
               HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
-              HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # Causal rows near the end see the most keys: launch them first so the long programs start early.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
@@ -277,6 +359,9 @@ def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm, Pos, Prefix,
     slope2 = _slope2(Slopes, h, HAS_ALIBI)
     prefix_end = _prefix_end(Prefix, b, stride_prefix, seq_k, HAS_PREFIX)
     pos_q = _positions(pos_ptr, offs_m + diag, seq_k, stride_pos_s, HAS_POS)
+    # column-form ALiBi origin: the key index of the block's middle row, so the biases of the keys that matter
+    # (near each row's diagonal) stay within slope * BLOCK_M / 2 and keep fp32 resolution
+    origin = start_m + diag + BLOCK_M // 2
 
     q = tl.load(q_ptrs, mask=(offs_m < seq_q)[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -286,18 +371,21 @@ def _attn_fwd(Q, K, V, Out, Lse, Slopes, Kpm, Pos, Prefix,
     mid, hi = _key_range(start_m, seq_k, diag, prefix_end, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_PREFIX)
     # interior tiles (fully visible, in bounds): no element-wise mask
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, 0, mid, seq_k, diag,
-                               prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
-                               BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+                               prefix_end, origin, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                               BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                               COLUMN_ALIBI, DOT_PRECISION)
     # diagonal and last partial tiles: causal mask and key bounds
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, pos_q, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, mid, hi, seq_k, diag,
-                               prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
-                               BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+                               prefix_end, origin, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                               BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                               COLUMN_ALIBI, DOT_PRECISION)
 
     # rows that saw no key: l = 0 -> output 0 and LSE = +inf (so the backward recomputes P = 0)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    lse = tl.where(empty, float("inf"),
+                   m_i + tl.math.log2(l_safe) - _column_shift(offs_m, diag, origin, slope2, COLUMN_ALIBI))
     tl.store(Lse + bh.to(tl.int64) * seq_q + offs_m, lse, mask=offs_m < seq_q)
     o_ptrs = _tile(Out, b, h, offs_m, offs_d, stride_ob, stride_oh, stride_om, stride_od)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m < seq_q)[:, None])
@@ -324,10 +412,10 @@ def _bwd_preprocess(Out, dOut, Delta,
 
 @triton.jit
 def _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n, lo, hi,
-                  seq_q, seq_k, diag, prefix_end, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
-                  BLOCK_M: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                  seq_q, seq_k, diag, prefix_end, origin, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
+                  stride_pos_s, BLOCK_M: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
                   HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
-                  DOT_PRECISION: tl.constexpr):
+                  COLUMN_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dK, dV (BLOCK_N, D) of one key block over query blocks [lo, hi)."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -343,10 +431,12 @@ def _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_
             do = tl.load(do_ptrs + start_m * stride_dom)
             lse = tl.load(lse_ptr + offs_m)
             delta = tl.load(delta_ptr + offs_m)
+        lse += _column_shift(offs_m, diag, origin, slope2, COLUMN_ALIBI)
         pos_q = _positions(pos_ptr, offs_m + diag, seq_k, stride_pos_s, HAS_POS)
         # the same scores as the forward, computed as (BLOCK_M, BLOCK_N) and transposed for dK/dV
-        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2,
-                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                    COLUMN_ALIBI, DOT_PRECISION)
         p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 on masked pairs and empty rows
         dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
@@ -355,7 +445,7 @@ def _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_
     return dk, dv
 
 
-@triton.autotune(configs=BWD_KV_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=BWD_KV_CONFIGS, key=_TUNE_KEY, prune_configs_by=_BWD_PRUNE)
 @triton.jit
 def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
                  stride_qb, stride_qh, stride_qm, stride_qd,
@@ -367,7 +457,7 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
                  stride_kpm_b, stride_kpm_s, stride_pos_b, stride_pos_s, stride_prefix,
                  n_heads, seq_q, seq_k, sm_scale, qk_scale2, Q_BUCKET, K_BUCKET,
                  HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                 HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                 HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (key block of BLOCK_N rows, batch*head): dK and dV of that block."""
     start_n = tl.program_id(0) * BLOCK_N
@@ -392,6 +482,9 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
     slope2 = _slope2(Slopes, h, HAS_ALIBI)
     prefix_end = _prefix_end(Prefix, b, stride_prefix, seq_k, HAS_PREFIX)
     pos_k = _positions(pos_ptr, offs_n, seq_k, stride_pos_s, HAS_POS)
+    # column-form origin: this key block's middle key. Its bias row slope * (j - origin) is the same for every
+    # query block; the far query rows get a large LSE shift instead, rounded like the distance form's bias.
+    origin = start_n + BLOCK_N // 2
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -413,20 +506,24 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
         diag_end = 0
     # diagonal tiles: causal mask + bounds
     dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
-                           lo, diag_end, seq_q, seq_k, diag, prefix_end, qk_scale2, slope2,
+                           lo, diag_end, seq_q, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
                            stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
-                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                           COLUMN_ALIBI, DOT_PRECISION)
     # interior tiles: every query row in bounds and seeing every key (keys past Sk only feed dK/dV rows
     # that are never stored)
     dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
-                           diag_end, full_end, seq_q, seq_k, diag, prefix_end, qk_scale2, slope2,
+                           diag_end, full_end, seq_q, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
                            stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
-                           BLOCK_M, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+                           BLOCK_M, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                           COLUMN_ALIBI, DOT_PRECISION)
     # last partial query tile: bounds
     dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
-                           tl.maximum(diag_end, full_end), seq_q, seq_q, seq_k, diag, prefix_end, qk_scale2, slope2,
+                           tl.maximum(diag_end, full_end), seq_q, seq_q, seq_k, diag, prefix_end, origin, qk_scale2,
+                           slope2,
                            stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
-                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+                           BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                           COLUMN_ALIBI, DOT_PRECISION)
 
     dk *= sm_scale  # d(scale * q.k)/dk; the bias has no gradient
     tl.store(_tile(dK, b, h, offs_n, offs_d, stride_dkb, stride_dkh, stride_dkn, stride_dkd),
@@ -437,9 +534,9 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
 
 @triton.jit
 def _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, lo, hi, seq_k, diag,
-                 prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                 prefix_end, origin, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
                  BLOCK_N: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                 HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                 HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr,
                  DOT_PRECISION: tl.constexpr):
     """Accumulate dQ (BLOCK_M, D) of one query block over key blocks [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
@@ -451,8 +548,9 @@ def _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr,
             k = tl.load(k_ptrs + start_n * stride_kn)
             v = tl.load(v_ptrs + start_n * stride_vn)
         pos_k = _positions(pos_ptr, offs_n, seq_k, stride_pos_s, HAS_POS)
-        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, qk_scale2, slope2,
-                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
+                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                    COLUMN_ALIBI, DOT_PRECISION)
         p = tl.math.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
@@ -460,7 +558,7 @@ def _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr,
     return dq
 
 
-@triton.autotune(configs=BWD_Q_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
+@triton.autotune(configs=BWD_Q_CONFIGS, key=_TUNE_KEY, prune_configs_by=_BWD_PRUNE)
 @triton.jit
 def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm, Pos, Prefix,
                 stride_qb, stride_qh, stride_qm, stride_qd,
@@ -471,7 +569,7 @@ def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm, Pos, Prefix,
                 stride_kpm_b, stride_kpm_s, stride_pos_b, stride_pos_s, stride_prefix,
                 n_heads, seq_q, seq_k, sm_scale, qk_scale2, Q_BUCKET, K_BUCKET,
                 HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+                HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr,
                 DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (query block of BLOCK_M rows, batch*head): dQ of that block (same loop as forward)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
@@ -499,16 +597,18 @@ def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm, Pos, Prefix,
     slope2 = _slope2(Slopes, h, HAS_ALIBI)
     prefix_end = _prefix_end(Prefix, b, stride_prefix, seq_k, HAS_PREFIX)
     pos_q = _positions(pos_ptr, offs_m + diag, seq_k, stride_pos_s, HAS_POS)
+    origin = start_m + diag + BLOCK_M // 2  # as in the forward (its BLOCK_M may differ: only the LSE is shared)
+    lse += _column_shift(offs_m, diag, origin, slope2, COLUMN_ALIBI)  # +inf (empty or past Sq) stays +inf
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     # the forward's key ranges
     mid, hi = _key_range(start_m, seq_k, diag, prefix_end, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_PREFIX)
     dq = _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, 0, mid, seq_k, diag,
-                      prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
-                      BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+                      prefix_end, origin, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                      BLOCK_N, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, COLUMN_ALIBI, DOT_PRECISION)
     dq = _bwd_q_inner(dq, q, pos_q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, pos_ptr, offs_m, mid, hi, seq_k, diag,
-                      prefix_end, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
-                      BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, DOT_PRECISION)
+                      prefix_end, origin, qk_scale2, slope2, stride_kn, stride_vn, stride_kpm_s, stride_pos_s,
+                      BLOCK_N, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX, COLUMN_ALIBI, DOT_PRECISION)
     dq *= sm_scale
     tl.store(_tile(dQ, b, h, offs_m, offs_d, stride_dqb, stride_dqh, stride_dqm, stride_dqd),
              dq.to(dQ.dtype.element_ty), mask=row_ok[:, None])
@@ -520,6 +620,18 @@ def _attn_bwd_q(Q, K, V, dOut, Lse, Delta, dQ, Slopes, Kpm, Pos, Prefix,
 def _bucket(n: int) -> int:
     """Power-of-two bucket of a length, for the autotune key (at least 64)."""
     return max(64, triton.next_power_of_2(max(n, 1)))
+
+
+def _fwd_buckets(seq_q: int, seq_k: int):
+    """(Q_BUCKET, K_BUCKET) of a forward call. Decoding (Sq <= DECODE_MAX_Q, one query tile) is keyed as
+    (DECODE_MAX_Q, 0), whatever the cache length: a generation grows Sk by one per step, and keying on its
+    power-of-two bucket re-tuned (compiling and timing every configuration, seconds each time) at Sk = 64,
+    128, ..., 2048 in the middle of decoding. A single-tile decode program streams the whole cache at memory
+    speed whatever Sk is, so the best tile should not depend on it (untimed). K_BUCKET 0 also selects the
+    decode configurations in `_prune`."""
+    if seq_q <= DECODE_MAX_Q:
+        return DECODE_MAX_Q, 0
+    return _bucket(seq_q), _bucket(seq_k)
 
 
 def _flags(q, alibi_slopes, key_padding_mask, positions, prefix_end):
@@ -582,58 +694,138 @@ def _check(q, k, v, alibi_slopes, key_padding_mask, causal=True, positions=None,
         _check_index_tensor("prefix_end", prefix_end, (B,), "(batch,)", q.device)
 
 
+def _column(causal, has_alibi, has_pos, has_prefix):
+    """Whether a launch uses the column form of ALiBi: plain causal attention on key indices only."""
+    return COLUMN_ALIBI and causal and has_alibi and not has_pos and not has_prefix
+
+
+def _forward(q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end):
+    """Launch the forward: (out, lse), lse the (B, H, Sq) fp32 base-2 row LSE of the distance form
+    (+inf for rows that see no key)."""
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    slopes, has_alibi, kpm, has_kpm, pos, has_pos, prefix, has_prefix, precision = _flags(
+        q, alibi_slopes, key_padding_mask, positions, prefix_end)
+    # Output laid out as (B, Sq, H, D) in memory and returned as a (B, H, Sq, D) view: the model's
+    # next step, out.transpose(1, 2).reshape(B, Sq, H * D), is then free
+    out = torch.empty(B, Sq, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+    lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)  # base-2 row LSE
+    if out.numel() > 0:
+        grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
+        _attn_fwd[grid](q, k, v, out, lse, slopes, kpm, pos, prefix,
+                        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm.stride(), *pos.stride(),
+                        prefix.stride(0), H, Sq, Sk, scale * LOG2E, *_fwd_buckets(Sq, Sk),
+                        HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm,
+                        HAS_POS=has_pos, HAS_PREFIX=has_prefix,
+                        COLUMN_ALIBI=_column(causal, has_alibi, has_pos, has_prefix), DOT_PRECISION=precision)
+    return out, lse
+
+
+def _backward(dout, q, k, v, out, lse, alibi_slopes, causal, key_padding_mask, softmax_scale, positions,
+              prefix_end):
+    """Launch the three backward kernels: (dq, dk, dv), contiguous, in the inputs' dtype."""
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    slopes, has_alibi, kpm, has_kpm, pos, has_pos, prefix, has_prefix, precision = _flags(
+        q, alibi_slopes, key_padding_mask, positions, prefix_end)
+    dq = torch.empty(B, H, Sq, D, device=q.device, dtype=q.dtype)
+    dk = torch.empty(B, H, Sk, D, device=k.device, dtype=k.dtype)
+    dv = torch.empty(B, H, Sk, D, device=v.device, dtype=v.dtype)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    dout = dout.to(q.dtype)
+    delta = torch.empty_like(lse)
+    pre_block = 32 if _INTERPRET else 128
+    _bwd_preprocess[(triton.cdiv(Sq, pre_block), B * H)](out, dout, delta, *out.stride(), *dout.stride(),
+                                                         H, Sq, HEAD_DIM=D, BLOCK_M=pre_block)
+    # the LSE in memory is the distance form's, so the backward picks its form independently of the forward
+    common = dict(HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm, HAS_POS=has_pos,
+                  HAS_PREFIX=has_prefix, COLUMN_ALIBI=_column(causal, has_alibi, has_pos, has_prefix),
+                  DOT_PRECISION=precision)
+    masks = (*kpm.stride(), *pos.stride(), prefix.stride(0))
+    grid_kv = lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * H)  # noqa: E731
+    _attn_bwd_kv[grid_kv](q, k, v, dout, lse, delta, dk, dv, slopes, kpm, pos, prefix,
+                          *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+                          *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
+    grid_q = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
+    _attn_bwd_q[grid_q](q, k, v, dout, lse, delta, dq, slopes, kpm, pos, prefix,
+                        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
+                        *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------------
+# The kernel as one PyTorch custom op (forward and backward each one opaque op): torch.compile and FSDP's
+# tracing see `recgpt::flash_attn_alibi_fwd` / `_bwd` with their fake (shape-only) versions instead of
+# tracing into Triton launches, autotuners and Python control flow.
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("recgpt::flash_attn_alibi_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alibi_slopes: Optional[torch.Tensor], causal: bool,
+            key_padding_mask: Optional[torch.Tensor], softmax_scale: Optional[float],
+            positions: Optional[torch.Tensor], prefix_end: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, Sq, D) with (B, Sq, H, D) memory layout, lse (B, H, Sq) fp32); see `flash_attn_alibi`."""
+    return _forward(q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end)
+
+
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end):
+    B, H, Sq, D = q.shape
+    return q.new_empty(B, Sq, H, D).transpose(1, 2), q.new_empty(B, H, Sq, dtype=torch.float32)
+
+
+@torch.library.custom_op("recgpt::flash_attn_alibi_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, alibi_slopes: Optional[torch.Tensor], causal: bool,
+            key_padding_mask: Optional[torch.Tensor], softmax_scale: Optional[float], positions: Optional[torch.Tensor],
+            prefix_end: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) from the upstream gradient and the forward's saved output and LSE."""
+    return _backward(dout, q, k, v, out, lse, alibi_slopes, causal, key_padding_mask, softmax_scale, positions,
+                     prefix_end)
+
+
+@_bwd_op.register_fake
+def _bwd_fake(dout, q, k, v, out, lse, alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _op_setup_context(ctx, inputs, output):
+    q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, alibi_slopes, key_padding_mask, positions, prefix_end)
+    ctx.causal, ctx.softmax_scale = causal, softmax_scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _op_backward(ctx, dout, _dlse):
+    q, k, v, out, lse, alibi_slopes, key_padding_mask, positions, prefix_end = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, alibi_slopes, ctx.causal, key_padding_mask, ctx.softmax_scale,
+                         positions, prefix_end)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
 class _FlashAttnALiBi(torch.autograd.Function):
+    """The same forward and backward as a plain autograd.Function: what `flash_attn_alibi` called before the
+    custom op (torch.compile traces into it). Kept as the eager reference the op is tested against."""
+
     @staticmethod
     def forward(ctx, q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale, positions=None, prefix_end=None):
-        B, H, Sq, D = q.shape
-        Sk = k.shape[2]
-        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
-        slopes, has_alibi, kpm, has_kpm, pos, has_pos, prefix, has_prefix, precision = _flags(
-            q, alibi_slopes, key_padding_mask, positions, prefix_end)
-        # Output laid out as (B, Sq, H, D) in memory and returned as a (B, H, Sq, D) view: the model's
-        # next step, out.transpose(1, 2).reshape(B, Sq, H * D), is then free
-        out = torch.empty(B, Sq, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
-        lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)  # base-2 row LSE
-        if out.numel() > 0:
-            grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
-            _attn_fwd[grid](q, k, v, out, lse, slopes, kpm, pos, prefix,
-                            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *kpm.stride(), *pos.stride(),
-                            prefix.stride(0), H, Sq, Sk, scale * LOG2E, _bucket(Sq), _bucket(Sk),
-                            HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm,
-                            HAS_POS=has_pos, HAS_PREFIX=has_prefix, DOT_PRECISION=precision)
-        ctx.save_for_backward(q, k, v, out, lse, slopes, kpm, pos, prefix)
-        ctx.flags = (causal, has_alibi, has_kpm, has_pos, has_prefix, scale, precision)
+        out, lse = _forward(q, k, v, alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end)
+        ctx.save_for_backward(q, k, v, out, lse, alibi_slopes, key_padding_mask, positions, prefix_end)
+        ctx.flags = (causal, softmax_scale)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse, slopes, kpm, pos, prefix = ctx.saved_tensors
-        causal, has_alibi, has_kpm, has_pos, has_prefix, scale, precision = ctx.flags
-        B, H, Sq, D = q.shape
-        Sk = k.shape[2]
-        no_grads = (None,) * 6  # alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end
-        dq = torch.empty(B, H, Sq, D, device=q.device, dtype=q.dtype)
-        dk = torch.empty(B, H, Sk, D, device=k.device, dtype=k.dtype)
-        dv = torch.empty(B, H, Sk, D, device=v.device, dtype=v.dtype)
-        if q.numel() == 0 or k.numel() == 0:
-            return (dq.zero_(), dk.zero_(), dv.zero_()) + no_grads
-        dout = dout.to(q.dtype)
-        delta = torch.empty_like(lse)
-        pre_block = 32 if _INTERPRET else 128
-        _bwd_preprocess[(triton.cdiv(Sq, pre_block), B * H)](out, dout, delta, *out.stride(), *dout.stride(),
-                                                             H, Sq, HEAD_DIM=D, BLOCK_M=pre_block)
-        common = dict(HEAD_DIM=D, IS_CAUSAL=causal, HAS_ALIBI=has_alibi, HAS_KPM=has_kpm,
-                      HAS_POS=has_pos, HAS_PREFIX=has_prefix, DOT_PRECISION=precision)
-        masks = (*kpm.stride(), *pos.stride(), prefix.stride(0))
-        grid_kv = lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * H)  # noqa: E731
-        _attn_bwd_kv[grid_kv](q, k, v, dout, lse, delta, dk, dv, slopes, kpm, pos, prefix,
-                              *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-                              *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
-        grid_q = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
-        _attn_bwd_q[grid_q](q, k, v, dout, lse, delta, dq, slopes, kpm, pos, prefix,
-                            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
-                            *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
-        return (dq, dk, dv) + no_grads
+        q, k, v, out, lse, alibi_slopes, key_padding_mask, positions, prefix_end = ctx.saved_tensors
+        causal, softmax_scale = ctx.flags
+        grads = _backward(dout, q, k, v, out, lse, alibi_slopes, causal, key_padding_mask, softmax_scale,
+                          positions, prefix_end)
+        return grads + (None,) * 6  # alibi_slopes, causal, key_padding_mask, softmax_scale, positions, prefix_end
 
 
 def flash_attn_alibi(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mask=None, softmax_scale=None,
@@ -648,8 +840,10 @@ def flash_attn_alibi(q, k, v, alibi_slopes=None, *, causal=True, key_padding_mas
     prefix_end (B,) int32/int64 or None, causal only: keys j < prefix_end[b] are visible to every query of
     batch row b (GLM Part A / prefix LM); the mask stays index based.
     Returns (B, H, Sq, D) in q's dtype (a view of a (B, Sq, H, D)-contiguous buffer). Differentiable in
-    q, k and v; rows that see no key are 0 with zero gradients.
+    q, k and v; rows that see no key are 0 with zero gradients. One custom op (`recgpt::flash_attn_alibi_fwd`,
+    its backward `recgpt::flash_attn_alibi_bwd`).
     """
     _check(q, k, v, alibi_slopes, key_padding_mask, causal, positions, prefix_end)
-    return _FlashAttnALiBi.apply(q, k, v, alibi_slopes, bool(causal), key_padding_mask, softmax_scale,
-                                 positions, prefix_end)
+    scale = None if softmax_scale is None else float(softmax_scale)
+    out, _ = _fwd_op(q, k, v, alibi_slopes, bool(causal), key_padding_mask, scale, positions, prefix_end)
+    return out

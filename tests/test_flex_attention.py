@@ -166,14 +166,19 @@ def tiny_pair(**overrides):
     return ref.eval(), flex.eval()
 
 
-def test_model_flex_equals_torch():
-    """fp32 logits within 1e-5 on every row of a batch with left padding, right padding and none."""
-    ref, flex = tiny_pair()
-    g = torch.Generator().manual_seed(2)
-    ids = torch.randint(0, 512, (3, 37), generator=g).to(DEVICE)
+def padded_batch(seed):
+    """(3, 37) token ids and their attention mask: row 1 left-padded by 6, row 2 right-padded by 8, row 0 whole."""
+    ids = torch.randint(0, 512, (3, 37), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
     mask = torch.ones(3, 37, dtype=torch.long, device=DEVICE)
     mask[1, :6] = 0
     mask[2, -8:] = 0
+    return ids, mask
+
+
+def test_model_flex_equals_torch():
+    """fp32 logits within 1e-5 on every row of a batch with left padding, right padding and none."""
+    ref, flex = tiny_pair()
+    ids, mask = padded_batch(seed=2)
     with torch.no_grad():
         torch.testing.assert_close(flex(ids, attention_mask=mask), ref(ids, attention_mask=mask), **TOL)
         torch.testing.assert_close(flex(ids), ref(ids), **TOL)
@@ -314,11 +319,7 @@ def test_gpu_bf16_mpt7b_shape_with_prefix_and_positions(kernel_rule):
 def test_gpu_model_flex_trains_like_torch():
     """Loss and every parameter gradient of the "flex" model equal the "torch" model's (fp32, padded batch)."""
     ref, flex = tiny_pair()
-    g = torch.Generator().manual_seed(5)
-    ids = torch.randint(0, 512, (3, 37), generator=g).to(DEVICE)
-    mask = torch.ones(3, 37, dtype=torch.long, device=DEVICE)
-    mask[1, :6] = 0
-    mask[2, -8:] = 0
+    ids, mask = padded_batch(seed=5)
     labels = ids.masked_fill(mask == 0, -100)
 
     def loss_and_grads(model):

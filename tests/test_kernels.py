@@ -15,6 +15,7 @@ exercised). Tolerances:
   kernel may be no less accurate than the PyTorch implementation in the same dtype up to a factor 2.
 """
 import dataclasses
+import math
 import os
 
 import pytest
@@ -22,7 +23,7 @@ import torch
 
 from attention.flash_alibi import flash_attn_alibi
 from model.mpt import alibi_slopes as mpt_slopes  # checked in tests/test_model.py
-from attention.reference import attention_reference
+from attention.reference import attention_bias, attention_reference
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -179,6 +180,176 @@ def test_rejects_bad_inputs():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Head dim 128 (MPT-7B's) on the CPU too: small sequences, forward and backward
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seq_q,seq_k,causal", [(40, 40, True), (3, 40, True), (33, 33, False)],
+                         ids=["causal", "decode", "full"])
+def test_head_dim_128(seq_q, seq_k, causal, dtype):
+    """Left- and right-padded rows at D = 128: two forward key blocks and query blocks, a partial last one."""
+    q, k, v, do = make_inputs(2, 2, seq_q, seq_k, 128, dtype, seed=128 + seq_q)
+    check_against_reference(q, k, v, do, alibi_slopes=mpt_slopes(2).to(DEVICE), causal=causal,
+                            key_padding_mask=padding_mask(seq_k)[[0, 1]])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Column-form ALiBi (plain causal): slope * (j - origin) per key instead of -slope * (i + Sk - Sq - j)
+# ---------------------------------------------------------------------------------------------------
+def reference_lse2(q, k, slopes, key_padding_mask=None):
+    """Base-2 row log-sum-exp of the causal distance-form scores in float64 (+inf where a row sees no key):
+    what the forward must store whichever ALiBi form it computes with."""
+    ab = attention_bias(slopes, q.shape[2], k.shape[2], causal=True, key_padding_mask=key_padding_mask,
+                        device=q.device)
+    scores = torch.matmul(q.double(), k.double().transpose(-1, -2)) / q.shape[-1] ** 0.5 + ab.bias.double()
+    scores = scores.masked_fill(ab.bias == torch.finfo(torch.float32).min, float("-inf"))
+    lse = torch.logsumexp(scores, -1) / math.log(2)
+    return lse.masked_fill(torch.isneginf(lse), float("inf"))
+
+
+@pytest.mark.parametrize("seq_q", [512, 2])
+def test_column_alibi_long_sequence(seq_q):
+    """512 keys, one steep head (slope 1): the column form's biases reach slope * 512 in magnitude, yet the
+    output, the gradients and the stored LSE keep fp32 accuracy against float64, because the origin sits at
+    the middle of each block. (With a global origin, slope * j, the output is off by ~4e-5 here and this
+    test fails; ~1e-3 at 8192 keys in a float32 simulation.)"""
+    import attention.flash_alibi as fa
+
+    assert fa.COLUMN_ALIBI
+    slopes = torch.tensor([1.0], device=DEVICE)
+    q, k, v, do = make_inputs(1, 1, seq_q, 512, 16, torch.float32, seed=512 + seq_q)
+    check_against_reference(q, k, v, do, alibi_slopes=slopes, causal=True)
+    _, lse = fa._fwd_op(q, k, v, slopes, True, None, None, None, None)
+    torch.testing.assert_close(lse.double(), reference_lse2(q, k, slopes), atol=1e-5, rtol=1e-6)
+
+
+def test_column_and_distance_forms_agree(monkeypatch):
+    """The two ALiBi forms give the same output, gradients and stored LSE (the LSE in memory is the distance
+    form's), including rows without keys (+inf LSE, zero output). Because the LSE is form-independent, a
+    forward in one form and a backward in the other are still exact."""
+    import attention.flash_alibi as fa
+
+    B, H, Sq, Sk = 4, 2, 40, 37  # Sq > Sk: the first 3 queries of every row see no key
+    q, k, v, do = make_inputs(B, H, Sq, Sk, 16, torch.float32, seed=21)
+    slopes, mask = torch.tensor([1.0, 0.25], device=DEVICE), padding_mask(Sk)
+    kwargs = dict(alibi_slopes=slopes, causal=True, key_padding_mask=mask)
+    results = {}
+    for column in (True, False):
+        monkeypatch.setattr(fa, "COLUMN_ALIBI", column)
+        results[column] = run_attention(flash_attn_alibi, q, k, v, do, **kwargs)
+        results[column, "lse"] = fa._fwd_op(q, k, v, slopes, True, mask, None, None, None)[1]
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, atol=FP32_ATOL, rtol=FP32_RTOL)
+    exact_lse = reference_lse2(q, k, slopes, mask)
+    for column in (True, False):
+        lse = results[column, "lse"]
+        assert torch.equal(torch.isinf(lse), torch.isinf(exact_lse)) and torch.isinf(lse[:, :, :3]).all()
+        torch.testing.assert_close(lse.double(), exact_lse, atol=1e-5, rtol=1e-6)
+    assert results[True][0][:, :, :3].abs().max() == 0 and results[True][0][3].abs().max() == 0
+    exact = run_attention(attention_reference, q.double(), k.double(), v.double(), do.double(), **kwargs)
+    for column in (True, False):  # forward in one form, backward in the other
+        qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        monkeypatch.setattr(fa, "COLUMN_ALIBI", column)
+        out = flash_attn_alibi(qq, kk, vv, **kwargs)
+        monkeypatch.setattr(fa, "COLUMN_ALIBI", not column)
+        out.backward(do)
+        for g, e in zip((qq.grad, kk.grad, vv.grad), exact[1:]):
+            torch.testing.assert_close(g.double(), e, atol=FP32_ATOL, rtol=FP32_RTOL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The custom op (recgpt::flash_attn_alibi_fwd / _bwd)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["causal_padded", "prefix_positions", "full_scaled"])
+def test_custom_op_equals_autograd_function(case):
+    """flash_attn_alibi (the op) and the autograd.Function it replaced launch the same kernels: bit-identical
+    output and gradients."""
+    import attention.flash_alibi as fa
+
+    B, H, S, D = 2, 2, 20, 16
+    q, k, v, do = make_inputs(B, H, S, S, D, torch.float32, seed=31)
+    mask = padding_mask(S)[[0, 1]]
+    slopes = mpt_slopes(H).to(DEVICE)
+    kwargs = dict(alibi_slopes=slopes, causal=True, key_padding_mask=mask, softmax_scale=None, positions=None,
+                  prefix_end=None)
+    if case == "prefix_positions":
+        kwargs["positions"] = torch.tensor([[0] * 6 + list(range(14)), list(range(10)) + list(range(3, 13))],
+                                           device=DEVICE)
+        kwargs["prefix_end"] = torch.tensor([12, 10], dtype=torch.int32, device=DEVICE)
+    elif case == "full_scaled":
+        kwargs.update(causal=False, softmax_scale=0.3)
+    op = run_attention(flash_attn_alibi, q, k, v, do, **kwargs)
+    args = [kwargs[n] for n in ("alibi_slopes", "causal", "key_padding_mask", "softmax_scale", "positions",
+                                "prefix_end")]
+    function = run_attention(lambda q, k, v, **_: fa._FlashAttnALiBi.apply(q, k, v, *args), q, k, v, do)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), op, function):
+        assert torch.equal(a, b), name
+
+
+def test_custom_op_opcheck():
+    """torch.library.opcheck on both ops (schema, autograd registration, fake tensors, AOT dispatch with
+    dynamic shapes) at a tiny shape, and torch.compile(fullgraph=True) through flash_attn_alibi."""
+    import attention.flash_alibi as fa
+
+    B, H, S, D = 1, 2, 8, 16
+    q, k, v, do = make_inputs(B, H, S, S, D, torch.float32, seed=41)
+    slopes = mpt_slopes(H).to(DEVICE)
+    mask = torch.ones(B, S, dtype=torch.bool, device=DEVICE)
+    mask[0, :2] = False
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(fa._fwd_op, (q, k, v, slopes, True, mask, None, None, None))
+    out, lse = fa._fwd_op(q.detach(), k.detach(), v.detach(), slopes, True, mask, None, None, None)
+    torch.library.opcheck(fa._bwd_op, (do, q.detach(), k.detach(), v.detach(), out, lse, slopes, True, mask,
+                                       None, None, None))
+    compiled = torch.compile(lambda q, k, v: flash_attn_alibi(q, k, v, slopes, key_padding_mask=mask),
+                             backend="aot_eager", fullgraph=True)
+    got = run_attention(compiled, q, k, v, do)
+    eager = run_attention(flash_attn_alibi, q, k, v, do, alibi_slopes=slopes, key_padding_mask=mask)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Autotuning (host side only: runs without a GPU): the decode key and the pruned configurations
+# ---------------------------------------------------------------------------------------------------
+def test_decode_autotune_key_ignores_cache_length():
+    import attention.flash_alibi as fa
+
+    assert {fa._fwd_buckets(sq, sk) for sq in (1, 3, 16) for sk in (1, 37, 64, 65, 2048, 8192)} == {(16, 0)}
+    assert fa._fwd_buckets(17, 100) == (64, 128) and fa._fwd_buckets(2048, 2048) == (2048, 2048)
+
+
+class _Q:
+    def __init__(self, dtype):
+        self.dtype, self.device = dtype, "cuda:0"
+
+
+@pytest.mark.parametrize("arch", [8, 9])
+def test_pruned_configs(arch, monkeypatch):
+    """Every autotune key keeps at least one configuration of its dtype's set; decode keys keep only the
+    16-row decode tiles; tiles never exceed the bucketed lengths; on sm_90 the forward drops the tutorial's
+    8-warp small tiles (and the backward keeps its own)."""
+    import attention.flash_alibi as fa
+
+    monkeypatch.setattr(fa, "_capability", lambda device: (arch, 0))
+    passes = ((fa.FWD_GPU_CONFIGS, fa._prune_fwd), (fa.BWD_KV_GPU_CONFIGS, fa._prune),
+              (fa.BWD_Q_GPU_CONFIGS, fa._prune))
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for q_len, k_len in [fa._fwd_buckets(1, 900), (64, 64), (64, 4096), (2048, 2048)]:
+            named = {"Q": _Q(dtype), "Q_BUCKET": q_len, "K_BUCKET": k_len}
+            for configs, prune in passes[:1] if k_len == 0 else passes:  # the backward never gets a decode key
+                kept = prune(configs, named)
+                assert kept and all(c.fp32 == (dtype == torch.float32) and c.decode == (k_len == 0) for c in kept)
+                assert all(c.kwargs["BLOCK_M"] <= q_len and c.kwargs["BLOCK_N"] <= (k_len or 1 << 30) for c in kept)
+                if k_len == 0:
+                    assert {c.kwargs["BLOCK_M"] for c in kept} == {16}
+                if arch == 9 and prune is fa._prune_fwd:  # no 8-warp tile smaller than 128 x 128
+                    assert all(c.num_warps == 4 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 1 << 14 for c in kept)
+    named = {"Q": _Q(torch.bfloat16), "Q_BUCKET": 2048, "K_BUCKET": 2048}
+    assert len(fa._prune_fwd(fa.FWD_GPU_CONFIGS, named)) == (3 if arch == 9 else 5)
+    assert len(fa._prune(fa.BWD_Q_GPU_CONFIGS, named)) == 4  # the backward keeps its 8-warp tiles on sm_90
+
+
+# ---------------------------------------------------------------------------------------------------
 # Model level: attn_impl "triton" gives the same loss and gradients as "torch"
 # ---------------------------------------------------------------------------------------------------
 def test_model_triton_matches_torch(monkeypatch):
@@ -210,13 +381,13 @@ def test_model_triton_matches_torch(monkeypatch):
     # the triton path really runs the kernel (not the PyTorch fallback)
     calls = []
     import attention.flash_alibi as fa
-    original = fa._FlashAttnALiBi.apply
+    original = fa._forward
 
-    def counting_apply(*args):
+    def counting_forward(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(fa._FlashAttnALiBi, "apply", counting_apply)
+    monkeypatch.setattr(fa, "_forward", counting_forward)
     loss_tri, grads_tri = loss_and_grads(tri_model)
     monkeypatch.undo()
     assert len(calls) == cfg.n_layers
@@ -251,3 +422,29 @@ def test_gpu_low_precision(seq_q, seq_k, causal, head_dim, dtype):
     q, k, v, do = make_inputs(2, 6, seq_q, seq_k, head_dim, dtype, seed=seq_k)
     mask = padding_mask(seq_k)[[0, 1]]
     check_against_reference(q, k, v, do, alibi_slopes=mpt_slopes(6).to(DEVICE), causal=causal, key_padding_mask=mask)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("seq_q,seq_k", [(4096, 4096), (1, 8192)], ids=["prefill", "decode"])
+def test_gpu_column_alibi_fp32_long(seq_q, seq_k):
+    """The column form at long sequences with MPT-7B's steepest slopes, fp32 against float64."""
+    import attention.flash_alibi as fa
+
+    assert fa.COLUMN_ALIBI
+    slopes = torch.tensor([2 ** -0.25, 2 ** -1, 2 ** -4, 2 ** -8], device=DEVICE)
+    q, k, v, do = make_inputs(1, 4, seq_q, seq_k, 128, torch.float32, seed=9)
+    check_against_reference(q, k, v, do, alibi_slopes=slopes, causal=True)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_decode_tunes_once():
+    """Decoding against caches of different lengths adds one forward autotune entry, not one per
+    power-of-two bucket of the cache length."""
+    import attention.flash_alibi as fa
+
+    slopes = mpt_slopes(4).to(DEVICE)
+    before = {key for key in fa._attn_fwd.cache if key[1] == 0}
+    for seq_k in (100, 1000, 3000):
+        q, k, v, _ = make_inputs(2, 4, 1, seq_k, 128, torch.bfloat16, seed=seq_k)
+        flash_attn_alibi(q, k, v, slopes)
+    assert len({key for key in fa._attn_fwd.cache if key[1] == 0} - before) <= 1

@@ -200,6 +200,20 @@ def test_head_dims(head_dim, seq):
     check(q, k, v, do, positions=make_positions("glm", prefix, seq, seed=15), prefix_end=prefix_tensor(prefix))
 
 
+@pytest.mark.parametrize("seq_q", [33, 3], ids=["prefill", "decode"])
+def test_head_dim_128_fp16_padded(seq_q):
+    """D = 128 in fp16 with a left-padded row, GLM positions and prefixes (before, inside and after the
+    queries of the decode case)."""
+    Sk = 33
+    pad = [0, 6, 0]
+    prefix = [20, 6 + 10, Sk]
+    q, k, v, do = make_inputs(3, 2, seq_q, Sk, 128, torch.float16, seed=seq_q)
+    mask = torch.ones(3, Sk, dtype=torch.bool)
+    mask[1, :6] = False
+    check(q, k, v, do, key_padding_mask=mask.to(DEVICE), positions=make_positions("glm", prefix, Sk, seed=19, pad=pad),
+          prefix_end=prefix_tensor(prefix))
+
+
 def test_fp16():
     S = 37
     pad = [0, 5, 0]
@@ -217,7 +231,12 @@ def test_fp16():
 @pytest.mark.parametrize("with_pos,with_prefix", [(True, False), (False, True), (True, True)],
                          ids=["positions", "prefix0", "both"])
 @pytest.mark.parametrize("seq_q,seq_k", [(37, 37), (3, 37)])
-def test_neutral_inputs_equal_plain_kernel(seq_q, seq_k, with_pos, with_prefix):
+def test_neutral_inputs_equal_plain_kernel(seq_q, seq_k, with_pos, with_prefix, monkeypatch):
+    """Bit for bit against the plain causal kernel in the distance form of ALiBi (the positions / prefix kernels
+    always use it; the plain kernel's default column form is compared with tolerances in test_kernels.py)."""
+    import attention.flash_alibi as fa
+
+    monkeypatch.setattr(fa, "COLUMN_ALIBI", False)
     B, H = 2, 4
     q, k, v, do = make_inputs(B, H, seq_q, seq_k, 32, torch.float32, seed=18)
     mask = torch.ones(B, seq_k, dtype=torch.bool, device=DEVICE)
