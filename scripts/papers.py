@@ -149,7 +149,7 @@ def report(out, datasets, figures=None) -> int:
         if not (root / "eval").is_dir():
             continue
         arms = [a for a in ARMS if (root / "eval" / a / "metrics.json").is_file()]
-        arms += sorted(p.name for p in (root / "eval").glob("b-*") if (p / "metrics.json").is_file())
+        arms += [f"b-{x}" for x in ABLATIONS if (root / "eval" / f"b-{x}" / "metrics.json").is_file()]
         results = {a: json.loads((root / "eval" / a / "metrics.json").read_text())["templates"] for a in arms}
         preds = {a: read_jsonl(root / "eval" / a / "predictions.jsonl") for a in arms}
         sampled = {a: json.loads((root / "eval" / f"{a}-sampled" / "metrics.json").read_text())["templates"]
@@ -183,22 +183,66 @@ def report(out, datasets, figures=None) -> int:
                 print(f"| {label} | " + " | ".join(_fmt(per_template.get(t, {}).get(c)) for t in templates
                                                   for c in columns) + " |")
             print()
-        print("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item (grounded "
-              "and constrained) and direct, RMSE of the expected rating for rating.\n")
         pairs = [(x, y) for x, y in PAIRS if x in preds and y in preds]
         pairs += [(a, "b") for a in arms if a.startswith("b-") and "b" in preds]
-        print("| template | " + " | ".join(f"{x} - {y}" for x, y in pairs) + " |")
-        print("|---" + "|---" * len(pairs) + "|")
-        for t in sorted(info, key=_order):
-            kind = info[t]["kind"]
-            for view in (("headline", "constrained") if kind == "sequential" else ("headline",)):
-                cells = [_paired(preds[x], preds[y], t, kind, view) for x, y in pairs]
-                name = t if view == "headline" else f"{t} constrained"
-                print(f"| {name} | " + " | ".join(cells) + " |")
-        print()
+        if pairs:
+            print("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item (grounded "
+                  "and constrained) and direct, RMSE of the expected rating for rating.\n")
+            print("| template | " + " | ".join(f"{x} - {y}" for x, y in pairs) + " |")
+            print("|---" + "|---" * len(pairs) + "|")
+            for t in sorted(info, key=_order):
+                kind = info[t]["kind"]
+                for view in (("headline", "constrained") if kind == "sequential" else ("headline",)):
+                    cells = [_paired(preds[x], preds[y], t, kind, view) for x, y in pairs]
+                    name = t if view == "headline" else f"{t} constrained"
+                    print(f"| {name} | " + " | ".join(cells) + " |")
+            print()
+        diagnosis(root, arms, preds, info)
         if figures is not None:
             curves(root, arms, pathlib.Path(figures) / f"papers-{d}-curves.png")
     return 0
+
+
+def diagnosis(root: pathlib.Path, arms: list, preds: dict, info: dict) -> None:
+    """What each arm's predictions follow, from its predictions and the training statistics: for direct templates
+    the mean per-user Spearman correlation of a candidate's score with its training popularity and with its
+    length in tokens; for rating templates the spread of the expected ratings against the targets' and their
+    correlation with the targets; for free generation the share of outputs that are exactly a
+    catalog text."""
+    from data.formats.evalfiles import read_train_stats
+
+    stats = read_train_stats(next((root / "p5" / "eval").iterdir()))  # the build's one benchmark
+    items = stats["items"]
+    print("What the predictions follow (mean per-user Spearman correlation of a candidate's log-probability with "
+          "its training popularity / its length in tokens; expected ratings' standard deviation against the "
+          "targets', and their Pearson correlation with the targets; free generation's share of outputs "
+          "that are exactly a catalog title):\n")
+    print("| arm | template | measure | value |\n|---|---|---|---:|")
+    for arm in arms:
+        for t in sorted(info, key=_order):
+            rows = [p for p in preds[arm] if p["template"] == t]
+            kind = info[t]["kind"]
+            if kind == "direct_candidates":
+                pop = np.mean([_spearman(p["logprob"], [items.get(c, (0,))[0] for c in p["candidates"]])
+                               for p in rows])
+                length = np.mean([_spearman(p["logprob"], p["n_tokens"]) for p in rows])
+                print(f"| {arm} | {t} | rho(score, popularity) | {pop:+.3f} |")
+                print(f"| {arm} | {t} | rho(score, length) | {length:+.3f} |")
+            elif kind == "rating":
+                expected = np.array([p["expected"] for p in rows])
+                target = np.array([p["target_rating"] for p in rows])
+                print(f"| {arm} | {t} | std(expected) / std(target) | {expected.std():.3f} / {target.std():.3f} |")
+                print(f"| {arm} | {t} | r(expected, target) | {np.corrcoef(expected, target)[0, 1]:+.3f} |")
+            elif kind == "sequential":
+                outs = [o for p in rows for o in p.get("outputs", [])]
+                exact = np.mean([bool(o.get("exact_match")) for o in outs]) if outs else float("nan")
+                print(f"| {arm} | {t} | outputs that are a catalog title | {exact:.3f} |")
+    print()
+
+
+def _spearman(x, y) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1]) if rx.std() and ry.std() else 0.0
 
 
 def _paired(px: list, py: list, template: str, kind: str, view: str) -> str:
@@ -213,16 +257,31 @@ def _paired(px: list, py: list, template: str, kind: str, view: str) -> str:
 
 
 def curves(root: pathlib.Path, arms: list, path: pathlib.Path) -> None:
-    """The training runs' loss against tokens seen (scripts/report.py's plot): each arm's pre-training and tuning."""
-    from report import plot
+    """Training loss against step: pre-training (left; (b)'s loss is over its blank spans, another objective than
+    (a)'s next token) and instruction tuning (right; loss on the responses)."""
+    import matplotlib
 
-    runs = []
-    for arm in arms:
-        for run, what in ((f"{arm}-pretrain", "pre-training"), (arm, "tuning")):
-            log = root / run / "metrics.jsonl"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, suffix, title in ((axes[0], "-pretrain", "pre-training"), (axes[1], "", "instruction tuning")):
+        for arm in arms:
+            log = root / f"{arm}{suffix}" / "metrics.jsonl"
             if log.is_file():
-                runs.append((f"{arm} {what}", log))
-    plot(runs, path)
+                records = [r for r in read_jsonl(log) if "loss" in r]
+                ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=arm_label(arm),
+                        linewidth=1)
+        ax.set_title(f"{root.name}: {title}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (nats / supervised token)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _order(template: str) -> tuple:
@@ -259,5 +318,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # scripts/report.py's plot
     sys.exit(main())
