@@ -28,7 +28,7 @@ SCALE=${PAPERS_SCALE:-cpu}; [[ "${PAPERS_QUICK:-0}" == 1 ]] && SCALE=quick
 if [[ $SCALE == quick ]]; then     # the test suite's version: a few steps and users
   PRE_STEPS=${PRE_STEPS:-2}; FT_STEPS=${FT_STEPS:-2}; EVAL_USERS=${EVAL_USERS:-3}; P5_USERS=${P5_USERS:-20}
   BEAMS=2; NEW_TOKENS=12; ML_USERS=(--max_users=20); WARMUP=(--schedule.t_warmup=1); SHAPE=demo
-elif [[ $SCALE == cpu ]]; then     # what finishes in about two hours on a 2-core CPU for both datasets (docs/results.md)
+elif [[ $SCALE == cpu ]]; then     # MovieLens: about 2.5 h on 2 cores, (c) 429 steps included (docs/results.md)
   PRE_STEPS=${PRE_STEPS:-200}; FT_STEPS=${FT_STEPS:-100}; EVAL_USERS=${EVAL_USERS:-300}; P5_USERS=${P5_USERS:-3000}
   BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=demo
 elif [[ $SCALE == gpu ]]; then     # the larger configuration, for one GPU (EVAL_DEVICE=cuda)
