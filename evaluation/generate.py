@@ -34,7 +34,6 @@ the largest batch's estimate before decoding (evaluation/memory.py; docs/evaluat
 """
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 
 from data.formats.infilling import IntraTracker
 from evaluation.memory import cache_positions, describe, generation_memory, prefill_bytes
-from model.mpt import MPT
+from model.mpt import MPT, _triton_usable
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +170,9 @@ class Decoder:
         if total > model.config.max_seq_len:
             raise ValueError(f"prompt of {ids.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds the model "
                              f"config key max_seq_len={model.config.max_seq_len}; shorten the prompt")
-        self.cache = None
-        if use_cache:
-            # allocated once, at the most rows it will hold (beam search: prompts x beams; evaluation/memory.py): the
-            # prompts fill its first rows, and spreading them into their beams gathers in place
-            self.cache = model.new_kv_cache(max(rows or 0, ids.shape[0]), max_len=total)
-            self._storage = (self.cache.keys, self.cache.values, self.cache.positions)  # all rows: the allocation
-            self._rows(ids.shape[0])
-
-    def _rows(self, n: int):
-        """Let the cache hold its first n rows of the storage allocated at the start (KVCache.reorder gathers in
-        place whenever the rows it keeps are no more than the rows it holds)."""
-        keys, values, positions = self._storage
-        self.cache.keys, self.cache.values, self.cache.positions = keys[:, :n], values[:, :n], positions[:n]
+        # allocated once, at the most rows it will hold (beam search: prompts x beams; evaluation/memory.py): the
+        # prompts fill its first rows, and spreading them into their beams gathers in place (KVCache.reorder)
+        self.cache = model.new_kv_cache(ids.shape[0], max_len=total, capacity=rows) if use_cache else None
 
     def prefill(self) -> torch.Tensor:
         self.generated = 0
@@ -196,11 +185,6 @@ class Decoder:
         if rows is not None:
             self.mask = self.mask.index_select(0, rows)
             if self.cache is not None:
-                if len(rows) > self.cache.keys.shape[1]:  # prompts spread into beams: into the rows set aside
-                    if len(rows) > self._storage[0].shape[1]:
-                        raise ValueError(f"{len(rows)} cache rows needed, {self._storage[0].shape[1]} allocated: "
-                                         f"pass Decoder(rows=) the most rows the search holds")
-                    self._rows(self._storage[0].shape[1])
                 self.cache.reorder(rows)
             else:
                 self.ids = self.ids.index_select(0, rows)
@@ -546,7 +530,7 @@ def by_length(lengths: Sequence[int], batch_size: Optional[int] = None, token_bu
     sizes = lengths if sizes is None else sizes
 
     def cost(n, longest):
-        return n * rows_per_prompt * (longest + extra_positions)
+        return cache_positions(n, longest, rows_per_prompt, extra_positions + 1)
 
     batches, alone, longest = [], [], 0
     for i in order:
@@ -574,9 +558,8 @@ def log_memory_estimate(model: MPT, batches: Sequence[Sequence[int]], sizes: Seq
     "length" and "prefill"."""
     c, w = model.config, model.wte.weight
     b = w.element_size()
-    kernel = c.attn_impl == "flex" or (c.attn_impl == "triton" and (w.is_cuda or os.environ.get("TRITON_INTERPRET")
-                                                                    == "1"))
-    materialised = not kernel  # model/mpt.py: the "torch" path (and "triton" without CUDA) builds the attention bias
+    # model/mpt.py: the "torch" path (and "triton" where the kernel cannot run) builds the attention bias
+    materialised = not (c.attn_impl == "flex" or (c.attn_impl == "triton" and _triton_usable(w)))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     est = None
     for batch in batches:

@@ -65,15 +65,21 @@ class KVCache:
     left-padded prompts keep their pad keys masked for the whole generation.
     """
 
-    def __init__(self, config: MPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+    def __init__(self, config: MPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32,
+                 capacity: int = None):
         if max_len > config.max_seq_len:
             raise ValueError(f"KV cache of {max_len} positions exceeds the model config key "
                              f"max_seq_len={config.max_seq_len}")
-        shape = (config.n_layers, batch_size, config.n_heads, max_len, config.head_dim)
+        # `capacity` rows allocated (beam search: prompts x beams), the first batch_size in use: growing to them
+        # (prompts spread into their beams) gathers in place, with no second cache
+        rows = max(capacity or 0, batch_size)
+        shape = (config.n_layers, rows, config.n_heads, max_len, config.head_dim)
         # empty, not zeros: positions past `length` are never read, and at 7B with beams this is tens of GB
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.positions = torch.empty((batch_size, max_len), device=device, dtype=torch.int64)
+        self._keys = torch.empty(shape, device=device, dtype=dtype)
+        self._values = torch.empty(shape, device=device, dtype=dtype)
+        self._positions = torch.empty((rows, max_len), device=device, dtype=torch.int64)
+        self.keys, self.values = self._keys[:, :batch_size], self._values[:, :batch_size]
+        self.positions = self._positions[:batch_size]
         self.explicit_positions = False  # positions are recorded only once a call gives them (blank infilling)
         self.length = 0
 
@@ -91,27 +97,25 @@ class KVCache:
     def reorder(self, index: torch.Tensor):
         """Beam search: row b becomes old row index[b] (index may repeat rows, drop them, or change the count).
 
-        Only the filled positions are gathered, one layer at a time. With as many rows or fewer (beams
-        reordered, finished prompts dropped) the gather is in place, into the first rows, and the extra memory
-        is one layer's filled part (at 7B with 10 beams the cache itself is tens of GB; the rows dropped stay
-        allocated until the cache is). With more rows (a prompt spread into its beams, at the first step) a
-        cache of the new size is allocated beside the old, smaller one.
+        Only the filled positions are gathered, one layer at a time. Within the allocated rows (`capacity`: beams
+        reordered, finished prompts dropped, prompts spread into beams set aside for them) the gather is in place,
+        and the extra memory is one layer's filled part (at 7B with 10 beams the cache itself is tens of GB; rows
+        dropped stay allocated until the cache is). Beyond them, a cache of the new size is allocated beside.
         """
         n, rows = self.length, index.numel()
-        if rows <= self.keys.shape[1]:
-            targets = (self.keys, self.values)
-        else:
-            shape = (self.keys.shape[0], rows) + self.keys.shape[2:]
-            targets = tuple(torch.empty(shape, device=self.keys.device, dtype=self.keys.dtype) for _ in range(2))
-        for old, new in zip((self.keys, self.values), targets):
+        if rows > self._keys.shape[1]:
+            shape = (self._keys.shape[0], rows) + self._keys.shape[2:]
+            self._keys, self._values = (torch.empty(shape, device=self._keys.device, dtype=self._keys.dtype)
+                                        for _ in range(2))
+        for old, new in zip((self.keys, self.values), (self._keys, self._values)):
             for layer in range(old.shape[0]):
                 new[layer, :rows, :, :n] = old[layer, :, :, :n].index_select(0, index)  # (R, H, n, D)
-        self.keys, self.values = targets[0][:, :rows], targets[1][:, :rows]
+        self.keys, self.values = self._keys[:, :rows], self._values[:, :rows]
         # key positions: carried only once recorded (blank infilling); (R, n), small, so a copy is fine
         positions = self.positions[:, :n].index_select(0, index) if self.explicit_positions else None
-        if rows > self.positions.shape[0]:
-            self.positions = torch.empty((rows, self.max_len), device=self.positions.device, dtype=torch.int64)
-        self.positions = self.positions[:rows]
+        if rows > self._positions.shape[0]:
+            self._positions = torch.empty((rows, self.max_len), device=self._positions.device, dtype=torch.int64)
+        self.positions = self._positions[:rows]
         if positions is not None:
             self.positions[:, :n] = positions
 
@@ -327,9 +331,10 @@ class MPT(nn.Module):
         kv_cache.positions[:, past:past + S] = new
         return kv_cache.positions[:, :past + S]
 
-    def new_kv_cache(self, batch_size: int, max_len: int = None) -> KVCache:
+    def new_kv_cache(self, batch_size: int, max_len: int = None, capacity: int = None) -> KVCache:
         p = self.wte.weight
-        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype)
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype,
+                       capacity=capacity)
 
     # initialisation (llm-foundry param_init_fns.generic_param_init_fn_) --------------------------
     @torch.no_grad()

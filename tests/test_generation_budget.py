@@ -166,8 +166,8 @@ def test_beam_search_allocates_its_cache_once_at_the_estimate(tiny, monkeypatch)
     made, storages = [], []
     new_kv_cache = model.new_kv_cache
 
-    def spy_new(batch_size, max_len=None):
-        cache = new_kv_cache(batch_size, max_len)
+    def spy_new(batch_size, max_len=None, capacity=None):
+        cache = new_kv_cache(batch_size, max_len, capacity)
         made.append((cache, cache.keys.untyped_storage().data_ptr(), cache.values.untyped_storage().data_ptr(),
                      cache.keys.untyped_storage().nbytes() + cache.values.untyped_storage().nbytes()))
         return cache
