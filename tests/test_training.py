@@ -117,6 +117,39 @@ def test_sampler_is_world_size_independent():
         GlobalBatchSampler(n, G, 3, 0, 1, seed=3)
 
 
+def test_micro_batches_by_length_keep_each_steps_examples():
+    n, G, lengths = 50, 8, np.random.default_rng(0).integers(5, 500, 50)
+    for world, mb in ((1, 2), (2, 2)):
+        plain = [GlobalBatchSampler(n, G, mb, r, world, seed=3) for r in range(world)]
+        ordered = [GlobalBatchSampler(n, G, mb, r, world, seed=3, lengths=lengths) for r in range(world)]
+        for _ in range(9):
+            for a, b in zip(plain, ordered):
+                micro_a, micro_b = a.next_step(), b.next_step()
+                assert sorted(sum(micro_a, [])) == sorted(sum(micro_b, []))  # each rank: the same examples
+                flat = sum(micro_b, [])
+                assert list(lengths[flat]) == sorted(lengths[flat], reverse=True)  # cut longest first
+    with pytest.raises(ValueError, match="lengths has 3 entries for 50 examples"):
+        GlobalBatchSampler(n, G, 1, 0, 1, seed=3, lengths=[1, 2, 3])
+
+
+def test_micro_batches_by_length_give_the_same_training(tiny_data, tmp_path, one_thread):
+    """The same examples per step and loss_sum / the step's valid tokens: the same run, to float summation order,
+    with fewer padded positions."""
+    runs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        finetune.main([TINY_FT, f"--data.path={tiny_data}", f"--run.out_dir={out}", "--train.max_steps=6",
+                       "--train.micro_batch_size=2", f"--data.micro_batches_by_length={flag}"])
+        runs[flag] = (read_metrics(out), load_model(out / "model").state_dict())
+    (plain, w_plain), (ordered, w_ordered) = runs["false"], runs["true"]
+    assert [r["loss"] for r in ordered] == pytest.approx([r["loss"] for r in plain], abs=1e-5)
+    for name in w_plain:
+        torch.testing.assert_close(w_ordered[name], w_plain[name], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="data.micro_batches_by_length"):
+        train.main([TINY, f"--data.path={tiny_data}", f"--run.out_dir={tmp_path / 'pre'}", "--train.max_steps=1",
+                    "--data.micro_batches_by_length=true"])
+
+
 def test_finetune_batches_mask_every_prompt_token(tiny_data):
     raw = open_instructions(tiny_data)
     pairs = list(synthetic_pairs(16, 512, 0))

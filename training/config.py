@@ -45,6 +45,9 @@ class DataSection:
     shuffle: bool = True
     eos_id: Optional[int] = None  # finetune.py: EOS/pad id; default: meta.json instructions.eos_id
     pad_to: Literal["max_seq_len", "longest"] = "max_seq_len"  # finetune.py; max_seq_len = llm-foundry's
+    # finetune.py: each step's examples cut into micro-batches longest first (with pad_to=longest, less padding);
+    # the same examples and gradient per step, summed in another order
+    micro_batches_by_length: bool = False
     synthetic: bool = False  # random tokens instead of data (benchmark mode); no data.path needed
 
 

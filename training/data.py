@@ -6,7 +6,9 @@ data/formats/instructions.py `InstructionDataset`, both listed in the build's me
 Sampling is defined on the *global* batch, independent of the number of ranks:
     epoch e order = permutation(len(dataset), seed + e) (or 0..n-1 without shuffle), drop_last;
     global step s uses order[(s mod spe) * G : (s mod spe + 1) * G], spe = n // G steps per epoch;
-    rank r of W takes the r-th contiguous slice of G / W sequences, cut into micro-batches.
+    rank r of W takes the r-th contiguous slice of G / W sequences, cut into micro-batches (with `lengths`, the slice is
+first ordered longest first, so that padded micro-batches hold similar lengths: the same examples in the same step,
+and the same gradient, since the loop divides every micro-batch's loss sum by the step's valid tokens).
 So the position in the data is the global step alone: a checkpoint written by 8 ranks resumes on 4 or 1 with the
 same sequences in the same steps, and a 2-rank run sees exactly the batch a 1-rank run sees (with more
 accumulation). `state_dict()` stores the step plus fingerprints (dataset length, global batch, seed) that a resume
@@ -24,7 +26,7 @@ from data.formats.packed import PackedDataset
 
 class GlobalBatchSampler:
     def __init__(self, n: int, global_batch: int, micro_batch: int, rank: int, world: int, seed: int,
-                 shuffle: bool = True):
+                 shuffle: bool = True, lengths=None):
         if global_batch % (micro_batch * world):
             raise ValueError(f"train.global_batch_size = {global_batch} must be divisible by "
                              f"train.micro_batch_size ({micro_batch}) x ranks ({world})")
@@ -33,6 +35,9 @@ class GlobalBatchSampler:
                              f"(train.global_batch_size = {global_batch})")
         self.n, self.G, self.mb, self.rank, self.world = n, global_batch, micro_batch, rank, world
         self.seed, self.shuffle = seed, shuffle
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"lengths has {len(lengths)} entries for {n} examples")
+        self.lengths = None if lengths is None else np.asarray(lengths)
         self.steps_per_epoch = n // global_batch
         self.step = 0
         self._order_epoch, self._order = None, None
@@ -56,6 +61,8 @@ class GlobalBatchSampler:
         """This rank's micro-batches (lists of example indices) for the current step; advances the step."""
         per_rank = self.G // self.world
         mine = self.global_indices(self.step)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        if self.lengths is not None:  # longest first (stable): ties keep the shuffled order
+            mine = mine[np.argsort(-self.lengths[mine], kind="stable")]
         self.step += 1
         return [mine[j:j + self.mb].tolist() for j in range(0, per_rank, self.mb)]
 
@@ -152,13 +159,15 @@ class FilteredDataset:
 
     def __init__(self, dataset, max_seq_len: int):
         self.dataset = dataset
-        keep = []
+        keep, lengths = [], []
         for i in range(len(dataset)):
             labels = np.asarray(dataset[i]["labels"])
             valid = np.flatnonzero(labels != IGNORE_INDEX)
             if len(valid) and valid[0] < max_seq_len:
                 keep.append(i)
+                lengths.append(len(labels))
         self.keep = keep
+        self.lengths = np.asarray(lengths, dtype=np.int64)  # each kept example's stored tokens (micro-batch order)
         self.dropped = len(dataset) - len(keep)
 
     def __len__(self):

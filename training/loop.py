@@ -260,8 +260,14 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
 
     # data and schedule ---------------------------------------------------------------------------------------
     t = cfg.train
+    lengths = None
+    if cfg.data.micro_batches_by_length:
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None:
+            raise ValueError(f"data.micro_batches_by_length = true, but {task}'s examples have no lengths (packed "
+                             f"pre-training rows are all one length): set it for finetune.py only")
     sampler = GlobalBatchSampler(len(dataset), t.global_batch_size, t.micro_batch_size, d.rank, d.world_size,
-                                 cfg.run.seed, cfg.data.shuffle)
+                                 cfg.run.seed, cfg.data.shuffle, lengths)
     if bench:
         max_steps = cfg.benchmark.warmup_steps + cfg.benchmark.steps
     else:
