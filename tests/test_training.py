@@ -291,7 +291,8 @@ def test_resuming_with_another_config_stops_naming_the_keys(tiny_data, tmp_path,
         finetune.main(args + ["--optim.lr=0.0005"])
     assert len(read_metrics(out)) == 6  # nothing ran
     capsys.readouterr()
-    finetune.main(args + ["--log.interval=1", "--train.stop_after=8"])  # knobs documented as safe resume quietly
+    finetune.main(args + ["--log.interval=1", "--train.stop_after=8",  # knobs documented as safe resume quietly
+                          "--data.micro_batches_by_length=true"])
     assert "resumed from" in capsys.readouterr().out
     finetune.main(args + ["--train.stop_after=null", "--optim.lr=0.0005", "--checkpoint.allow_changes=[optim.lr]"])
     printed = capsys.readouterr().out

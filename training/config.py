@@ -222,7 +222,8 @@ RANGES = [
 SAFE_TO_CHANGE = ("run.name", "run.out_dir", "log.", "eval.interval", "eval.batches", "eval.export_best",
                   "checkpoint.interval", "checkpoint.keep_last", "checkpoint.resume", "checkpoint.allow_changes",
                   "checkpoint.reexport", "train.stop_after", "train.compile", "parallel.activation_checkpointing",
-                  "parallel.reshard_after_forward", "parallel.backend")
+                  "parallel.reshard_after_forward", "parallel.backend",
+                  "data.micro_batches_by_length")  # the same examples and gradient per step (docs/training.md)
 
 
 def unsafe_changes(saved: dict, now: dict, allowed=()) -> list[str]:
