@@ -6,9 +6,10 @@ data/formats/instructions.py `InstructionDataset`, both listed in the build's me
 Sampling is defined on the *global* batch, independent of the number of ranks:
     epoch e order = permutation(len(dataset), seed + e) (or 0..n-1 without shuffle), drop_last;
     global step s uses order[(s mod spe) * G : (s mod spe + 1) * G], spe = n // G steps per epoch;
-    rank r of W takes the r-th contiguous slice of G / W sequences, cut into micro-batches (with `lengths`, the slice is
-first ordered longest first, so that padded micro-batches hold similar lengths: the same examples in the same step,
-and the same gradient, since the loop divides every micro-batch's loss sum by the step's valid tokens).
+    rank r of W takes the r-th contiguous slice of G / W sequences, cut into micro-batches;
+    with `lengths` (data.micro_batches_by_length), the slice is first ordered longest first, so that padded
+    micro-batches hold similar lengths: the same examples in the same step, and the same gradient, since the
+    loop divides every micro-batch's loss sum by the step's valid tokens.
 So the position in the data is the global step alone: a checkpoint written by 8 ranks resumes on 4 or 1 with the
 same sequences in the same steps, and a 2-rank run sees exactly the batch a 1-rank run sees (with more
 accumulation). `state_dict()` stores the step plus fingerprints (dataset length, global batch, seed) that a resume
