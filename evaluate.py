@@ -367,7 +367,10 @@ def evaluate(cfg, load_tokenizer, load_model) -> dict:
     tok_path = pathlib.Path(cfg.tokenizer or pathlib.Path(cfg.checkpoint) / "tokenizer.json")
     tokenizer = load_tokenizer(tok_path)
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else None
-    model = load_model(cfg.checkpoint, device=cfg.device, dtype=dtype, verify=cfg.verify).eval()
+    context = {"max_seq_len": cfg.max_seq_len} if cfg.max_seq_len else {}  # ALiBi: no weight depends on it
+    model = load_model(cfg.checkpoint, device=cfg.device, dtype=dtype, verify=cfg.verify, **context).eval()
+    if cfg.max_seq_len:
+        log.info("context: %d tokens (the evaluation's max_seq_len)", cfg.max_seq_len)
     n_tokens = tokenizer.get_vocab_size(with_added_tokens=True)
     if n_tokens > model.config.vocab_size:
         raise ValueError(f"{tok_path} has {n_tokens:,} tokens, more than the model's vocab_size "

@@ -95,6 +95,10 @@ class EvalConfig:
     device: Optional[str] = None  # default: cuda when available, else cpu
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None  # default: the checkpoint's
     verify: Literal["full", "fast"] = "full"  # checkpoint integrity: full = sha256 of each shard; fast = sizes, headers
+    # the model's context here (its config key max_seq_len), default the checkpoint's. ALiBi has no position table,
+    # so a longer one changes no weight and only lifts the length checks (MPT's extrapolation); e.g. Beauty's direct
+    # prompts list 100 titles, and some, with their longest candidate, pass the 2,048 tokens the model trained on
+    max_seq_len: Optional[int] = None
     limit: Optional[int] = None  # only the first N examples (a quick look)
     sample: Optional[int] = None  # a seeded random sample of N examples (the same for every model and baseline)
     sample_seed: int = 0
@@ -117,6 +121,7 @@ class EvalConfig:
             if getattr(self, key) is None:
                 raise invalid(key, None, f"is required (in the config file, or --{key}=...)")
         for key, value in (("batch_size", self.batch_size), ("limit", self.limit), ("sample", self.sample),
+                           ("max_seq_len", self.max_seq_len),
                            ("max_new_tokens", self.max_new_tokens), ("next_item.num_beams", self.next_item.num_beams),
                            ("score_token_budget", self.score_token_budget),
                            ("generate_token_budget", self.generate_token_budget),

@@ -75,11 +75,13 @@ for D in $DATASETS; do
   if [[ $D == movielens ]]; then
     DCFG=configs/data/movielens-100k.yaml; PCFG=configs/data/p5-movielens.yaml; SRC=$SHARED/movielens-100k
     P5_LIMIT=("${ML_USERS[@]}"); TEMPLATES=1-6,1-10,2-3,2-13,5-5,5-8; VOCAB=4224; P5_NAME=p5-movielens
-    RATING_TEMPLATES=1-6,1-10
+    RATING_TEMPLATES=1-6,1-10; EVAL_CTX=$CTX
   else
     DCFG=configs/data/beauty-mini.yaml; PCFG=configs/data/p5-beauty.yaml; SRC=$SHARED/amazon-beauty-p5
     P5_LIMIT=(--max_users="$P5_USERS"); TEMPLATES=2-3,2-13,5-5,5-8; VOCAB=8320; P5_NAME=p5-beauty
-    RATING_TEMPLATES=
+    # 100 product titles: 4% of the direct prompts, with their longest candidate, pass 2,048 tokens (at most 2,382):
+    # evaluated in a longer context, which ALiBi allows without a weight changing (evaluate.py max_seq_len)
+    RATING_TEMPLATES=; EVAL_CTX=2560
   fi
   # one model for every arm: the scale's shape (cpu, quick: demo; gpu: beauty-mini) with the dataset's vocabulary
   # (the trained BPE's 4,096 / 8,192 ids plus 128 spare rows, as MPT-7B keeps spare rows: (b)'s five infilling tokens
@@ -102,6 +104,7 @@ for D in $DATASETS; do
   FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" "${COMMON[@]}")
   BENCH=$R/p5/eval/$P5_NAME
   EVAL=(--benchmark "$BENCH" --task p5 --sample $EVAL_USERS --device "$EVAL_DEVICE" --rating.decoding=expected
+        --max_seq_len=$EVAL_CTX
         --num-beams $BEAMS --num-return-sequences $BEAMS --max-new-tokens $NEW_TOKENS --next_item.constrained=true
         --embedding-cache "$OUT/embedding_cache" --batch-size 8)
   if [[ $STAGE == all || $STAGE == train ]]; then

@@ -146,6 +146,24 @@ def test_direct_candidates_by_likelihood(setup):
     assert "length_normalised" in metrics["templates"]["5-5"]["metrics"]
 
 
+def test_a_longer_context_at_evaluation_scores_as_the_trained_one(setup, tmp_path):
+    """max_seq_len at evaluation: ALiBi has no position table, so the same weights under a shorter config fail the
+    length check by name, and with the context lifted score exactly as the 256-token checkpoint does."""
+    tmp, _, _, _, _, predictions = setup
+    short = dataclasses.replace(MPTConfig.from_name("tiny"), max_seq_len=16)
+    save_model(build_model(dataclasses.replace(short, max_seq_len=256), seed=2).state_dict(), short, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "tokenizer.json").write_bytes((tmp / "ckpt" / "tokenizer.json").read_bytes())
+    args = ["--checkpoint", str(tmp_path / "ckpt"), "--benchmark", str(tmp / "bench"), "--task", "p5", "--device",
+            "cpu", "--p5.templates=[5-5]", "--score_token_budget=600"]
+    with pytest.raises(ValueError, match="max_seq_len=16"):
+        evaluate.main(args + ["--out", str(tmp_path / "fails")])
+    evaluate.main(args + ["--out", str(tmp_path / "out"), "--max_seq_len=256"])
+    lifted = [json.loads(line) for line in open(tmp_path / "out" / "predictions.jsonl")]
+    assert [p["candidates"] for p in lifted] == [p["candidates"] for p in predictions["5-5"]]
+    assert (sum((p["logprob"] for p in lifted), [])
+            == pytest.approx(sum((p["logprob"] for p in predictions["5-5"]), []), abs=1e-6))
+
+
 def test_direct_yes_no_ranks_by_p_yes(setup):
     _, tok, model, files, metrics, predictions = setup
     preds, m = predictions["5-1"], metrics["templates"]["5-1"]["metrics"]
