@@ -159,6 +159,10 @@ def report(out, datasets, figures=None) -> int:
         if (root / "eval" / "sasrec" / "metrics.json").is_file():
             external["SASRec (RecBole; baseline)"] = json.loads((root / "eval" / "sasrec" / "metrics.json")
                                                                  .read_text())["templates"]
+            preds["sasrec"] = read_jsonl(root / "eval" / "sasrec" / "predictions.jsonl")
+            for p in preds["sasrec"]:  # a ranking of the catalog is its own constrained view
+                if "ranked_item_ids" in p:
+                    p["constrained"] = {"ranked_item_ids": p["ranked_item_ids"]}
         info = results[arms[0]]
         print(f"### {d}\n")
         for kind in COLUMNS:
@@ -176,7 +180,8 @@ def report(out, datasets, figures=None) -> int:
             rows += [(f"{name.replace('_', ' ')}" + (" within the candidates" if kind == "direct_candidates" else "")
                       + " (baseline)", {t: base.get(t, {}).get(name, {}) for t in templates})
                      for name in BASELINES[kind]]
-            rows += [(name, {t: m.get(t, {}).get("metrics", {}) for t in templates}) for name, m in external.items()]
+            rows += [(name, {t: m[t]["metrics"] for t in templates if t in m}) for name, m in external.items()
+                     if any(t in m for t in templates)]
             rows += [(name, {t: {"HR@10": row[t]["HR@10"]} for t in templates if t in row})
                      for name, row in PAPER_ROWS.get(d, {}).items()]
             for label, per_template in rows:
@@ -185,6 +190,7 @@ def report(out, datasets, figures=None) -> int:
             print()
         pairs = [(x, y) for x, y in PAIRS if x in preds and y in preds]
         pairs += [(a, "b") for a in arms if a.startswith("b-") and "b" in preds]
+        pairs += [(a, "sasrec") for a in ARMS if a in preds and "sasrec" in preds]
         if pairs:
             print("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item (grounded "
                   "and constrained) and direct, RMSE of the expected rating for rating.\n")

@@ -6,10 +6,13 @@
 #   (c) instruction tuning alone, from the same initialisation, for as many tokens as (a) pre-trains + tunes.
 # Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
 # beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
-#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|report]
+#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|sasrec|report]
 # eval-sampled: MovieLens's rating templates by sampling (3 seeds) beside the expected value (part of eval);
 # ablate: (b) with each RecSysLLM ingredient switched, one arm per name in PAPERS_ABLATIONS (no-entity, no-chrono,
-# no-intra, behaviour; part of all when set), trained and evaluated as (b).
+# no-intra, behaviour; part of all when set), trained and evaluated as (b);
+# sasrec: RecBole's SASRec on each build's training sequences, scored on the ranking templates' evaluated records
+# (scripts/sasrec_baseline.py; not part of all: RecBole installs apart, requirements-baselines.txt; RECBOLE_PATH is the
+# folder it was installed into with pip --target, added to PYTHONPATH).
 # Environment: PAPERS_OUT (default out/papers), PAPERS_DATASETS (default "movielens beauty"), PAPERS_SCALE (cpu, the
 # default; gpu, larger; quick, the test suite's: also PAPERS_QUICK=1), and to override a scale's values PRE_STEPS,
 # FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus); EVAL_DEVICE (default cpu); PAPERS_FIGURES
@@ -20,6 +23,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
+case $STAGE in all|data|train|eval|eval-sampled|ablate|sasrec|report) ;;
+  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, sasrec, report)" >&2; exit 2;;
+esac
 OUT=${PAPERS_OUT:-out/papers}
 DATASETS=${PAPERS_DATASETS:-movielens beauty}
 EVAL_DEVICE=${EVAL_DEVICE:-cpu}
@@ -27,13 +33,13 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 SCALE=${PAPERS_SCALE:-cpu}; [[ "${PAPERS_QUICK:-0}" == 1 ]] && SCALE=quick
 if [[ $SCALE == quick ]]; then     # the test suite's version: a few steps and users
   PRE_STEPS=${PRE_STEPS:-2}; FT_STEPS=${FT_STEPS:-2}; EVAL_USERS=${EVAL_USERS:-3}; P5_USERS=${P5_USERS:-20}
-  BEAMS=2; NEW_TOKENS=12; ML_USERS=(--max_users=20); WARMUP=(--schedule.t_warmup=1); SHAPE=demo
+  BEAMS=2; NEW_TOKENS=12; ML_USERS=(--max_users=20); WARMUP=(--schedule.t_warmup=1); SHAPE=demo; SASREC_EPOCHS=1
 elif [[ $SCALE == cpu ]]; then     # MovieLens: about 2.5 h on 2 cores, (c) 429 steps included (docs/results.md)
   PRE_STEPS=${PRE_STEPS:-200}; FT_STEPS=${FT_STEPS:-100}; EVAL_USERS=${EVAL_USERS:-300}; P5_USERS=${P5_USERS:-3000}
-  BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=demo
+  BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=demo; SASREC_EPOCHS=40
 elif [[ $SCALE == gpu ]]; then     # the larger configuration, for one GPU (EVAL_DEVICE=cuda)
   PRE_STEPS=${PRE_STEPS:-2000}; FT_STEPS=${FT_STEPS:-1500}; EVAL_USERS=${EVAL_USERS:-943}
-  P5_USERS=${P5_USERS:-22363}; BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=beauty-mini
+  P5_USERS=${P5_USERS:-22363}; BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=beauty-mini; SASREC_EPOCHS=200
 else
   echo "PAPERS_SCALE must be quick, cpu or gpu, got '$SCALE'" >&2; exit 2
 fi
@@ -44,6 +50,10 @@ PRE_ROWS=16; FT_BATCH=32; SEQ=512; CTX=2048
 # tuning's micro-batches: 4 pairs, cut from each step's 32 longest first (the same examples and gradient per step;
 # about half the time, as a 900-token direct prompt no longer pads 15 short pairs)
 BY_LENGTH=(--train.micro_batch_size=4 --data.micro_batches_by_length=true)
+# SASRec: RecBole's model and defaults, but batches of 256 (SASRec's paper used 128): RecBole's 2,048 make 13 updates
+# an epoch on Beauty's 3,000 users, and each epoch costs over a CPU-minute; early stopping after 10 epochs without a
+# better validation MRR@10, at most SASREC_EPOCHS
+SASREC=(--train-batch-size 256 --epochs "$SASREC_EPOCHS" --stopping-step 10 --seed 2020)
 ABLATIONS=${PAPERS_ABLATIONS:-}
 EVAL_ARMS=${PAPERS_ARMS:-a b c}
 declare -A SWITCH=([no-entity]=--infill.entity_masking=false [no-chrono]=--infill.chronological=false
@@ -130,6 +140,11 @@ for D in $DATASETS; do
     for ARM in $EVAL_ARMS; do
       evaluate_arm $ARM $ARM-sampled --templates $RATING_TEMPLATES --rating.decoding=sample
     done
+  fi
+  if [[ $STAGE == sasrec ]]; then
+    log "$D SASRec (RecBole), at most $SASREC_EPOCHS epochs"
+    PYTHONPATH=${RECBOLE_PATH:+$RECBOLE_PATH:}${PYTHONPATH:-} quiet $PY scripts/sasrec_baseline.py --p5-build "$R/p5" \
+      --templates 2-3,2-13,5-5,5-8 --sample $EVAL_USERS --out "$R/eval/sasrec" "${SASREC[@]}" > "$R/eval-sasrec.log"
   fi
   if [[ -n $ABLATIONS && ($STAGE == all || $STAGE == ablate) ]]; then
     for X in $ABLATIONS; do

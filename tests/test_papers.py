@@ -2,8 +2,10 @@
 multitask prompts, 2 training steps, 3 evaluated users, one ablation of (b)): every stage runs from real data, the
 table has the arms, the baselines and the paired differences, and rerunning the evaluation stage (for (a) and (b), one
 arm per objective) reproduces the table exactly."""
+import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -46,3 +48,20 @@ def test_papers_side_by_side_quick(tmp_path):
         assert (out / "movielens" / "eval" / arm / "metrics.json").stat().st_mtime_ns != mtime, arm
     run("report")
     assert (out / "results.md").read_text() == table
+
+    # a SASRec row (scripts/sasrec_baseline.py writes evaluate.py's metrics shape, ranking templates only): here (c)'s
+    # own ranking results stand in for it, so its rows appear in the ranking tables only, and (c) - sasrec pairs each
+    # user with themself: a difference of exactly 0
+    sasrec = out / "movielens" / "eval" / "sasrec"
+    shutil.copytree(out / "movielens" / "eval" / "c", sasrec)
+    metrics = json.loads((sasrec / "metrics.json").read_text())
+    metrics["templates"] = {t: r for t, r in metrics["templates"].items() if r["kind"] != "rating"}
+    (sasrec / "metrics.json").write_text(json.dumps(metrics))
+    table = run("report")
+    rating, ranking = table.split("**Next item")[0], table.split("**Next item")[1]
+    assert "| SASRec (RecBole; baseline) |" not in rating and "| SASRec (RecBole; baseline) |" in ranking
+    def cells(first):  # the paired-differences row that starts with `first`, cell by cell
+        line = next(line for line in table.splitlines() if line.startswith(f"| {first} |"))
+        return [cell.strip(" |") for cell in line.split(" | ")]
+    for template in ("2-3", "5-5", "5-8"):
+        assert cells(template)[cells("template").index("c - sasrec")] == "+0.0000 [+0.0000, +0.0000]", template
