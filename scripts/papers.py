@@ -33,7 +33,8 @@ PAIRS = (("b", "a"), ("a", "c"), ("b", "c"))
 ABLATIONS = {"no-entity": "entity-aware masking off (GLM's token spans)",
              "no-chrono": "chronological spans off (Part B shuffled, GLM's default)",
              "no-intra": "intra positions off (1D positions only)",
-             "behaviour": "behaviour sampling on (long/medium/short-term items)"}
+             "behaviour": "behaviour sampling on (long/medium/short-term items)",
+             "again": "nothing switched, trained again as the ablations are (the run-to-run reference)"}
 # the published rows, for scale (RecSysLLM Tables 2, 4, 7 on Beauty: GLM-10B + LoRA; P5-B; ../shared/spec/p5.md 4.2)
 PAPER_ROWS = {"beauty": {"P5-B (paper)": {"2-3": {"HR@10": .0664}, "2-13": {"HR@10": .0645},
                                           "5-5": {"HR@10": .2325}, "5-8": {"HR@10": .2300}},

@@ -9,7 +9,8 @@
 #   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|sasrec|report]
 # eval-sampled: MovieLens's rating templates by sampling (3 seeds) beside the expected value (part of eval);
 # ablate: (b) with each RecSysLLM ingredient switched, one arm per name in PAPERS_ABLATIONS (no-entity, no-chrono,
-# no-intra, behaviour; part of all when set), trained and evaluated as (b);
+# no-intra, behaviour; and again: nothing switched, the run-to-run reference; part of all when set), trained and
+# evaluated as (b);
 # sasrec: RecBole's SASRec on each build's training sequences, scored on the ranking templates' evaluated records
 # (scripts/sasrec_baseline.py; not part of all: RecBole installs apart, requirements-baselines.txt; RECBOLE_PATH is the
 # folder it was installed into with pip --target, added to PYTHONPATH).
@@ -57,9 +58,10 @@ SASREC=(--train-batch-size 256 --epochs "$SASREC_EPOCHS" --stopping-step 10 --se
 ABLATIONS=${PAPERS_ABLATIONS:-}
 EVAL_ARMS=${PAPERS_ARMS:-a b c}
 declare -A SWITCH=([no-entity]=--infill.entity_masking=false [no-chrono]=--infill.chronological=false
-                   [no-intra]=--infill.intra=false [behaviour]=--infill.behaviour_sampling=true)
+                   [no-intra]=--infill.intra=false [behaviour]=--infill.behaviour_sampling=true
+                   [again]=)  # (b) trained again beside the ablations: how far a rerun alone moves the table
 for X in $ABLATIONS; do
-  [[ -n "${SWITCH[$X]:-}" ]] || { echo "PAPERS_ABLATIONS: unknown '$X' (known: ${!SWITCH[*]})" >&2; exit 2; }
+  [[ -v "SWITCH[$X]" ]] || { echo "PAPERS_ABLATIONS: unknown '$X' (known: ${!SWITCH[*]})" >&2; exit 2; }
 done
 log() { echo "== $* ($(date +%H:%M:%S))"; }
 quiet() { "$@" 2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]\|s/batch]"; }
@@ -149,7 +151,7 @@ for D in $DATASETS; do
   if [[ -n $ABLATIONS && ($STAGE == all || $STAGE == ablate) ]]; then
     for X in $ABLATIONS; do
       rm -rf "$R/b-$X-pretrain" "$R/b-$X"
-      train_infill "b-$X" "${SWITCH[$X]}"
+      train_infill "b-$X" ${SWITCH[$X]:+"${SWITCH[$X]}"}
       evaluate_arm "b-$X" "b-$X" --templates $TEMPLATES
     done
   fi
