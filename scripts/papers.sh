@@ -25,7 +25,8 @@ PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
 case $STAGE in all|data|train|eval|eval-sampled|ablate|sasrec|report) ;;
-  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, sasrec, report)" >&2; exit 2;;
+  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, sasrec, report)" >&2
+     exit 2;;
 esac
 OUT=${PAPERS_OUT:-out/papers}
 DATASETS=${PAPERS_DATASETS:-movielens beauty}

@@ -58,8 +58,9 @@ def test_papers_side_by_side_quick(tmp_path):
     metrics["templates"] = {t: r for t, r in metrics["templates"].items() if r["kind"] != "rating"}
     (sasrec / "metrics.json").write_text(json.dumps(metrics))
     table = run("report")
-    rating, ranking = table.split("**Next item")[0], table.split("**Next item")[1]
+    rating, ranking = table.split("**Next item", 1)
     assert "| SASRec (RecBole; baseline) |" not in rating and "| SASRec (RecBole; baseline) |" in ranking
+
     def cells(first):  # the paired-differences row that starts with `first`, cell by cell
         line = next(line for line in table.splitlines() if line.startswith(f"| {first} |"))
         return [cell.strip(" |") for cell in line.split(" | ")]
