@@ -2,11 +2,15 @@
 
     python scripts/papers.py heldout DATA_BUILD P5_BUILD       # both builds hold out the same interactions
     python scripts/papers.py sft-steps PRE_STEPS PRE_ROWS SEQ_LEN FT_STEPS FT_BATCH P5_BUILD   # arm (c)'s budget
+    python scripts/papers.py users P5_BUILD OUT_FILE           # the multitask prompts' users, one id per line
     python scripts/papers.py report OUT [--datasets movielens beauty]   # the tables, with paired bootstrap intervals
 
 heldout: the pre-training rows come from `python -m data.prepare` and the multitask pairs from
 `python -m data.prepare.p5_tasks`; each build audits itself, and this checks that the two hold out exactly the same
 (user, item) interactions for the users they share, so that no arm pre-trains on another's test items.
+
+users: the users the P5 build renders prompts for (its held-out interactions' users: every user has some), for
+`python -m data.prepare`'s `users_file`: arm a-cut pre-trains on those users' rows only.
 
 sft-steps: the arms get the same number of training tokens. (a) and (b) pre-train on the same rows for the same
 steps, then fine-tune for FT_STEPS; (c) has no pre-training and spends that budget on fine-tuning: FT_STEPS plus as
@@ -29,6 +33,8 @@ ARMS = {"a": "(a) RecGPT: causal pre-training + instruction tuning",
         "b": "(b) RecSysLLM: blank-infilling pre-training + [gMASK] instruction tuning",
         "c": "(c) instruction tuning alone"}
 PAIRS = (("b", "a"), ("a", "c"), ("b", "c"))
+# (a) pre-trained on the multitask prompts' users' rows only (scripts/papers.sh's cut stage)
+CUT = {"a-cut": "(a) pre-trained on the prompts' users' rows only"}
 # (b) with one RecSysLLM ingredient switched (scripts/papers.sh's ablate stage; arm b-<name>)
 ABLATIONS = {"no-entity": "entity-aware masking off (GLM's token spans)",
              "no-chrono": "chronological spans off (Part B shuffled, GLM's default)",
@@ -63,6 +69,13 @@ def heldout(data_build, p5_build) -> int:
         raise SystemExit(f"{data_build} and {p5_build} hold out different interactions: only in the P5 build "
                          f"{only_p5}, only in the data build {only_data}")
     print(f"held out alike: {len(held_p5)} interactions of {len(users)} users in both builds")
+    return 0
+
+
+def users(p5_build, out_file) -> int:
+    ids = sorted({str(r["user"]) for r in read_jsonl(pathlib.Path(p5_build) / "heldout.jsonl")})
+    pathlib.Path(out_file).write_text("".join(f"{u}\n" for u in ids), encoding="utf-8")
+    print(f"{len(ids)} users of {p5_build} -> {out_file}")
     return 0
 
 
@@ -119,8 +132,8 @@ BASELINES = {"rating": ("global_mean", "per_item_mean"), "sequential": ("most_po
 
 
 def arm_label(arm: str) -> str:
-    if arm in ARMS:
-        return ARMS[arm]
+    if arm in ARMS or arm in CUT:
+        return {**ARMS, **CUT}[arm]
     name = arm[len("b-"):]
     return f"(b) with {ABLATIONS[name]}" if name in ABLATIONS else arm
 
@@ -151,6 +164,7 @@ def report(out, datasets, figures=None) -> int:
             continue
         arms = [a for a in ARMS if (root / "eval" / a / "metrics.json").is_file()]
         arms += [f"b-{x}" for x in ABLATIONS if (root / "eval" / f"b-{x}" / "metrics.json").is_file()]
+        arms += [a for a in CUT if (root / "eval" / a / "metrics.json").is_file()]
         results = {a: json.loads((root / "eval" / a / "metrics.json").read_text())["templates"] for a in arms}
         preds = {a: read_jsonl(root / "eval" / a / "predictions.jsonl") for a in arms}
         sampled = {a: json.loads((root / "eval" / f"{a}-sampled" / "metrics.json").read_text())["templates"]
@@ -191,6 +205,7 @@ def report(out, datasets, figures=None) -> int:
             print()
         pairs = [(x, y) for x, y in PAIRS if x in preds and y in preds]
         pairs += [(a, "b") for a in arms if a.startswith("b-") and "b" in preds]
+        pairs += [(a, y) for a in CUT if a in preds for y in ("a", "c") if y in preds]
         pairs += [(a, "sasrec") for a in ARMS if a in preds and "sasrec" in preds]
         if pairs:
             print("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item (grounded "
@@ -213,15 +228,17 @@ def report(out, datasets, figures=None) -> int:
 def diagnosis(root: pathlib.Path, arms: list, preds: dict, info: dict) -> None:
     """What each arm's predictions follow, from its predictions and the training statistics: for direct templates
     the mean per-user Spearman correlation of a candidate's score with its training popularity and with its
-    length in tokens; for rating templates the spread of the expected ratings against the targets' and their
-    correlation with the targets; for free generation the share of outputs that are exactly a
-    catalog text."""
+    length in tokens, and what the scores add to popularity (beyond_popularity); for rating templates the spread of
+    the expected ratings against the targets' and their correlation with the targets; for free generation the share
+    of outputs that are exactly a catalog text."""
     from data.formats.evalfiles import read_train_stats
 
     stats = read_train_stats(next((root / "p5" / "eval").iterdir()))  # the build's one benchmark
     items = stats["items"]
     print("What the predictions follow (mean per-user Spearman correlation of a candidate's log-probability with "
-          "its training popularity / its length in tokens; expected ratings' standard deviation against the "
+          "its training popularity / its length in tokens; HR@10 of log(1 + popularity) + w x the mean log-probability "
+          "per token, w chosen on the other half of the users (w = 0: popularity alone); expected ratings' "
+          "standard deviation against the "
           "targets', and their Pearson correlation with the targets; free generation's share of outputs "
           "that are exactly a catalog title):\n")
     print("| arm | template | measure | value |\n|---|---|---|---:|")
@@ -235,6 +252,8 @@ def diagnosis(root: pathlib.Path, arms: list, preds: dict, info: dict) -> None:
                 length = np.mean([_spearman(p["logprob"], p["n_tokens"]) for p in rows])
                 print(f"| {arm} | {t} | rho(score, popularity) | {pop:+.3f} |")
                 print(f"| {arm} | {t} | rho(score, length) | {length:+.3f} |")
+                print(f"| {arm} | {t} | HR@10, popularity + w x score per token | "
+                      f"{beyond_popularity(rows, items):.3f} |")
             elif kind == "rating":
                 expected = np.array([p["expected"] for p in rows])
                 target = np.array([p["target_rating"] for p in rows])
@@ -245,6 +264,24 @@ def diagnosis(root: pathlib.Path, arms: list, preds: dict, info: dict) -> None:
                 exact = np.mean([bool(o.get("exact_match")) for o in outs]) if outs else float("nan")
                 print(f"| {arm} | {t} | outputs that are a catalog title | {exact:.3f} |")
     print()
+
+
+def beyond_popularity(rows: list, items: dict, seed: int = 0) -> float:
+    """HR@10 of log(1 + training popularity) + w x the candidate's mean log-probability per token, with w chosen on
+    one half of the users and scored on the other (2-fold, seeded users; ties of the best w go to the smaller): what an
+    arm's scores add to popularity, without choosing w on the users it is scored on. w = 0 is popularity alone."""
+    weights = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0)
+    hits = np.zeros((len(rows), len(weights)))
+    for u, p in enumerate(rows):
+        pop = np.log1p([items.get(c, (0,))[0] for c in p["candidates"]])
+        per_token = np.asarray(p["logprob"]) / np.asarray(p["n_tokens"])
+        for j, w in enumerate(weights):
+            top = np.argsort(-(pop + w * per_token), kind="stable")[:10]  # ties keep the list's order
+            hits[u, j] = p["target_item_id"] in [p["candidates"][i] for i in top]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    halves = (order[: len(rows) // 2], order[len(rows) // 2:])
+    return float(sum(hits[test, int(np.argmax(hits[fit].mean(axis=0)))].sum()
+                     for fit, test in (halves, halves[::-1])) / len(rows))
 
 
 def _spearman(x, y) -> float:
@@ -307,6 +344,9 @@ def main(argv=None) -> int:
     h = sub.add_parser("heldout")
     h.add_argument("data_build")
     h.add_argument("p5_build")
+    u = sub.add_parser("users")
+    u.add_argument("p5_build")
+    u.add_argument("out_file")
     s = sub.add_parser("sft-steps")
     for name in ("pre_steps", "pre_rows", "seq_len", "ft_steps", "ft_batch"):
         s.add_argument(name, type=int)
@@ -318,6 +358,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.command == "heldout":
         return heldout(args.data_build, args.p5_build)
+    if args.command == "users":
+        return users(args.p5_build, args.out_file)
     if args.command == "sft-steps":
         return sft_steps(args.pre_steps, args.pre_rows, args.seq_len, args.ft_steps, args.ft_batch, args.p5_build)
     return report(args.out, args.datasets, args.figures)

@@ -6,11 +6,14 @@
 #   (c) instruction tuning alone, from the same initialisation, for as many tokens as (a) pre-trains + tunes.
 # Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
 # beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
-#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|sasrec|report]
+#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|cut|sasrec|report]
 # eval-sampled: MovieLens's rating templates by sampling (3 seeds) beside the expected value (part of eval);
 # ablate: (b) with each RecSysLLM ingredient switched, one arm per name in PAPERS_ABLATIONS (no-entity, no-chrono,
 # no-intra, behaviour; and again: nothing switched, the run-to-run reference; part of all when set), trained and
 # evaluated as (b);
+# cut: (a) pre-trained on the rows of the multitask prompts' users only (arm a-cut: the same tokenizer, steps, tuning
+# and evaluation as (a)), where the prompts cover fewer users than the pre-training rows (Beauty's P5_USERS of
+# 22,363): whether (a)'s lead comes from the other users' rows; not part of all;
 # sasrec: RecBole's SASRec on each build's training sequences, scored on the ranking templates' evaluated records
 # (scripts/sasrec_baseline.py; not part of all: RecBole installs apart, requirements-baselines.txt; RECBOLE_PATH is the
 # folder it was installed into with pip --target, added to PYTHONPATH).
@@ -24,8 +27,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
-case $STAGE in all|data|train|eval|eval-sampled|ablate|sasrec|report) ;;
-  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, sasrec, report)" >&2
+case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|sasrec|report) ;;
+  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, sasrec, report)" >&2
      exit 2;;
 esac
 OUT=${PAPERS_OUT:-out/papers}
@@ -66,11 +69,18 @@ for X in $ABLATIONS; do
 done
 log() { echo "== $* ($(date +%H:%M:%S))"; }
 quiet() { "$@" 2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]\|s/batch]"; }
+train_causal() {  # a causal arm ($1: a, or a-cut; $2: its pre-training rows): pre-training, then instruction tuning
+  local arm=$1 rows=$2
+  log "$D ($arm) causal pre-training"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml "${MODEL[@]}" \
+    "--run.out_dir=$R/$arm-pretrain" "--data.path=$rows" "${PRE[@]}" > "$R/$arm-pretrain.log"
+  log "$D ($arm) instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
+    "--model.init_from=$R/$arm-pretrain/model" "--run.out_dir=$R/$arm" "${FT[@]}" > "$R/$arm.log"
+}
 train_infill() {  # an infilling arm ($1: b, or b-<ablation>; the rest: its switches): pre-training, then [gMASK] tuning
   local arm=$1; shift
   log "$D ($arm) infilling pre-training $*"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml \
-    "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--run.out_dir=$R/$arm-pretrain" "${PRE[@]}" \
-    > "$R/$arm-pretrain.log"
+    "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--run.out_dir=$R/$arm-pretrain" "--data.path=$R/data" \
+    "${PRE[@]}" > "$R/$arm-pretrain.log"
   log "$D ($arm) [gMASK] instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml \
     "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--model.init_from=$R/$arm-pretrain/model" \
     "--run.out_dir=$R/$arm" "${FT[@]}" > "$R/$arm.log"
@@ -114,7 +124,7 @@ for D in $DATASETS; do
     $PY scripts/papers.py heldout "$R/data" "$R/p5"
   fi
   COMMON=(--run.seed=1337 --checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
-  PRE=(--train.max_steps=$PRE_STEPS "--data.path=$R/data" --data.seq_len=$SEQ "${COMMON[@]}")
+  PRE=(--train.max_steps=$PRE_STEPS --data.seq_len=$SEQ "${COMMON[@]}")
   FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" "${COMMON[@]}")
   BENCH=$R/p5/eval/$P5_NAME
   EVAL=(--benchmark "$BENCH" --task p5 --sample $EVAL_USERS --device "$EVAL_DEVICE" --rating.decoding=expected
@@ -123,10 +133,7 @@ for D in $DATASETS; do
         --embedding-cache "$OUT/embedding_cache" --batch-size 8)
   if [[ $STAGE == all || $STAGE == train ]]; then
     rm -rf "$R/a-pretrain" "$R/a" "$R/b-pretrain" "$R/b" "$R/c"  # the train stage trains anew
-    log "$D (a) causal pre-training";   quiet $PY train.py configs/train/beauty-mini-pretrain.yaml "${MODEL[@]}" \
-      "--run.out_dir=$R/a-pretrain" "${PRE[@]}" > "$R/a-pretrain.log"
-    log "$D (a) instruction tuning";    quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
-      "--model.init_from=$R/a-pretrain/model" "--run.out_dir=$R/a" "${FT[@]}" > "$R/a.log"
+    train_causal a "$R/data"
     train_infill b
     C_STEPS=$($PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5")
     log "$D (c) instruction tuning alone, $C_STEPS steps (the same tokens)"
@@ -143,6 +150,19 @@ for D in $DATASETS; do
     for ARM in $EVAL_ARMS; do
       evaluate_arm $ARM $ARM-sampled --templates $RATING_TEMPLATES --rating.decoding=sample
     done
+  fi
+  if [[ $STAGE == cut && ${#P5_LIMIT[@]} == 0 ]]; then
+    log "$D: the multitask prompts cover every user, so (a-cut) would be (a): skipped"
+  elif [[ $STAGE == cut ]]; then
+    rm -rf "$R/data-cut" "$R/a-cut-pretrain" "$R/a-cut"
+    log "$D (a-cut): the pre-training rows of the prompts' users only, with the same tokenizer"
+    $PY scripts/papers.py users "$R/p5" "$R/p5-users.txt"
+    quiet $PY -m data.prepare $DCFG "--out_dir=$R/data-cut" "--sources.0.options.path=$SRC" \
+      "--sources.0.users_file=$R/p5-users.txt" "--tokenizer.path=$R/data/tokenizer.json" --tokenizer.train=null \
+      > "$R/data-cut.log"
+    $PY scripts/papers.py heldout "$R/data-cut" "$R/p5"
+    train_causal a-cut "$R/data-cut"
+    evaluate_arm a-cut a-cut --templates $TEMPLATES
   fi
   if [[ $STAGE == sasrec ]]; then
     log "$D SASRec (RecBole), at most $SASREC_EPOCHS epochs"

@@ -204,6 +204,38 @@ def test_benchmark_finetune_from_train_and_training_stats(tmp_path):
     assert stats["mean_rating"] is None and stats["rated_interactions"] == 0
 
 
+def test_users_file_trains_its_users_on_the_full_sources_splits(tmp_path):
+    """A benchmark's users_file (scripts/papers.py users: another build's users): only the listed users train, while
+    P5's splits are still drawn over every user (MovieLens's rating split depends on all of them), so the held-out
+    interactions and evaluation files equal the full build's; the others' training rows are dropped and counted, and
+    a listed user the source lacks is an error naming the file."""
+    ml = movielens_fixture(tmp_path / "ml")
+    source = {"name": "ml", "reader": "movielens", "domain": "movielens", "benchmark": True,
+              "options": {"path": str(ml)}}
+    full = build(tmp_path, "full", [source])
+    keep = {str(u) for u in range(1, 11)}
+    (tmp_path / "users.txt").write_text("\n".join(sorted(keep)) + "\n\n")
+    cut = build(tmp_path, "cut", [{**source, "users_file": str(tmp_path / "users.txt")}])
+    full_files, cut_files = files_of(full), files_of(cut)
+    evals = [f for f in full_files if f.startswith("eval/")]
+    assert evals and all(cut_files[f] == full_files[f] for f in evals)
+
+    def training(out):  # (use, user) of every training interaction, from the build's manifests
+        rows = pq.read_table(out / "manifests" / "ml").to_pylist()
+        return [(r["use"], r["user"]) for r in rows if r["use"] != "heldout"]
+    assert {u for _, u in training(cut)} == keep
+    full_rows = training(full)
+    assert sorted(training(cut)) == sorted(r for r in full_rows if r[1] in keep)
+    others = sum(1 for _, u in full_rows if u not in keep)
+    assert f"'user_not_in_users_file': {others}" in (cut / "stats.md").read_text()
+    (tmp_path / "users.txt").write_text("1\n99\n")
+    with pytest.raises(DataError, match=r"users\.txt: 1 of its 2 users have no interaction in source ml "
+                                        r"\(first: '99'"):
+        build(tmp_path, "missing", [{**source, "users_file": str(tmp_path / "users.txt")}])
+    with pytest.raises(ConfigError, match=r"users_file.*needs benchmark: true"):
+        build(tmp_path, "corpus", [{**source, "benchmark": False, "users_file": str(tmp_path / "users.txt")}])
+
+
 def test_finetune_from_train_needs_a_benchmark(tmp_path):
     ml = movielens_fixture(tmp_path / "ml")
     with pytest.raises(ConfigError, match=r"bad\.yaml: key 'sources\.0\.finetune_from_train' = True: needs benchmark"):

@@ -1,7 +1,7 @@
 """The two papers side by side (scripts/papers.sh, issue 14), shortened (PAPERS_QUICK=1: MovieLens-100K, 20 users'
-multitask prompts, 2 training steps, 3 evaluated users, one ablation of (b)): every stage runs from real data, the
-table has the arms, the baselines and the paired differences, and rerunning the evaluation stage (for (a) and (b), one
-arm per objective) reproduces the table exactly."""
+multitask prompts, 2 training steps, 3 evaluated users, one ablation of (b), (a) pre-trained on those 20 users' rows
+only): every stage runs from real data, the table has the arms, the baselines and the paired differences, and
+rerunning the evaluation stage (for (a) and (b), one arm per objective) reproduces the table exactly."""
 import json
 import os
 import pathlib
@@ -32,10 +32,19 @@ def test_papers_side_by_side_quick(tmp_path):
 
     log = run()
     assert "held out alike:" in log  # the pre-training rows and the prompts hold out the same interactions
+    # (a) pre-trained on the rows of the prompts' 20 users only: the same tokenizer, held-out interactions, steps
+    cut = run("cut")
+    assert "20 users of" in cut and "held out alike:" in cut
+    stats = (out / "movielens" / "data-cut" / "stats.md").read_text()
+    assert "'user_not_in_users_file': " in stats
+    meta = {b: json.loads((out / "movielens" / b / "meta.json").read_text()) for b in ("data", "data-cut")}
+    assert meta["data-cut"]["tokenizer"]["sha256"] == meta["data"]["tokenizer"]["sha256"]
+    run("report")
     table = (out / "results.md").read_text()
     for row in ("| (a) RecGPT", "| (b) RecSysLLM", "| (c) instruction tuning alone", "| most popular (baseline)",
                 "| per item mean (baseline)", "| 5-8 | ", "| 2-13 constrained | ", ", sampled (3 seeds, mean +- std) |",
-                "| (b) with chronological spans off", "| most popular within the candidates (baseline) |"):
+                "| (b) with chronological spans off", "| most popular within the candidates (baseline) |",
+                "| (a) pre-trained on the prompts' users' rows only |", " a-cut - a | a-cut - c |"):
         assert row in table, row
     assert (out / "papers-movielens-curves.png").stat().st_size > 0
     c_steps = int(log.split("(c) instruction tuning alone, ")[1].split(" steps")[0])

@@ -62,11 +62,18 @@ class SourceConfig:
     # ablation, docs/results.md) has no other users
     finetune_from_train: bool = False
     exclude_users_of: list[str] = field(default_factory=list)  # earlier sources whose users this one leaves out
+    # benchmark only: train on the users listed in this file only (one id per line, as the reader names them; e.g.
+    # another build's users, `scripts/papers.py users`). P5's splits are still drawn over every user, so the held-out
+    # interactions and evaluation files are the full source's; the other users' training rows are dropped and counted
+    # ("user_not_in_users_file"), and a listed user the source lacks is an error
+    users_file: Optional[str] = None
     options: dict = field(default_factory=dict)  # the reader's own options (path, ...)
 
     def __post_init__(self):
         if self.finetune_from_train and not self.benchmark:
             raise invalid("finetune_from_train", True, "needs benchmark: true")
+        if self.users_file is not None and not self.benchmark:
+            raise invalid("users_file", self.users_file, "needs benchmark: true")
 
 
 @dataclass

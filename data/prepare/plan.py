@@ -16,7 +16,8 @@ The rules (paper §2.1, App. A; recgpt.md §3-4, evaluation.md §1-3):
 3. benchmark: P5's splits on the full sequences (next item leave-one-out; rating 80/10/10); training =
    every interaction in no validation/test split of either task, untitled items then dropped; the users
    with a training history left, in seeded order (all pre-training; also fine-tuning with
-   `finetune_from_train` when they have >= 2 items).
+   `finetune_from_train` when they have >= 2 items); with `users_file`, only its users train (the splits are
+   still drawn over every user, so the held-out interactions are the full source's).
 Users are cut into buckets of contiguous places in the seeded order (about `bucket_interactions`
 interactions each), and benchmark users into evaluation buckets of contiguous sorted ranks: the build's
 jobs render one bucket each, and concatenated in bucket order their outputs are those of one job.
@@ -44,7 +45,8 @@ def plan_fingerprint(cfg: BuildConfig, s: SourceConfig, source_fps: dict) -> str
     code = workdir.code_fingerprint(__name__, "data.prepare.recipe", "data.prepare.templates", "data.prepare.engine")
     return workdir.fingerprint("plan", code, source_fps[s.name], [source_fps[o] for o in s.exclude_users_of],
                                {k: getattr(s, k) for k in ("domain", "benchmark", "rating_split", "finetune_from_train",
-                                                           "exclude_users_of")},
+                                                           "exclude_users_of", "users_file")},
+                               workdir.input_stats({"users_file": s.users_file}),
                                {k: getattr(cfg, k) for k in ("seed", "min_interactions", "finetune_fraction",
                                                              "valid_fraction", "bucket_interactions",
                                                              "duplicate_interactions")},
@@ -231,6 +233,27 @@ def corpus_users(con, cfg: BuildConfig, s: SourceConfig, counts: dict) -> dict:
             "excluded_users": n_ex, "warnings": warnings}
 
 
+def listed_users(con, s: SourceConfig) -> str:
+    """The SQL condition on `user` that the source's `users_file` lists it ("true" without one); a listed user the
+    source lacks is an error naming the file."""
+    if not s.users_file:
+        return "true"
+    path = pathlib.Path(s.users_file)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (source {s.name}: users_file)")
+    ids = sorted({line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
+    if not ids:
+        raise DataError(f"{path}: no user id in it (source {s.name}: users_file, one id per line)")
+    con.register("listed_ids", pa.table({"user": pa.array(ids, pa.string())}))
+    con.execute("CREATE TABLE listed AS SELECT user FROM listed_ids")
+    con.unregister("listed_ids")
+    missing = con.execute("SELECT user FROM listed WHERE user NOT IN (SELECT user FROM hist) ORDER BY user").fetchall()
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of its {len(ids)} users have no interaction in source {s.name} "
+                        f"(first: {missing[0][0]!r}; users_file)")
+    return "user IN (SELECT user FROM listed)"
+
+
 def benchmark_users(con, cfg: BuildConfig, s: SourceConfig, counts: dict) -> dict:
     """A benchmark: P5's splits on the full sequences (untitled items included), the leakage rule, the users
     with a training history left in seeded order."""
@@ -258,16 +281,23 @@ def benchmark_users(con, cfg: BuildConfig, s: SourceConfig, counts: dict) -> dic
         FROM hist h JOIN users u USING (user)""")
     con.execute("""ALTER TABLE hist ADD COLUMN train BOOLEAN;
                    UPDATE hist SET train = next_split = 0 AND coalesce(rating_split, 0) = 0""")
-    heldout, untitled, kept = _counts(con, """SELECT count(*) FILTER (WHERE NOT train),
-        count(*) FILTER (WHERE train AND NOT titled), count(*) FILTER (WHERE train AND titled) FROM hist""")
+    listed = listed_users(con, s)
+    heldout, untitled, kept, unlisted = _counts(con, f"""SELECT count(*) FILTER (WHERE NOT train),
+        count(*) FILTER (WHERE train AND NOT titled), count(*) FILTER (WHERE train AND titled AND {listed}),
+        count(*) FILTER (WHERE train AND titled AND NOT {listed}) FROM hist""")
     counts["kept"]["heldout_validation_test"] += heldout
     counts["dropped"]["train_item_without_title"] += untitled
     counts["kept"]["pretrain"] += kept
+    if unlisted:
+        counts["dropped"]["user_not_in_users_file"] += unlisted
     con.execute("""CREATE OR REPLACE TABLE users AS SELECT u.*, count(*) FILTER (WHERE h.train AND h.titled) AS n_train
                    FROM users u JOIN hist h USING (user) GROUP BY ALL""")
     counts["users_dropped"]["no_training_interaction_left"] += _counts(
         con, "SELECT count(*) FROM users WHERE n_train = 0")[0]
-    place_users(con, cfg, name, "n_train > 0")
+    n_unlisted = _counts(con, f"SELECT count(*) FROM users WHERE n_train > 0 AND NOT {listed}")[0]
+    if n_unlisted:
+        counts["users_dropped"]["user_not_in_users_file"] += n_unlisted
+    place_users(con, cfg, name, f"n_train > 0 AND {listed}")
     con.execute(f"""ALTER TABLE users ADD COLUMN pretrain BOOLEAN; ALTER TABLE users ADD COLUMN finetune BOOLEAN;
                     UPDATE users SET pretrain = position IS NOT NULL,
                                      finetune = {str(bool(s.finetune_from_train)).lower()} AND n_train >= 2""")
