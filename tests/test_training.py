@@ -143,6 +143,7 @@ def test_micro_batches_by_length_give_the_same_training(tiny_data, tmp_path, one
         runs[flag] = (read_metrics(out), load_model(out / "model").state_dict())
     (plain, w_plain), (ordered, w_ordered) = runs["false"], runs["true"]
     assert [r["loss"] for r in ordered] == pytest.approx([r["loss"] for r in plain], abs=1e-5)
+    assert ordered[-1]["tokens_seen"] < plain[-1]["tokens_seen"]  # positions computed: the padding saved counts
     for name in w_plain:
         torch.testing.assert_close(w_ordered[name], w_plain[name], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="data.micro_batches_by_length"):

@@ -357,10 +357,12 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
         t_data = time.perf_counter() - t_data
         out = train_step(model, optimizer, micro_batches, d.device, o.grad_clip)
         step += 1
-        batch_seq = micro_batches[0]["input_ids"].shape[1]
-        step_tokens = t.global_batch_size * batch_seq
-        tokens_seen += step_tokens
-        throughput.add(step_tokens, batch_seq)
+        # positions computed, padding included, over every process (each holds as many rows of its own lengths):
+        # micro-batches padded to their own longest row differ in length
+        for mb in micro_batches:
+            rows, seq = mb["input_ids"].shape
+            tokens_seen += rows * seq * d.world_size
+            throughput.add(rows * seq * d.world_size, seq)
         record = {"step": step, "loss": out["loss"], "lr": lr, "grad_norm": out["grad_norm"],
                   "valid_tokens": out["valid_tokens"], "tokens_seen": tokens_seen, "data_s": t_data}
         if not math.isfinite(out["loss"]):

@@ -129,24 +129,26 @@ class Throughput:
 
     def reset(self):
         self._sync()
-        self.t0, self.tokens = time.perf_counter(), 0
+        self.t0, self.tokens, self.flops = time.perf_counter(), 0, 0.0
 
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def add(self, global_tokens: int, seq_len: int):
+        """`global_tokens` positions (padding included: it is computed) of sequences `seq_len` long, over all devices;
+        a step whose micro-batches differ in length adds each."""
         self.tokens += global_tokens
-        self.seq_len = seq_len
+        self.flops += global_tokens * flops_per_token(self.config, seq_len)
 
     def report(self) -> dict:
         self._sync()
         dt = time.perf_counter() - self.t0
         tps = self.tokens / dt / self.world if dt > 0 else float("nan")  # per device
         out = {"tokens_per_s_per_device": tps, "seconds": dt}
-        fpt = flops_per_token(self.config, self.seq_len)
-        out["tflops_per_device"] = tps * fpt / 1e12
-        out["mfu"] = tps * fpt / self.peak if self.peak else None
+        flops = self.flops / dt / self.world if dt > 0 else float("nan")  # per device and second
+        out["tflops_per_device"] = flops / 1e12
+        out["mfu"] = flops / self.peak if self.peak else None
         return out
 
 
