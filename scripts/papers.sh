@@ -19,9 +19,9 @@
 # folder it was installed into with pip --target, added to PYTHONPATH).
 # Environment: PAPERS_OUT (default out/papers), PAPERS_DATASETS (default "movielens beauty"), PAPERS_SCALE (cpu, the
 # default; gpu, larger; quick, the test suite's: also PAPERS_QUICK=1), and to override a scale's values PRE_STEPS,
-# FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus); EVAL_DEVICE (default cpu); PAPERS_FIGURES
-# (the report's training-curve plots; default PAPERS_OUT); PAPERS_ARMS (the arms the eval stages evaluate; default
-# "a b c").
+# FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus), SASREC_EPOCHS (SASRec's most epochs);
+# EVAL_DEVICE (default cpu); PAPERS_FIGURES (the report's training-curve plots; default PAPERS_OUT); PAPERS_ARMS (the
+# arms the eval stages evaluate; default "a b c").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -38,16 +38,17 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 SCALE=${PAPERS_SCALE:-cpu}; [[ "${PAPERS_QUICK:-0}" == 1 ]] && SCALE=quick
 if [[ $SCALE == quick ]]; then     # the test suite's version: a few steps and users
   PRE_STEPS=${PRE_STEPS:-2}; FT_STEPS=${FT_STEPS:-2}; EVAL_USERS=${EVAL_USERS:-3}; P5_USERS=${P5_USERS:-20}
-  BEAMS=2; NEW_TOKENS=12; ML_USERS=(--max_users=20); WARMUP=(--schedule.t_warmup=1); SHAPE=demo; SASREC_EPOCHS=1
+  BEAMS=2; NEW_TOKENS=12; ML_USERS=(--max_users=20); WARMUP=(--schedule.t_warmup=1); SHAPE=demo; SASREC_MAX=1
 elif [[ $SCALE == cpu ]]; then     # MovieLens: about 2.5 h on 2 cores, (c) 429 steps included (docs/results.md)
   PRE_STEPS=${PRE_STEPS:-200}; FT_STEPS=${FT_STEPS:-100}; EVAL_USERS=${EVAL_USERS:-300}; P5_USERS=${P5_USERS:-3000}
-  BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=demo; SASREC_EPOCHS=40
+  BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=demo; SASREC_MAX=40
 elif [[ $SCALE == gpu ]]; then     # the larger configuration, for one GPU (EVAL_DEVICE=cuda)
   PRE_STEPS=${PRE_STEPS:-2000}; FT_STEPS=${FT_STEPS:-1500}; EVAL_USERS=${EVAL_USERS:-943}
-  P5_USERS=${P5_USERS:-22363}; BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=beauty-mini; SASREC_EPOCHS=200
+  P5_USERS=${P5_USERS:-22363}; BEAMS=10; NEW_TOKENS=48; ML_USERS=(); WARMUP=(); SHAPE=beauty-mini; SASREC_MAX=200
 else
   echo "PAPERS_SCALE must be quick, cpu or gpu, got '$SCALE'" >&2; exit 2
 fi
+SASREC_EPOCHS=${SASREC_EPOCHS:-$SASREC_MAX}
 # configs/train/beauty-mini-{pretrain,finetune}.yaml's batches; pre-training rows cut to 512 tokens; the model and the
 # pairs take 2,048 (P5's direct prompts list 100 titles: about 900 tokens on MovieLens, more on Beauty)
 PRE_ROWS=16; FT_BATCH=32; SEQ=512; CTX=2048
