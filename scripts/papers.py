@@ -132,8 +132,9 @@ BASELINES = {"rating": ("global_mean", "per_item_mean"), "sequential": ("most_po
 
 
 def arm_label(arm: str) -> str:
-    if arm in ARMS or arm in CUT:
-        return {**ARMS, **CUT}[arm]
+    labels = {**ARMS, **CUT}
+    if arm in labels:
+        return labels[arm]
     name = arm[len("b-"):]
     return f"(b) with {ABLATIONS[name]}" if name in ABLATIONS else arm
 
@@ -247,8 +248,7 @@ def diagnosis(root: pathlib.Path, arms: list, preds: dict, info: dict) -> None:
             rows = [p for p in preds[arm] if p["template"] == t]
             kind = info[t]["kind"]
             if kind == "direct_candidates":
-                pop = np.mean([_spearman(p["logprob"], [items.get(c, (0,))[0] for c in p["candidates"]])
-                               for p in rows])
+                pop = np.mean([_spearman(p["logprob"], _popularity(p, items)) for p in rows])
                 length = np.mean([_spearman(p["logprob"], p["n_tokens"]) for p in rows])
                 print(f"| {arm} | {t} | rho(score, popularity) | {pop:+.3f} |")
                 print(f"| {arm} | {t} | rho(score, length) | {length:+.3f} |")
@@ -273,15 +273,19 @@ def beyond_popularity(rows: list, items: dict, seed: int = 0) -> float:
     weights = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0)
     hits = np.zeros((len(rows), len(weights)))
     for u, p in enumerate(rows):
-        pop = np.log1p([items.get(c, (0,))[0] for c in p["candidates"]])
+        pop = np.log1p(_popularity(p, items))
         per_token = np.asarray(p["logprob"]) / np.asarray(p["n_tokens"])
-        for j, w in enumerate(weights):
-            top = np.argsort(-(pop + w * per_token), kind="stable")[:10]  # ties keep the list's order
-            hits[u, j] = p["target_item_id"] in [p["candidates"][i] for i in top]
+        for j, w in enumerate(weights):  # per_user's hit@10 of the mixed score (ties: the list's order)
+            hits[u, j] = per_user({**p, "logprob": list(pop + w * per_token)}, "direct_candidates")
     order = np.random.default_rng(seed).permutation(len(rows))
     halves = (order[: len(rows) // 2], order[len(rows) // 2:])
     return float(sum(hits[test, int(np.argmax(hits[fit].mean(axis=0)))].sum()
                      for fit, test in (halves, halves[::-1])) / len(rows))
+
+
+def _popularity(prediction: dict, items: dict) -> list:
+    """Each candidate's number of training interactions (train_stats.json; 0 for an item never trained on)."""
+    return [items.get(c, (0,))[0] for c in prediction["candidates"]]
 
 
 def _spearman(x, y) -> float:

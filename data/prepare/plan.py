@@ -235,7 +235,7 @@ def corpus_users(con, cfg: BuildConfig, s: SourceConfig, counts: dict) -> dict:
 
 def listed_users(con, s: SourceConfig) -> str:
     """The SQL condition on `user` that the source's `users_file` lists it ("true" without one); a listed user the
-    source lacks is an error naming the file."""
+    source lacks (not in the `users` table) is an error naming the file."""
     if not s.users_file:
         return "true"
     path = pathlib.Path(s.users_file)
@@ -247,7 +247,7 @@ def listed_users(con, s: SourceConfig) -> str:
     con.register("listed_ids", pa.table({"user": pa.array(ids, pa.string())}))
     con.execute("CREATE TABLE listed AS SELECT user FROM listed_ids")
     con.unregister("listed_ids")
-    missing = con.execute("SELECT user FROM listed WHERE user NOT IN (SELECT user FROM hist) ORDER BY user").fetchall()
+    missing = con.execute("SELECT user FROM listed WHERE user NOT IN (SELECT user FROM users) ORDER BY user").fetchall()
     if missing:
         raise DataError(f"{path}: {len(missing)} of its {len(ids)} users have no interaction in source {s.name} "
                         f"(first: {missing[0][0]!r}; users_file)")
