@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -35,6 +36,9 @@ ARMS = {"a": "(a) RecGPT: causal pre-training + instruction tuning",
 PAIRS = (("b", "a"), ("a", "c"), ("b", "c"))
 # (a) pre-trained on the multitask prompts' users' rows only (scripts/papers.sh's cut stage)
 CUT = {"a-cut": "(a) pre-trained on the prompts' users' rows only"}
+# an arm trained again from another training seed (scripts/papers.sh's seeds stage; arm <arm>-s<seed>; the main arms'
+# seed is 1337)
+SEEDED = re.compile(r"^([abc])-s([0-9]+)$")
 # (b) with one RecSysLLM ingredient switched (scripts/papers.sh's ablate stage; arm b-<name>)
 ABLATIONS = {"no-entity": "entity-aware masking off (GLM's token spans)",
              "no-chrono": "chronological spans off (Part B shuffled, GLM's default)",
@@ -135,6 +139,8 @@ def arm_label(arm: str) -> str:
     labels = {**ARMS, **CUT}
     if arm in labels:
         return labels[arm]
+    if seeded := SEEDED.match(arm):
+        return f"{ARMS[seeded[1]]}, training seed {seeded[2]}"
     name = arm[len("b-"):]
     return f"(b) with {ABLATIONS[name]}" if name in ABLATIONS else arm
 
@@ -166,6 +172,8 @@ def report(out, datasets, figures=None) -> int:
         arms = [a for a in ARMS if (root / "eval" / a / "metrics.json").is_file()]
         arms += [f"b-{x}" for x in ABLATIONS if (root / "eval" / f"b-{x}" / "metrics.json").is_file()]
         arms += [a for a in CUT if (root / "eval" / a / "metrics.json").is_file()]
+        arms += sorted((p.parent.name for p in (root / "eval").glob("*-s*/metrics.json") if SEEDED.match(p.parent.name)),
+                       key=lambda a: (int(SEEDED.match(a)[2]), a))
         results = {a: json.loads((root / "eval" / a / "metrics.json").read_text())["templates"] for a in arms}
         preds = {a: read_jsonl(root / "eval" / a / "predictions.jsonl") for a in arms}
         sampled = {a: json.loads((root / "eval" / f"{a}-sampled" / "metrics.json").read_text())["templates"]
@@ -205,25 +213,40 @@ def report(out, datasets, figures=None) -> int:
                                                   for c in columns) + " |")
             print()
         pairs = [(x, y) for x, y in PAIRS if x in preds and y in preds]
-        pairs += [(a, "b") for a in arms if a.startswith("b-") and "b" in preds]
+        pairs += [(a, "b") for a in arms if a.startswith("b-") and not SEEDED.match(a) and "b" in preds]
         pairs += [(a, y) for a in CUT if a in preds for y in ("a", "c") if y in preds]
         pairs += [(a, "sasrec") for a in ARMS if a in preds and "sasrec" in preds]
-        if pairs:
-            print("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item (grounded "
-                  "and constrained) and direct, RMSE of the expected rating for rating.\n")
-            print("| template | " + " | ".join(f"{x} - {y}" for x, y in pairs) + " |")
-            print("|---" + "|---" * len(pairs) + "|")
-            for t in sorted(info, key=_order):
-                kind = info[t]["kind"]
-                for view in (("headline", "constrained") if kind == "sequential" else ("headline",)):
-                    cells = [_paired(preds[x], preds[y], t, kind, view) for x, y in pairs]
-                    name = t if view == "headline" else f"{t} constrained"
-                    print(f"| {name} | " + " | ".join(cells) + " |")
-            print()
+        paired_table("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item "
+                     "(grounded and constrained) and direct, RMSE of the expected rating for rating.", pairs, preds, info)
+        for seed in sorted({int(m[2]) for m in map(SEEDED.match, arms) if m}):
+            # the same differences between arms trained from another seed, and how far the retraining moved each arm
+            again = [(f"{x}-s{seed}", f"{y}-s{seed}") for x, y in PAIRS]
+            again += [(f"{x}-s{seed}", x) for x in ARMS]
+            paired_table(f"The same paired differences between arms trained from training seed {seed} (the arms above: "
+                         f"1337), and each arm at seed {seed} against itself at 1337 (the interval is over users for "
+                         "fixed weights, so the last columns show what a retraining adds).",
+                         [(x, y) for x, y in again if x in preds and y in preds], preds, info)
         diagnosis(root, arms, preds, info)
         if figures is not None:
             curves(root, arms, pathlib.Path(figures) / f"papers-{d}-curves.png")
     return 0
+
+
+def paired_table(title: str, pairs: list, preds: dict, info: dict) -> None:
+    """One row per template (and per view of the sequential ones), one column per pair (x, y): x - y with its 95%
+    bootstrap interval over the users both have."""
+    if not pairs:
+        return
+    print(title + "\n")
+    print("| template | " + " | ".join(f"{x} - {y}" for x, y in pairs) + " |")
+    print("|---" + "|---" * len(pairs) + "|")
+    for t in sorted(info, key=_order):
+        kind = info[t]["kind"]
+        for view in (("headline", "constrained") if kind == "sequential" else ("headline",)):
+            cells = [_paired(preds[x], preds[y], t, kind, view) for x, y in pairs]
+            name = t if view == "headline" else f"{t} constrained"
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
 
 
 def diagnosis(root: pathlib.Path, arms: list, preds: dict, info: dict) -> None:

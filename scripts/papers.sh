@@ -6,7 +6,7 @@
 #   (c) instruction tuning alone, from the same initialisation, for as many tokens as (a) pre-trains + tunes.
 # Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
 # beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
-#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|cut|sasrec|report]
+#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|cut|seeds|sasrec|report]
 # eval-sampled: MovieLens's rating templates by sampling (3 seeds) beside the expected value (part of eval);
 # ablate: (b) with each RecSysLLM ingredient switched, one arm per name in PAPERS_ABLATIONS (no-entity, no-chrono,
 # no-intra, behaviour; and again: nothing switched, the run-to-run reference; part of all when set), trained and
@@ -14,6 +14,9 @@
 # cut: (a) pre-trained on the rows of the multitask prompts' users only (arm a-cut: the same tokenizer, steps, tuning
 # and evaluation as (a)), where the prompts cover fewer users than the pre-training rows (Beauty's P5_USERS of
 # 22,363): whether (a)'s lead comes from the other users' rows; not part of all;
+# seeds: the arms of PAPERS_ARMS trained and evaluated again from another training seed (arm <arm>-s<seed>, for each
+# seed in PAPERS_SEEDS, default 2; the main arms use 1337): the initialisation and data order change, nothing else, so
+# the report's paired differences at each seed show whether an order between arms survives a retraining; not part of all;
 # sasrec: RecBole's SASRec on each build's training sequences, scored on the ranking templates' evaluated records
 # (scripts/sasrec_baseline.py; not part of all: RecBole installs apart, requirements-baselines.txt; RECBOLE_PATH is the
 # folder it was installed into with pip --target, added to PYTHONPATH).
@@ -21,14 +24,14 @@
 # default; gpu, larger; quick, the test suite's: also PAPERS_QUICK=1), and to override a scale's values PRE_STEPS,
 # FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus), SASREC_EPOCHS (SASRec's most epochs);
 # EVAL_DEVICE (default cpu); PAPERS_FIGURES (the report's training-curve plots; default PAPERS_OUT); PAPERS_ARMS (the
-# arms the eval stages evaluate; default "a b c").
+# arms the eval and seeds stages evaluate; default "a b c"); PAPERS_SEEDS (the seeds stage's training seeds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
-case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|sasrec|report) ;;
-  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, sasrec, report)" >&2
+case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|seeds|sasrec|report) ;;
+  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, seeds, sasrec, report)" >&2
      exit 2;;
 esac
 OUT=${PAPERS_OUT:-out/papers}
@@ -62,6 +65,14 @@ BY_LENGTH=(--train.micro_batch_size=4 --data.micro_batches_by_length=true)
 SASREC=(--train-batch-size 256 --epochs "$SASREC_EPOCHS" --stopping-step 10 --seed 2020)
 ABLATIONS=${PAPERS_ABLATIONS:-}
 EVAL_ARMS=${PAPERS_ARMS:-a b c}
+for X in $EVAL_ARMS; do
+  [[ $X == a || $X == b || $X == c ]] || { echo "PAPERS_ARMS: unknown '$X' (known: a b c)" >&2; exit 2; }
+done
+SEEDS=${PAPERS_SEEDS:-2}
+for S in $SEEDS; do
+  [[ $S =~ ^[0-9]+$ && $S != 1337 ]] || { echo "PAPERS_SEEDS: '$S' is not a seed other than 1337 (the main arms')" >&2
+                                          exit 2; }
+done
 declare -A SWITCH=([no-entity]=--infill.entity_masking=false [no-chrono]=--infill.chronological=false
                    [no-intra]=--infill.intra=false [behaviour]=--infill.behaviour_sampling=true
                    [again]=)  # (b) trained again beside the ablations: how far a rerun alone moves the table
@@ -70,21 +81,33 @@ for X in $ABLATIONS; do
 done
 log() { echo "== $* ($(date +%H:%M:%S))"; }
 quiet() { "$@" 2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]\|s/batch]"; }
-train_causal() {  # a causal arm ($1: a, or a-cut; $2: its pre-training rows): pre-training, then instruction tuning
+# Each arm's training commands end with its seed's options ($SEED: the main arms' 1337, or the seeds stage's)
+train_causal() {  # a causal arm ($1: a, a-cut or a-s<seed>; $2: its pre-training rows): pre-training, then tuning
   local arm=$1 rows=$2
   log "$D ($arm) causal pre-training"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml "${MODEL[@]}" \
-    "--run.out_dir=$R/$arm-pretrain" "--data.path=$rows" "${PRE[@]}" > "$R/$arm-pretrain.log"
+    "--run.out_dir=$R/$arm-pretrain" "--data.path=$rows" "${PRE[@]}" --run.seed=$SEED > "$R/$arm-pretrain.log"
   log "$D ($arm) instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
-    "--model.init_from=$R/$arm-pretrain/model" "--run.out_dir=$R/$arm" "${FT[@]}" > "$R/$arm.log"
+    "--model.init_from=$R/$arm-pretrain/model" "--run.out_dir=$R/$arm" "${FT[@]}" --run.seed=$SEED > "$R/$arm.log"
 }
-train_infill() {  # an infilling arm ($1: b, or b-<ablation>; the rest: its switches): pre-training, then [gMASK] tuning
-  local arm=$1; shift
+train_infill() {  # an infilling arm ($1: b, b-<ablation> or b-s<seed>; the rest: its switches): pre-training, then
+  local arm=$1; shift  # [gMASK] tuning
   log "$D ($arm) infilling pre-training $*"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml \
     "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--run.out_dir=$R/$arm-pretrain" "--data.path=$R/data" \
-    "${PRE[@]}" > "$R/$arm-pretrain.log"
+    "${PRE[@]}" --run.seed=$SEED > "$R/$arm-pretrain.log"
   log "$D ($arm) [gMASK] instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml \
     "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--model.init_from=$R/$arm-pretrain/model" \
-    "--run.out_dir=$R/$arm" "${FT[@]}" > "$R/$arm.log"
+    "--run.out_dir=$R/$arm" "${FT[@]}" --run.seed=$SEED > "$R/$arm.log"
+}
+train_alone() {  # a tuning-alone arm ($1: c or c-s<seed>): as many tokens as (a) pre-trains and tunes
+  local arm=$1 steps
+  steps=$($PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5")
+  log "$D ($arm) instruction tuning alone, $steps steps (the same tokens)"
+  quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" --model.init_from=null \
+    "--run.out_dir=$R/$arm" --train.max_steps=$steps "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" \
+    "${COMMON[@]}" --run.seed=$SEED > "$R/$arm.log"
+}
+train_arm() {  # $1: a, b or c; $2: the arm's name
+  case $1 in a) train_causal "$2" "$R/data";; b) train_infill "$2";; c) train_alone "$2";; esac
 }
 evaluate_arm() {  # $1: the arm; $2: its results' name (eval/$2, eval-$2.log); the rest: evaluate.py options
   local arm=$1 name=$2 obj=causal; shift 2
@@ -124,7 +147,8 @@ for D in $DATASETS; do
     $PY -m data.prepare.audit "$R/p5" > "$R/p5-audit.json"
     $PY scripts/papers.py heldout "$R/data" "$R/p5"
   fi
-  COMMON=(--run.seed=1337 --checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
+  SEED=1337
+  COMMON=(--checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
   PRE=(--train.max_steps=$PRE_STEPS --data.seq_len=$SEQ "${COMMON[@]}")
   FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" "${COMMON[@]}")
   BENCH=$R/p5/eval/$P5_NAME
@@ -134,14 +158,7 @@ for D in $DATASETS; do
         --embedding-cache "$OUT/embedding_cache" --batch-size 8)
   if [[ $STAGE == all || $STAGE == train ]]; then
     rm -rf "$R/a-pretrain" "$R/a" "$R/b-pretrain" "$R/b" "$R/c"  # the train stage trains anew
-    train_causal a "$R/data"
-    train_infill b
-    C_STEPS=$($PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5")
-    log "$D (c) instruction tuning alone, $C_STEPS steps (the same tokens)"
-    quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" --model.init_from=null \
-      "--run.out_dir=$R/c" --train.max_steps=$C_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" \
-      "${COMMON[@]}" \
-      > "$R/c.log"
+    for ARM in a b c; do train_arm $ARM $ARM; done
   fi
   if [[ $STAGE == all || $STAGE == eval ]]; then
     for ARM in $EVAL_ARMS; do evaluate_arm $ARM $ARM --templates $TEMPLATES; done
@@ -164,6 +181,16 @@ for D in $DATASETS; do
     $PY scripts/papers.py heldout "$R/data-cut" "$R/p5"
     train_causal a-cut "$R/data-cut"
     evaluate_arm a-cut a-cut --templates $TEMPLATES
+  fi
+  if [[ $STAGE == seeds ]]; then
+    for SEED in $SEEDS; do
+      for ARM in $EVAL_ARMS; do
+        rm -rf "$R/$ARM-s$SEED-pretrain" "$R/$ARM-s$SEED"
+        train_arm $ARM "$ARM-s$SEED"
+        evaluate_arm "$ARM-s$SEED" "$ARM-s$SEED" --templates $TEMPLATES
+      done
+    done
+    SEED=1337
   fi
   if [[ $STAGE == sasrec ]]; then
     log "$D SASRec (RecBole), at most $SASREC_EPOCHS epochs"

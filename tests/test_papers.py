@@ -75,3 +75,15 @@ def test_papers_side_by_side_quick(tmp_path):
         return [cell.strip(" |") for cell in line.split(" | ")]
     for template in ("2-3", "5-5", "5-8"):
         assert cells(template)[cells("template").index("c - sasrec")] == "+0.0000 [+0.0000, +0.0000]", template
+
+    # (c) trained and evaluated again from training seed 2: another initialisation and data order, the same steps and
+    # evaluated users; the report adds the seed's row and its paired differences against (c) at 1337
+    run("seeds", PAPERS_ARMS="c", PAPERS_SEEDS="2")
+    ml = out / "movielens"
+    assert "seed: 2\n" in (ml / "c-s2" / "config.yaml").read_text()
+    assert "seed: 1337\n" in (ml / "c" / "config.yaml").read_text()
+    first = {arm: json.loads((ml / arm / "metrics.jsonl").read_text().splitlines()[0]) for arm in ("c", "c-s2")}
+    assert first["c"]["step"] == first["c-s2"]["step"] == 1 and first["c"]["loss"] != first["c-s2"]["loss"]
+    table = run("report")
+    assert "| (c) instruction tuning alone, training seed 2 |" in table
+    assert "| template | c-s2 - c |" in table  # (a) and (b) have no seed-2 arm here, so no pair between arms
