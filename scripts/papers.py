@@ -19,7 +19,8 @@ response + EOS) x FT_BATCH.
 
 report: per dataset, each arm's `evaluate.py --task p5` results beside the baselines and the papers' rows, and the
 paired differences between arms with a 95% bootstrap interval over users (2,000 resamples, seed 0): HR@10 for
-sequential and direct templates, RMSE for rating templates.
+sequential and direct templates, RMSE for rating templates. Arms trained from another seed (<arm>-s<seed>) get their
+own table of the same differences, and of each arm against itself at the main seed.
 """
 import argparse
 import json
@@ -172,8 +173,8 @@ def report(out, datasets, figures=None) -> int:
         arms = [a for a in ARMS if (root / "eval" / a / "metrics.json").is_file()]
         arms += [f"b-{x}" for x in ABLATIONS if (root / "eval" / f"b-{x}" / "metrics.json").is_file()]
         arms += [a for a in CUT if (root / "eval" / a / "metrics.json").is_file()]
-        arms += sorted((p.parent.name for p in (root / "eval").glob("*-s*/metrics.json") if SEEDED.match(p.parent.name)),
-                       key=lambda a: (int(SEEDED.match(a)[2]), a))
+        seeded = [p.parent.name for p in (root / "eval").glob("*-s*/metrics.json") if SEEDED.match(p.parent.name)]
+        arms += sorted(seeded, key=lambda a: (int(SEEDED.match(a)[2]), a))
         results = {a: json.loads((root / "eval" / a / "metrics.json").read_text())["templates"] for a in arms}
         preds = {a: read_jsonl(root / "eval" / a / "predictions.jsonl") for a in arms}
         sampled = {a: json.loads((root / "eval" / f"{a}-sampled" / "metrics.json").read_text())["templates"]
@@ -217,7 +218,8 @@ def report(out, datasets, figures=None) -> int:
         pairs += [(a, y) for a in CUT if a in preds for y in ("a", "c") if y in preds]
         pairs += [(a, "sasrec") for a in ARMS if a in preds and "sasrec" in preds]
         paired_table("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item "
-                     "(grounded and constrained) and direct, RMSE of the expected rating for rating.", pairs, preds, info)
+                     "(grounded and constrained) and direct, RMSE of the expected rating for rating.",
+                     pairs, preds, info)
         for seed in sorted({int(m[2]) for m in map(SEEDED.match, arms) if m}):
             # the same differences between arms trained from another seed, and how far the retraining moved each arm
             again = [(f"{x}-s{seed}", f"{y}-s{seed}") for x, y in PAIRS]

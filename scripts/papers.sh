@@ -16,7 +16,8 @@
 # 22,363): whether (a)'s lead comes from the other users' rows; not part of all;
 # seeds: the arms of PAPERS_ARMS trained and evaluated again from another training seed (arm <arm>-s<seed>, for each
 # seed in PAPERS_SEEDS, default 2; the main arms use 1337): the initialisation and data order change, nothing else, so
-# the report's paired differences at each seed show whether an order between arms survives a retraining; not part of all;
+# the report's paired differences at each seed show whether an order between arms survives a retraining; not part of
+# all;
 # sasrec: RecBole's SASRec on each build's training sequences, scored on the ranking templates' evaluated records
 # (scripts/sasrec_baseline.py; not part of all: RecBole installs apart, requirements-baselines.txt; RECBOLE_PATH is the
 # folder it was installed into with pip --target, added to PYTHONPATH).
@@ -31,7 +32,8 @@ PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
 case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|seeds|sasrec|report) ;;
-  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, seeds, sasrec, report)" >&2
+  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, seeds, sasrec," \
+          "report)" >&2
      exit 2;;
 esac
 OUT=${PAPERS_OUT:-out/papers}
@@ -55,24 +57,28 @@ SASREC_EPOCHS=${SASREC_EPOCHS:-$SASREC_MAX}
 # configs/train/beauty-mini-{pretrain,finetune}.yaml's batches; pre-training rows cut to 512 tokens; the model and the
 # pairs take 2,048 (P5's direct prompts list 100 titles: about 900 tokens on MovieLens, more on Beauty)
 PRE_ROWS=16; FT_BATCH=32; SEQ=512; CTX=2048
-[[ $SCALE == quick ]] && SEQ=128  # the test suite's: fewer pre-training tokens, so (c) adds 1 step, not 4
-# tuning's micro-batches: 4 pairs, cut from each step's 32 longest first (the same examples and gradient per step;
+# the test suite's: fewer pre-training tokens, and tuning steps of 8 pairs (tuning is most of the test's time)
+[[ $SCALE == quick ]] && SEQ=128 && FT_BATCH=8
+# tuning's micro-batches: 4 pairs, cut from each step's FT_BATCH longest first (the same examples and gradient per step;
 # about half the time, as a 900-token direct prompt no longer pads 15 short pairs)
-BY_LENGTH=(--train.micro_batch_size=4 --data.micro_batches_by_length=true)
+BY_LENGTH=(--train.global_batch_size=$FT_BATCH --train.micro_batch_size=4 --data.micro_batches_by_length=true)
 # SASRec: RecBole's model and defaults, but batches of 256 (SASRec's paper used 128): RecBole's 2,048 make 13 updates
 # an epoch on Beauty's 3,000 users, and each epoch costs over a CPU-minute; early stopping after 10 epochs without a
 # better validation MRR@10, at most SASREC_EPOCHS
 SASREC=(--train-batch-size 256 --epochs "$SASREC_EPOCHS" --stopping-step 10 --seed 2020)
 ABLATIONS=${PAPERS_ABLATIONS:-}
 EVAL_ARMS=${PAPERS_ARMS:-a b c}
-for X in $EVAL_ARMS; do
-  [[ $X == a || $X == b || $X == c ]] || { echo "PAPERS_ARMS: unknown '$X' (known: a b c)" >&2; exit 2; }
-done
 SEEDS=${PAPERS_SEEDS:-2}
-for S in $SEEDS; do
-  [[ $S =~ ^[0-9]+$ && $S != 1337 ]] || { echo "PAPERS_SEEDS: '$S' is not a seed other than 1337 (the main arms')" >&2
-                                          exit 2; }
-done
+if [[ $STAGE == seeds ]]; then
+  for X in $EVAL_ARMS; do
+    [[ $X == a || $X == b || $X == c ]] || { echo "PAPERS_ARMS: the seeds stage trains a, b or c, got '$X'" >&2
+                                             exit 2; }
+  done
+  for S in $SEEDS; do
+    [[ $S =~ ^[0-9]+$ && $S != 1337 ]] || { echo "PAPERS_SEEDS: '$S' is not a seed other than 1337 (the main arms')" >&2
+                                            exit 2; }
+  done
+fi
 declare -A SWITCH=([no-entity]=--infill.entity_masking=false [no-chrono]=--infill.chronological=false
                    [no-intra]=--infill.intra=false [behaviour]=--infill.behaviour_sampling=true
                    [again]=)  # (b) trained again beside the ablations: how far a rerun alone moves the table
