@@ -68,6 +68,7 @@ BY_LENGTH=(--train.global_batch_size=$FT_BATCH --train.micro_batch_size=4 --data
 SASREC=(--train-batch-size 256 --epochs "$SASREC_EPOCHS" --stopping-step 10 --seed 2020)
 ABLATIONS=${PAPERS_ABLATIONS:-}
 EVAL_ARMS=${PAPERS_ARMS:-a b c}
+MAIN_SEED=1337  # the training seed of every arm but the seeds stage's
 SEEDS=${PAPERS_SEEDS:-2}
 if [[ $STAGE == seeds ]]; then
   for X in $EVAL_ARMS; do
@@ -75,8 +76,8 @@ if [[ $STAGE == seeds ]]; then
                                              exit 2; }
   done
   for S in $SEEDS; do
-    [[ $S =~ ^[0-9]+$ && $S != 1337 ]] || { echo "PAPERS_SEEDS: '$S' is not a seed other than 1337 (the main arms')" >&2
-                                            exit 2; }
+    [[ $S =~ ^[0-9]+$ && $S != "$MAIN_SEED" ]] || { echo "PAPERS_SEEDS: '$S' is not a seed other than the main" \
+                                                       "arms' $MAIN_SEED" >&2; exit 2; }
   done
 fi
 declare -A SWITCH=([no-entity]=--infill.entity_masking=false [no-chrono]=--infill.chronological=false
@@ -87,7 +88,7 @@ for X in $ABLATIONS; do
 done
 log() { echo "== $* ($(date +%H:%M:%S))"; }
 quiet() { "$@" 2>&1 | grep -v "it/s]\|batch/s]\|user/s]\|example/s]\|s/batch]"; }
-# Each arm's training commands end with its seed's options ($SEED: the main arms' 1337, or the seeds stage's)
+# Each arm's training commands end with its seed ($SEED: MAIN_SEED, or the seeds stage's)
 train_causal() {  # a causal arm ($1: a, a-cut or a-s<seed>; $2: its pre-training rows): pre-training, then tuning
   local arm=$1 rows=$2
   log "$D ($arm) causal pre-training"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml "${MODEL[@]}" \
@@ -153,7 +154,7 @@ for D in $DATASETS; do
     $PY -m data.prepare.audit "$R/p5" > "$R/p5-audit.json"
     $PY scripts/papers.py heldout "$R/data" "$R/p5"
   fi
-  SEED=1337
+  SEED=$MAIN_SEED
   COMMON=(--checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
   PRE=(--train.max_steps=$PRE_STEPS --data.seq_len=$SEQ "${COMMON[@]}")
   FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" "${COMMON[@]}")
@@ -196,7 +197,7 @@ for D in $DATASETS; do
         evaluate_arm "$ARM-s$SEED" "$ARM-s$SEED" --templates $TEMPLATES
       done
     done
-    SEED=1337
+    SEED=$MAIN_SEED
   fi
   if [[ $STAGE == sasrec ]]; then
     log "$D SASRec (RecBole), at most $SASREC_EPOCHS epochs"
