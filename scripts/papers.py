@@ -37,8 +37,8 @@ ARMS = {"a": "(a) RecGPT: causal pre-training + instruction tuning",
 PAIRS = (("b", "a"), ("a", "c"), ("b", "c"))
 # (a) pre-trained on the multitask prompts' users' rows only (scripts/papers.sh's cut stage)
 CUT = {"a-cut": "(a) pre-trained on the prompts' users' rows only"}
-# an arm trained again from another training seed (scripts/papers.sh's seeds stage; arm <arm>-s<seed>; the main arms'
-# seed is 1337)
+# an arm trained again from another training seed (scripts/papers.sh's seeds stage; arm <arm>-s<seed>; the main arms
+# train from papers.sh's MAIN_SEED)
 SEEDED = re.compile(r"^([abc])-s([0-9]+)$")
 # (b) with one RecSysLLM ingredient switched (scripts/papers.sh's ablate stage; arm b-<name>)
 ABLATIONS = {"no-entity": "entity-aware masking off (GLM's token spans)",
@@ -214,7 +214,7 @@ def report(out, datasets, figures=None) -> int:
                                                   for c in columns) + " |")
             print()
         pairs = [(x, y) for x, y in PAIRS if x in preds and y in preds]
-        pairs += [(a, "b") for a in arms if a.startswith("b-") and not SEEDED.match(a) and "b" in preds]
+        pairs += [(f"b-{x}", "b") for x in ABLATIONS if f"b-{x}" in preds and "b" in preds]
         pairs += [(a, y) for a in CUT if a in preds for y in ("a", "c") if y in preds]
         pairs += [(a, "sasrec") for a in ARMS if a in preds and "sasrec" in preds]
         paired_table("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item "
@@ -224,9 +224,9 @@ def report(out, datasets, figures=None) -> int:
             # the same differences between arms trained from another seed, and how far the retraining moved each arm
             again = [(f"{x}-s{seed}", f"{y}-s{seed}") for x, y in PAIRS]
             again += [(f"{x}-s{seed}", x) for x in ARMS]
-            paired_table(f"The same paired differences between arms trained from training seed {seed} (the arms above: "
-                         f"1337), and each arm at seed {seed} against itself at 1337 (the interval is over users for "
-                         "fixed weights, so the last columns show what a retraining adds).",
+            paired_table(f"The same paired differences between arms trained from training seed {seed}, and each arm at "
+                         f"seed {seed} against itself at the main arms' seed (the interval is over users for fixed "
+                         "weights, so the last columns show what a retraining adds).",
                          [(x, y) for x, y in again if x in preds and y in preds], preds, info)
         diagnosis(root, arms, preds, info)
         if figures is not None:

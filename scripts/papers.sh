@@ -197,7 +197,6 @@ for D in $DATASETS; do
         evaluate_arm "$ARM-s$SEED" "$ARM-s$SEED" --templates $TEMPLATES
       done
     done
-    SEED=$MAIN_SEED
   fi
   if [[ $STAGE == sasrec ]]; then
     log "$D SASRec (RecBole), at most $SASREC_EPOCHS epochs"
