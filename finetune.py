@@ -10,6 +10,8 @@ by data/prepare/own_files.py): input_ids = prompt + response + EOS, labels -100 
 covers only the response and EOS (llm-foundry's decoder-only format). Examples whose prompt alone fills max_seq_len
 are dropped (and counted); a longer response keeps its first tokens and ends in EOS. `--infill.objective=infill`
 fine-tunes a blank-infilling model instead: prompt + [gMASK], the response as its span (docs/recsysllm.md).
+`--data.prompt_loss_slots=[purchase_history]` also puts the loss on the prompt's entities from those template slots
+(a P5 build's history titles; training/data.py PromptSlotLoss).
 Sequences are right-padded with EOS (MPT's tokenizer has no pad token) to max_seq_len (llm-foundry,
 allow_pad_trimming false) or to the longest in the micro-batch (`data.pad_to=longest`), labels -100 on padding.
 """
@@ -19,7 +21,7 @@ import sys
 from config import cli, command_line
 from training import distributed as dist_utils
 from training.config import TrainConfig
-from training.data import FilteredDataset, open_instructions, open_valid, sft_batch
+from training.data import FilteredDataset, PromptSlotLoss, open_instructions, open_valid, sft_batch
 from training.loop import model_config, run
 
 # fine-tuning defaults (RecGPT's fine-tuning.yaml) under the file and the command line
@@ -62,6 +64,17 @@ def train(cfg, d):
 
     def make_batch(ds, indices):
         return sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to)
+
+    if cfg.data.prompt_loss_slots:
+        if infill:
+            raise ValueError("data.prompt_loss_slots is for the causal objective: infill.objective = infill puts its "
+                             "loss on the [gMASK] span alone")
+        from data.formats.tokenizer import load_build_tokenizer
+
+        slot_loss = PromptSlotLoss(load_build_tokenizer(cfg.data.path), cfg.data.prompt_loss_slots, cfg.data.path)
+
+        def make_batch(ds, indices):  # noqa: F811
+            return slot_loss.apply(sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to), ds, indices)
 
     if infill:  # RecSysLLM: each pair as [gMASK] generation (training/infilling.py)
         collator = pair_collator_for(cfg, model_config(cfg), max_seq_len)

@@ -35,8 +35,10 @@ ARMS = {"a": "(a) RecGPT: causal pre-training + instruction tuning",
         "b": "(b) RecSysLLM: blank-infilling pre-training + [gMASK] instruction tuning",
         "c": "(c) instruction tuning alone"}
 PAIRS = (("b", "a"), ("a", "c"), ("b", "c"))
-# (a) pre-trained on the multitask prompts' users' rows only (scripts/papers.sh's cut stage)
-CUT = {"a-cut": "(a) pre-trained on the prompts' users' rows only"}
+# an arm with one thing changed, paired with (a) and (c): (a) pre-trained on the multitask prompts' users' rows only
+# (scripts/papers.sh's cut stage); (c) with the loss on the prompts' history titles too (the history stage)
+VARIANTS = {"a-cut": "(a) pre-trained on the prompts' users' rows only",
+            "c-history": "(c) with the loss on the prompts' history titles too"}
 # an arm trained again from another training seed (scripts/papers.sh's seeds stage; arm <arm>-s<seed>; the main arms
 # train from papers.sh's MAIN_SEED)
 SEEDED = re.compile(r"^([abc])-s([0-9]+)$")
@@ -137,7 +139,7 @@ BASELINES = {"rating": ("global_mean", "per_item_mean"), "sequential": ("most_po
 
 
 def arm_label(arm: str) -> str:
-    labels = {**ARMS, **CUT}
+    labels = {**ARMS, **VARIANTS}
     if arm in labels:
         return labels[arm]
     if seeded := SEEDED.match(arm):
@@ -172,7 +174,7 @@ def report(out, datasets, figures=None) -> int:
             continue
         arms = [a for a in ARMS if (root / "eval" / a / "metrics.json").is_file()]
         arms += [f"b-{x}" for x in ABLATIONS if (root / "eval" / f"b-{x}" / "metrics.json").is_file()]
-        arms += [a for a in CUT if (root / "eval" / a / "metrics.json").is_file()]
+        arms += [a for a in VARIANTS if (root / "eval" / a / "metrics.json").is_file()]
         seeded = [p.parent.name for p in (root / "eval").glob("*-s*/metrics.json") if SEEDED.match(p.parent.name)]
         arms += sorted(seeded, key=lambda a: (int(SEEDED.match(a)[2]), a))
         results = {a: json.loads((root / "eval" / a / "metrics.json").read_text())["templates"] for a in arms}
@@ -215,7 +217,7 @@ def report(out, datasets, figures=None) -> int:
             print()
         pairs = [(x, y) for x, y in PAIRS if x in preds and y in preds]
         pairs += [(f"b-{x}", "b") for x in ABLATIONS if f"b-{x}" in preds and "b" in preds]
-        pairs += [(a, y) for a in CUT if a in preds for y in ("a", "c") if y in preds]
+        pairs += [(a, y) for a in VARIANTS if a in preds for y in ("a", "c") if y in preds]
         pairs += [(a, "sasrec") for a in ARMS if a in preds and "sasrec" in preds]
         paired_table("Paired differences between arms (95% bootstrap interval over users): HR@10 for next item "
                      "(grounded and constrained) and direct, RMSE of the expected rating for rating.",

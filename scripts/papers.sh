@@ -6,7 +6,7 @@
 #   (c) instruction tuning alone, from the same initialisation, for as many tokens as (a) pre-trains + tunes.
 # Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
 # beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
-#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|cut|seeds|sasrec|report]
+#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|cut|seeds|history|sasrec|report]
 # eval-sampled: MovieLens's rating templates by sampling (3 seeds) beside the expected value (part of eval);
 # ablate: (b) with each RecSysLLM ingredient switched, one arm per name in PAPERS_ABLATIONS (no-entity, no-chrono,
 # no-intra, behaviour; and again: nothing switched, the run-to-run reference; part of all when set), trained and
@@ -18,6 +18,10 @@
 # seed in PAPERS_SEEDS, default 2; the main arms use 1337): the initialisation and data order change, nothing else, so
 # the report's paired differences at each seed show whether an order between arms survives a retraining; not part of
 # all;
+# history: (c) tuned with the loss on the prompts' history titles too (arm c-history: finetune.py
+# --data.prompt_loss_slots=[purchase_history], on the multitask prompts built again with each entity's slot, their
+# tokens checked identical), the loss causal pre-training puts on every title of a history: whether that loss is what
+# (a)'s pre-training adds; not part of all;
 # sasrec: RecBole's SASRec on each build's training sequences, scored on the ranking templates' evaluated records
 # (scripts/sasrec_baseline.py; not part of all: RecBole installs apart, requirements-baselines.txt; RECBOLE_PATH is the
 # folder it was installed into with pip --target, added to PYTHONPATH).
@@ -31,9 +35,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
-case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|seeds|sasrec|report) ;;
-  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, seeds, sasrec," \
-          "report)" >&2
+case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|seeds|history|sasrec|report) ;;
+  *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, seeds, history," \
+          "sasrec, report)" >&2
      exit 2;;
 esac
 OUT=${PAPERS_OUT:-out/papers}
@@ -105,16 +109,21 @@ train_infill() {  # an infilling arm ($1: b, b-<ablation> or b-s<seed>; the rest
     "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--model.init_from=$R/$arm-pretrain/model" \
     "--run.out_dir=$R/$arm" "${FT[@]}" --run.seed=$SEED > "$R/$arm.log"
 }
-train_alone() {  # a tuning-alone arm ($1: c or c-s<seed>): as many tokens as (a) pre-trains and tunes
-  local arm=$1 steps
+train_alone() {  # a tuning-alone arm ($1: c, c-s<seed> or c-history; $2: its pairs' build; the rest: finetune.py
+  local arm=$1 pairs=$2 steps; shift 2  # options): as many tokens as (a) pre-trains and tunes
   steps=$($PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5")
-  log "$D ($arm) instruction tuning alone, $steps steps (the same tokens)"
+  log "$D ($arm) instruction tuning alone, $steps steps (the same tokens)${*:+, $*}"
   quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" --model.init_from=null \
-    "--run.out_dir=$R/$arm" --train.max_steps=$steps "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" \
-    "${COMMON[@]}" --run.seed=$SEED > "$R/$arm.log"
+    "--run.out_dir=$R/$arm" --train.max_steps=$steps "--data.path=$pairs" --data.seq_len=$CTX "${BY_LENGTH[@]}" \
+    "${COMMON[@]}" "$@" --run.seed=$SEED > "$R/$arm.log"
 }
 train_arm() {  # $1: a, b or c; $2: the arm's name
-  case $1 in a) train_causal "$2" "$R/data";; b) train_infill "$2";; c) train_alone "$2";; esac
+  case $1 in a) train_causal "$2" "$R/data";; b) train_infill "$2";; c) train_alone "$2" "$R/p5";; esac
+}
+build_prompts() {  # P5's multitask prompts with the pre-training rows' tokenizer, into $1
+  quiet $PY -m data.prepare.p5_tasks $PCFG "--out_dir=$1" "--source.path=$SRC" \
+    "--tokenizer.path=$R/data/tokenizer.json" --render.items=title --render.max_history=20 --max_seq_len=$CTX \
+    "${P5_LIMIT[@]}"
 }
 evaluate_arm() {  # $1: the arm; $2: its results' name (eval/$2, eval-$2.log); the rest: evaluate.py options
   local arm=$1 name=$2 obj=causal; shift 2
@@ -148,9 +157,7 @@ for D in $DATASETS; do
     log "$D: pre-training rows (python -m data.prepare) and the multitask prompts (p5_tasks), one tokenizer"
     quiet $PY -m data.prepare $DCFG "--out_dir=$R/data" "--sources.0.options.path=$SRC" > "$R/data.log"
     $PY -m data.prepare.audit "$R/data" > "$R/data-audit.json"
-    quiet $PY -m data.prepare.p5_tasks $PCFG "--out_dir=$R/p5" "--source.path=$SRC" \
-      "--tokenizer.path=$R/data/tokenizer.json" --render.items=title --render.max_history=20 --max_seq_len=$CTX \
-      "${P5_LIMIT[@]}" > "$R/p5.log"
+    build_prompts "$R/p5" > "$R/p5.log"
     $PY -m data.prepare.audit "$R/p5" > "$R/p5-audit.json"
     $PY scripts/papers.py heldout "$R/data" "$R/p5"
   fi
@@ -197,6 +204,17 @@ for D in $DATASETS; do
         evaluate_arm "$ARM-s$SEED" "$ARM-s$SEED" --templates $TEMPLATES
       done
     done
+  fi
+  if [[ $STAGE == history ]]; then
+    rm -rf "$R/p5-slots" "$R/c-history"
+    log "$D (c-history): the multitask prompts built again, each entity with its template slot"
+    build_prompts "$R/p5-slots" > "$R/p5-slots.log"
+    for f in instructions.tokens.bin instructions.index.npy; do  # the same pairs, token for token, as (c) tunes on
+      cmp "$R/p5/instructions/$f" "$R/p5-slots/instructions/$f"
+    done
+    echo "the same tokens as $R/p5"
+    train_alone c-history "$R/p5-slots" "--data.prompt_loss_slots=[purchase_history]"
+    evaluate_arm c-history c-history --templates $TEMPLATES
   fi
   if [[ $STAGE == sasrec ]]; then
     log "$D SASRec (RecBole), at most $SASREC_EPOCHS epochs"

@@ -285,3 +285,72 @@ def test_bad_input_is_named(tmp_path):
             pickle.dump({"train": [{"reviewerID": "NOBODY", "asin": "B00FIX0001", "overall": 5.0}], "val": [],
                          "test": []}, f)
         P.build(config_lib.load(P.P5TasksConfig, cfg_path, [f"--out_dir={tmp_path / 'z'}"]), log=lambda *a: None)
+
+
+def test_entity_slots_and_the_loss_on_the_history_titles(tmp_path):
+    """Every entity names its template slot, and finetune.py's data.prompt_loss_slots=[purchase_history] opens the
+    labels on exactly the history's titles (template 2-3's: the items the pair shows but its answer, by the catalog),
+    beside the response and EOS, and nothing else of the prompt."""
+    import finetune
+    from data.formats.instructions import IGNORE_INDEX, InstructionDataset
+    from data.formats.tokenizer import load_build_tokenizer
+    from training.data import FilteredDataset, GlobalBatchSampler, PromptSlotLoss, sft_batch
+
+    out = tmp_path / "p5"
+    meta = _build(REPO_ROOT / "configs/data/p5-beauty.yaml", out, "--max_users=40", "--render.items=title",
+                  f"--source.path={SHARED_DATA / 'amazon-beauty-p5'}")
+    ds, tok = InstructionDataset(out), load_build_tokenizer(out)
+    eos = int(meta["instructions"]["eos_id"])
+    slot_loss = PromptSlotLoss(tok, ["purchase_history"], out)
+    titles = {r["item_id"]: r["text"] for r in _lines(out / "eval" / "p5-beauty" / "catalog.jsonl")}
+    checked = 0
+    for i in range(len(ds)):
+        rec = ds.record(i)
+        assert len(rec["entity_slots"]) == len(rec["entities"])
+        if rec["template"] != "2-3" or checked == 40:
+            continue
+        # the history: the items the pair shows but its answer, as the catalog renders them, joined as P5 joins them
+        history = [titles[item] for item, _ in rec["interactions"][:-1]]
+        assert titles[rec["interactions"][-1][0]] == rec["response"]
+        assert any(f" : \n {j.join(history)} \n " in rec["prompt"] for j in (" , ", " -> ")), rec["prompt"]
+        assert rec["entity_slots"] == ["user_id"] + ["purchase_history"] * len(history)
+        batch = slot_loss.apply(sft_batch(ds, [i], 4096, eos, "longest"), ds, [i])
+        ids, opened = batch["input_ids"][0], batch["labels"][0] != IGNORE_INDEX
+        assert (batch["labels"][0][opened] == ids[opened]).all()
+        n_prompt = len(tok.encode(rec["prompt"], add_special_tokens=False).ids)
+        assert opened[n_prompt:].all()  # the response and EOS, as without slots
+        runs, k = [], 0  # the prompt's opened tokens, as contiguous runs
+        while k < n_prompt:
+            if opened[k]:
+                start = k
+                while k < n_prompt and opened[k]:
+                    k += 1
+                runs.append(tok.decode(ids[start:k].tolist()).strip())
+            k += 1
+        assert runs == history, rec["prompt"]
+        checked += 1
+    assert checked >= 20  # 2-3 pairs of the 40 users
+
+    before = {k: v for k, v in ds.record(0).items() if k != "entity_slots"}  # a build written before entity_slots
+    with pytest.raises(ValueError, match="example 0 names no entity slots"):
+        slot_loss.ranges(before, [], 0)
+
+    # finetune.py: the same first step with and without the slots; the loss also counts that step's history tokens
+    kept = FilteredDataset(ds, 2048)
+    first = GlobalBatchSampler(len(kept), 4, 4, 0, 1, seed=1337).global_indices(0).tolist()
+    plain = sft_batch(kept, first, 2048, eos, "longest")
+    history_tokens = int((slot_loss.apply(sft_batch(kept, first, 2048, eos, "longest"), kept, first)["labels"]
+                          != plain["labels"]).sum())
+    valid = {}
+    for slots in ("[]", "[purchase_history]"):
+        run = tmp_path / slots.strip("[]")
+        finetune.main(["configs/train/tiny-finetune.yaml", f"--data.path={out}", f"--run.out_dir={run}",
+                       "--data.seq_len=2048", "--model.overrides={vocab_size: 50432, max_seq_len: 2048}",
+                       "--train.max_steps=1", "--schedule.t_warmup=0", "--train.global_batch_size=4",
+                       "--log.interval=1", f"--data.prompt_loss_slots={slots}", "--checkpoint.export_final=false"])
+        valid[slots] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["valid_tokens"]
+    assert valid["[purchase_history]"] - valid["[]"] == history_tokens > 0
+    with pytest.raises(ValueError, match="data.prompt_loss_slots is for the causal objective"):
+        finetune.main(["configs/train/tiny-finetune.yaml", f"--data.path={out}", f"--run.out_dir={tmp_path / 'x'}",
+                       "--model.overrides={vocab_size: 50432, max_seq_len: 2048, intra_positions: 64}",
+                       "--infill.objective=infill", "--data.prompt_loss_slots=[purchase_history]"])

@@ -1,8 +1,8 @@
 """The two papers side by side (scripts/papers.sh, issue 14), shortened (PAPERS_QUICK=1: MovieLens-100K, 20 users'
 multitask prompts, 2 training steps of 8 pairs, 3 evaluated users, one ablation of (b), (a) pre-trained on those 20
-users' rows only, (c) from another training seed): every stage runs from real data, the table has the arms, the
-baselines and the paired differences, and rerunning the evaluation stage (for (a) and (b), one arm per objective)
-reproduces the table exactly."""
+users' rows only, (c) from another training seed, (c) with the loss on the history titles too): every stage runs
+from real data, the table has the arms, the baselines and the paired differences, and rerunning the evaluation stage
+(for (a) and (b), one arm per objective) reproduces the table exactly."""
 import json
 import os
 import pathlib
@@ -48,12 +48,20 @@ def test_papers_side_by_side_quick(tmp_path):
     assert "seed: 1337\n" in (ml / "c" / "config.yaml").read_text()
     first = {arm: json.loads((ml / arm / "metrics.jsonl").read_text().splitlines()[0]) for arm in ("c", "c-s2")}
     assert first["c"]["step"] == first["c-s2"]["step"] == 1 and first["c"]["loss"] != first["c-s2"]["loss"]
+    # (c) tuned with the loss on the history titles too: the same pairs (rebuilt with entity slots; the same tokens),
+    # the same first step, with more loss tokens
+    history = run("history")
+    assert "the same tokens as" in history
+    assert "prompt_loss_slots:\n  - purchase_history\n" in (ml / "c-history" / "config.yaml").read_text()
+    first["c-history"] = json.loads((ml / "c-history" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["c-history"]["valid_tokens"] > first["c"]["valid_tokens"]
     run("report")
     table = (out / "results.md").read_text()
     for row in ("| (a) RecGPT", "| (b) RecSysLLM", "| (c) instruction tuning alone", "| most popular (baseline)",
                 "| per item mean (baseline)", "| 5-8 | ", "| 2-13 constrained | ", ", sampled (3 seeds, mean +- std) |",
                 "| (b) with chronological spans off", "| most popular within the candidates (baseline) |",
                 "| (a) pre-trained on the prompts' users' rows only |", " a-cut - a | a-cut - c |",
+                "| (c) with the loss on the prompts' history titles too |", " c-history - a | c-history - c |",
                 "| (c) instruction tuning alone, training seed 2 |",
                 "| template | c-s2 - c |"):  # (a) and (b) have no seed-2 arm here, so no pair between arms at seed 2
         assert row in table, row

@@ -48,6 +48,10 @@ class DataSection:
     # finetune.py: each step's examples cut into micro-batches longest first (with pad_to=longest, less padding);
     # the same examples and gradient per step, summed in another order
     micro_batches_by_length: bool = False
+    # finetune.py: the loss also on the prompt's entities that fill these template slots (a P5 build names each
+    # entity's slot: data/prepare/p5_tasks.py "entity_slots"), e.g. [purchase_history], the history's titles, on which
+    # causal pre-training puts its loss; [] = on the response and EOS only (llm-foundry's format)
+    prompt_loss_slots: list[str] = field(default_factory=list)
     synthetic: bool = False  # random tokens instead of data (benchmark mode); no data.path needed
 
 

@@ -26,7 +26,6 @@ shifted one (logits[:, :-1] against labels[:, 1:]), so labels are the aligned ta
 every example ends in one padding slot: its last [END] target stays in the loss.
 """
 import math
-import pathlib
 import random
 from dataclasses import dataclass
 
@@ -75,18 +74,15 @@ def _infill_setup(cfg, config) -> tuple:
     benchmark catalogs (a line's own rating or review then restarts at intra 1, as when decoding); otherwise None
     (each row's own item lines)."""
     from data.formats.packed import read_meta
-    from data.formats.tokenizer import add_infill_tokens, load, newline_id
+    from data.formats.tokenizer import add_infill_tokens, load_build_tokenizer, newline_id
 
     if not config.intra_positions:
         raise ValueError("infill.objective = infill needs a model with an intra-position table: set "
                          "model.overrides: {intra_positions: 64} (zero-initialised; docs/recsysllm.md)")
     meta_path, meta = read_meta(cfg.data.path)
-    tok_path = meta_path.parent / "tokenizer.json"
-    if not tok_path.is_file():
-        tok_path = pathlib.Path((meta.get("tokenizer") or {}).get("path") or "")
-    tok = load(tok_path)
+    tok = load_build_tokenizer(cfg.data.path)
     ids = add_infill_tokens(tok, config.vocab_size)
-    newline = newline_id(tok, str(tok_path))
+    newline = newline_id(tok, f"{cfg.data.path}'s tokenizer")
     pool = None
     catalogs = [meta_path.parent / e["catalog"] for e in (meta.get("eval") or {}).values() if e.get("catalog")]
     if catalogs:  # the decoder's entity pool (evaluation/infill_prompts.py): the items as the texts show them

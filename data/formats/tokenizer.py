@@ -35,6 +35,18 @@ def load(path) -> Tokenizer:
     return tok
 
 
+def load_build_tokenizer(data_path) -> Tokenizer:
+    """The tokenizer of the data build at `data_path`: its own tokenizer.json (a trained BPE, or the copy a P5 build
+    keeps), else the path its meta.json names."""
+    from data.formats.packed import read_meta
+
+    meta_path, meta = read_meta(data_path)
+    path = meta_path.parent / "tokenizer.json"
+    if not path.is_file():
+        path = pathlib.Path((meta.get("tokenizer") or {}).get("path") or "")
+    return load(path)
+
+
 def add_infill_tokens(tok: Tokenizer, model_vocab_size: int) -> dict:
     """Add the infilling tokens to `tok` (in place; those it has already keep their ids) -> {name: id}. Each id must
     be a row of the model's embedding (model_vocab_size), or the error names the token and the sizes."""

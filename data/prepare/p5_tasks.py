@@ -47,7 +47,8 @@ Outputs, in out_dir (meta.json written last):
                                           task "p5", family, template, user, prompt, response, interactions
                                           ([item, occurrence] of the user's interactions it shows), entities
                                           ([start, end) character spans of the prompt's items, user
-                                          description and feature word: blank infilling's entities)
+                                          description and feature word: blank infilling's entities),
+                                          entity_slots (each entity's template slot, e.g. purchase_history)
     eval/<name>/p5/<template>_<split>.jsonl   evaluation records (schema: data/formats/evalfiles.py P5_KEYS);
                                           split validation | test; with the prompt's entities (and
                                           candidate_entities beside candidate_prompts)
@@ -455,8 +456,10 @@ class ItemList(NamedTuple):
 class Rendered(str):
     """A rendered prompt that knows its entities: [start, end) character spans of the values its slots show (the
     user description, items, feature words), what RecSysLLM's infilling marks (docs/recsysllm.md); written as the
-    record's "entities"."""
+    record's "entities", and the slot each came from as its "entity_slots" (e.g. "purchase_history": finetune.py's
+    data.prompt_loss_slots puts a loss on those)."""
     entities: list
+    entity_slots: list
 
 
 # the slots whose values are entities; a list slot (ItemList) gives one entity per item
@@ -504,7 +507,7 @@ class Renderer:
         if "item_id" in fields:
             fields["item_id"] = self.item(fields["item_id"])
         pieces = self.source(t).split("{}")  # P5's sources use bare "{}" slots only
-        text, entities = pieces[0], []
+        text, entities, slots = pieces[0], [], []
         for name, after in zip(t.source_fields, pieces[1:]):
             value = T._value(t, fields, name)
             if name in ENTITY_SLOTS:
@@ -513,12 +516,13 @@ class Renderer:
                         text += value.joiner
                     if part:
                         entities.append([len(text), len(text) + len(part)])
+                        slots.append(name)
                     text += part
             else:
                 text += str(value)
             text += after
         out = Rendered(text)
-        out.entities = entities
+        out.entities, out.entity_slots = entities, slots
         return out
 
 
@@ -584,7 +588,8 @@ def gaussian_rating(rating: float, rng: random.Random) -> str:
 def _pair(family, tid, user, prompt, response, shown) -> dict:
     """A training pair, with the user's interactions it shows ([item, occurrence]; what the audit checks)."""
     return {"task": "p5", "family": family, "template": tid, "user": user, "prompt": prompt, "response": response,
-            "interactions": [list(x) for x in shown], "entities": prompt.entities}
+            "interactions": [list(x) for x in shown], "entities": prompt.entities,
+            "entity_slots": prompt.entity_slots}
 
 
 def training_pairs(cfg, data: Data, users: list, families: list, seen: list, r: Renderer, held: dict,
