@@ -36,9 +36,11 @@ ARMS = {"a": "(a) RecGPT: causal pre-training + instruction tuning",
         "c": "(c) instruction tuning alone"}
 PAIRS = (("b", "a"), ("a", "c"), ("b", "c"))
 # an arm with one thing changed, paired with (a) and (c): (a) pre-trained on the multitask prompts' users' rows only
-# (scripts/papers.sh's cut stage); (c) with the loss on the prompts' history titles too (the history stage)
+# (scripts/papers.sh's cut stage); (c) with the loss on the prompts' history titles too (the history stage); (a) tuned
+# for as many steps as (c) (the steps stage)
 VARIANTS = {"a-cut": "(a) pre-trained on the prompts' users' rows only",
-            "c-history": "(c) with the loss on the prompts' history titles too"}
+            "c-history": "(c) with the loss on the prompts' history titles too",
+            "a-steps": "(a) tuned for as many steps as (c) (more tokens than the other arms)"}
 # an arm trained again from another training seed (scripts/papers.sh's seeds stage; arm <arm>-s<seed>; the main arms
 # train from papers.sh's MAIN_SEED)
 SEEDED = re.compile(r"^([abc])-s([0-9]+)$")

@@ -6,7 +6,7 @@
 #   (c) instruction tuning alone, from the same initialisation, for as many tokens as (a) pre-trains + tunes.
 # Every arm is evaluated by `evaluate.py --task p5` (seen and unseen templates; rating by the expected value)
 # beside the baselines, and scripts/papers.py prints the tables with paired bootstrap intervals.
-#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|cut|seeds|history|sasrec|report]
+#   bash scripts/papers.sh [all|data|train|eval|eval-sampled|ablate|cut|seeds|history|steps|sasrec|report]
 # eval-sampled: MovieLens's rating templates by sampling (3 seeds) beside the expected value (part of eval);
 # ablate: (b) with each RecSysLLM ingredient switched, one arm per name in PAPERS_ABLATIONS (no-entity, no-chrono,
 # no-intra, behaviour; and again: nothing switched, the run-to-run reference; part of all when set), trained and
@@ -22,6 +22,8 @@
 # --data.prompt_loss_slots=[purchase_history], on the multitask prompts built again with each entity's slot, their
 # tokens checked identical), the loss causal pre-training puts on every title of a history: whether that loss is what
 # (a)'s pre-training adds; not part of all;
+# steps: (a)'s pre-trained model tuned for as many steps as (c) (arm a-steps, so more training tokens than the other
+# arms): whether (a) loses where the matched budget leaves it fewer tuning steps than (c); not part of all;
 # sasrec: RecBole's SASRec on each build's training sequences, scored on the ranking templates' evaluated records
 # (scripts/sasrec_baseline.py; not part of all: RecBole installs apart, requirements-baselines.txt; RECBOLE_PATH is the
 # folder it was installed into with pip --target, added to PYTHONPATH).
@@ -35,9 +37,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 STAGE=${1:-all}
-case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|seeds|history|sasrec|report) ;;
+case $STAGE in all|data|train|eval|eval-sampled|ablate|cut|seeds|history|steps|sasrec|report) ;;
   *) echo "papers.sh: unknown stage '$STAGE' (all, data, train, eval, eval-sampled, ablate, cut, seeds, history," \
-          "sasrec, report)" >&2
+          "steps, sasrec, report)" >&2
      exit 2;;
 esac
 OUT=${PAPERS_OUT:-out/papers}
@@ -109,9 +111,12 @@ train_infill() {  # an infilling arm ($1: b, b-<ablation> or b-s<seed>; the rest
     "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--model.init_from=$R/$arm-pretrain/model" \
     "--run.out_dir=$R/$arm" "${FT[@]}" --run.seed=$SEED > "$R/$arm.log"
 }
+alone_steps() {  # tuning alone's steps: (a)'s tuning steps plus as many as its pre-training tokens fill
+  $PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5"
+}
 train_alone() {  # a tuning-alone arm ($1: c, c-s<seed> or c-history; $2: its pairs' build; the rest: finetune.py
   local arm=$1 pairs=$2 steps; shift 2  # options): as many tokens as (a) pre-trains and tunes
-  steps=$($PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5")
+  steps=$(alone_steps)
   log "$D ($arm) instruction tuning alone, $steps steps (the same tokens)${*:+, $*}"
   quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" --model.init_from=null \
     "--run.out_dir=$R/$arm" --train.max_steps=$steps "--data.path=$pairs" --data.seq_len=$CTX "${BY_LENGTH[@]}" \
@@ -215,6 +220,16 @@ for D in $DATASETS; do
     echo "the same tokens as $R/p5"
     train_alone c-history "$R/p5-slots" "--data.prompt_loss_slots=[purchase_history]"
     evaluate_arm c-history c-history --templates $TEMPLATES
+  fi
+  if [[ $STAGE == steps ]]; then
+    STEPS=$(alone_steps)
+    rm -rf "$R/a-steps"
+    log "$D (a-steps): (a)'s pre-trained model tuned for (c)'s $STEPS steps"
+    # (a)'s tuning command, but for STEPS steps (the last --train.max_steps on a command line wins)
+    quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
+      "--model.init_from=$R/a-pretrain/model" "--run.out_dir=$R/a-steps" "${FT[@]}" --train.max_steps=$STEPS \
+      --run.seed=$SEED > "$R/a-steps.log"
+    evaluate_arm a-steps a-steps --templates $TEMPLATES
   fi
   if [[ $STAGE == sasrec ]]; then
     log "$D SASRec (RecBole), at most $SASREC_EPOCHS epochs"

@@ -301,7 +301,7 @@ def test_entity_slots_and_the_loss_on_the_history_titles(tmp_path):
                   f"--source.path={SHARED_DATA / 'amazon-beauty-p5'}")
     ds, tok = InstructionDataset(out), load_build_tokenizer(out)
     eos = int(meta["instructions"]["eos_id"])
-    slot_loss = PromptSlotLoss(tok, ["purchase_history"], out)
+    slot_loss = PromptSlotLoss(tok, ["purchase_history"], ds, out)
     titles = {r["item_id"]: r["text"] for r in _lines(out / "eval" / "p5-beauty" / "catalog.jsonl")}
     checked = 0
     for i in range(len(ds)):
@@ -334,6 +334,8 @@ def test_entity_slots_and_the_loss_on_the_history_titles(tmp_path):
     before = {k: v for k, v in ds.record(0).items() if k != "entity_slots"}  # a build written before entity_slots
     with pytest.raises(ValueError, match="example 0 names no entity slots"):
         slot_loss.ranges(before, [], 0)
+    with pytest.raises(ValueError, match=r"no pair of .* has an entity of slot\(s\) \['visit_history'\]"):
+        PromptSlotLoss(tok, ["purchase_history", "visit_history"], ds, out)  # Yelp's slot: not in a Beauty build
 
     # finetune.py: the same first step with and without the slots; the loss also counts that step's history tokens
     kept = FilteredDataset(ds, 2048)

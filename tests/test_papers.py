@@ -1,7 +1,7 @@
 """The two papers side by side (scripts/papers.sh, issue 14), shortened (PAPERS_QUICK=1: MovieLens-100K, 20 users'
 multitask prompts, 2 training steps of 8 pairs, 3 evaluated users, one ablation of (b), (a) pre-trained on those 20
-users' rows only, (c) from another training seed, (c) with the loss on the history titles too): every stage runs
-from real data, the table has the arms, the baselines and the paired differences, and rerunning the evaluation stage
+users' rows only, (c) from another training seed, (c) with the loss on the history titles too, (a) tuned for (c)'s
+steps): every stage runs from real data, the table has the arms, the baselines and the paired differences, and rerunning the evaluation stage
 (for (a) and (b), one arm per objective) reproduces the table exactly."""
 import json
 import os
@@ -55,6 +55,11 @@ def test_papers_side_by_side_quick(tmp_path):
     assert "prompt_loss_slots:\n  - purchase_history\n" in (ml / "c-history" / "config.yaml").read_text()
     first["c-history"] = json.loads((ml / "c-history" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["c-history"]["valid_tokens"] > first["c"]["valid_tokens"]
+    # (a)'s pre-trained model tuned for (c)'s steps
+    run("steps")
+    c_steps = int(log.split("(c) instruction tuning alone, ")[1].split(" steps")[0])
+    assert f"max_steps: {c_steps}\n" in (ml / "a-steps" / "config.yaml").read_text()
+    assert len((ml / "a-steps" / "metrics.jsonl").read_text().splitlines()) == c_steps
     run("report")
     table = (out / "results.md").read_text()
     for row in ("| (a) RecGPT", "| (b) RecSysLLM", "| (c) instruction tuning alone", "| most popular (baseline)",
@@ -62,11 +67,12 @@ def test_papers_side_by_side_quick(tmp_path):
                 "| (b) with chronological spans off", "| most popular within the candidates (baseline) |",
                 "| (a) pre-trained on the prompts' users' rows only |", " a-cut - a | a-cut - c |",
                 "| (c) with the loss on the prompts' history titles too |", " c-history - a | c-history - c |",
+                "| (a) tuned for as many steps as (c) (more tokens than the other arms) |",
+                " a-steps - a | a-steps - c |",
                 "| (c) instruction tuning alone, training seed 2 |",
                 "| template | c-s2 - c |"):  # (a) and (b) have no seed-2 arm here, so no pair between arms at seed 2
         assert row in table, row
     assert (out / "papers-movielens-curves.png").stat().st_size > 0
-    c_steps = int(log.split("(c) instruction tuning alone, ")[1].split(" steps")[0])
     assert c_steps > 2  # (c) spends the pre-training tokens on more fine-tuning steps
     # deterministic: beams, constrained beams, candidate scores, the expected rating and seeded sampling. (a) and (b)
     # are evaluated again, one arm per objective ((c) decodes as (a) does), their folders replaced whole

@@ -163,7 +163,15 @@ class PromptSlotLoss:
     with the loss causal pre-training puts on them, and the rest of the prompt (template words, candidates) with none.
     """
 
-    def __init__(self, tokenizer, slots, data_path):
+    def __init__(self, tokenizer, slots, dataset, data_path):
+        """`dataset`: the pairs (with .record(i)); a slot that none of its records fills is an error, not a no-op."""
+        present = set()
+        for i in range(len(dataset)):
+            present.update(dataset.record(i).get("entity_slots") or ())
+        absent = sorted(set(slots) - present)
+        if absent:
+            raise ValueError(f"data.prompt_loss_slots = {list(slots)}: no pair of {data_path} has an entity of slot(s) "
+                             f"{absent} (its pairs' slots: {sorted(present) or 'none: a build without entity_slots'})")
         self.tokenizer, self.slots, self.data_path = tokenizer, frozenset(slots), data_path
 
     def ranges(self, record: dict, prompt_ids, i: int) -> list:
