@@ -1,8 +1,8 @@
 """The two papers side by side (scripts/papers.sh, issue 14), shortened (PAPERS_QUICK=1: MovieLens-100K, 20 users'
 multitask prompts, 2 training steps of 8 pairs, 3 evaluated users, one ablation of (b), (a) pre-trained on those 20
 users' rows only, (c) from another training seed, (c) with the loss on the history titles too, (a) tuned for (c)'s
-steps): every stage runs from real data, the table has the arms, the baselines and the paired differences, and rerunning the evaluation stage
-(for (a) and (b), one arm per objective) reproduces the table exactly."""
+steps): every stage runs from real data, the table has the arms, the baselines and the paired differences, and
+rerunning the evaluation stage (for (a) and (b), one arm per objective) reproduces the table exactly."""
 import json
 import os
 import pathlib
