@@ -99,8 +99,12 @@ train_causal() {  # a causal arm ($1: a, a-cut or a-s<seed>; $2: its pre-trainin
   local arm=$1 rows=$2
   log "$D ($arm) causal pre-training"; quiet $PY train.py configs/train/beauty-mini-pretrain.yaml "${MODEL[@]}" \
     "--run.out_dir=$R/$arm-pretrain" "--data.path=$rows" "${PRE[@]}" --run.seed=$SEED > "$R/$arm-pretrain.log"
-  log "$D ($arm) instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
-    "--model.init_from=$R/$arm-pretrain/model" "--run.out_dir=$R/$arm" "${FT[@]}" --run.seed=$SEED > "$R/$arm.log"
+  tune_causal "$arm" "$R/$arm-pretrain/model" $FT_STEPS
+}
+tune_causal() {  # $1: a causal arm; $2: its pre-trained model; $3: tuning steps
+  log "$D ($1) instruction tuning, $3 steps"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml \
+    "${MODEL[@]}" "--model.init_from=$2" "--run.out_dir=$R/$1" --train.max_steps=$3 "${FT[@]}" --run.seed=$SEED \
+    > "$R/$1.log"
 }
 train_infill() {  # an infilling arm ($1: b, b-<ablation> or b-s<seed>; the rest: its switches): pre-training, then
   local arm=$1; shift  # [gMASK] tuning
@@ -109,7 +113,7 @@ train_infill() {  # an infilling arm ($1: b, b-<ablation> or b-s<seed>; the rest
     "${PRE[@]}" --run.seed=$SEED > "$R/$arm-pretrain.log"
   log "$D ($arm) [gMASK] instruction tuning"; quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml \
     "${INFILL_MODEL[@]}" --infill.objective=infill "$@" "--model.init_from=$R/$arm-pretrain/model" \
-    "--run.out_dir=$R/$arm" "${FT[@]}" --run.seed=$SEED > "$R/$arm.log"
+    "--run.out_dir=$R/$arm" --train.max_steps=$FT_STEPS "${FT[@]}" --run.seed=$SEED > "$R/$arm.log"
 }
 alone_steps() {  # tuning alone's steps: (a)'s tuning steps plus as many as its pre-training tokens fill
   $PY scripts/papers.py sft-steps $PRE_STEPS $PRE_ROWS $SEQ $FT_STEPS $FT_BATCH "$R/p5"
@@ -169,7 +173,7 @@ for D in $DATASETS; do
   SEED=$MAIN_SEED
   COMMON=(--checkpoint.interval=0 --log.interval=10 "${WARMUP[@]}")
   PRE=(--train.max_steps=$PRE_STEPS --data.seq_len=$SEQ "${COMMON[@]}")
-  FT=(--train.max_steps=$FT_STEPS "--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" "${COMMON[@]}")
+  FT=("--data.path=$R/p5" --data.seq_len=$CTX "${BY_LENGTH[@]}" "${COMMON[@]}")  # and each arm's --train.max_steps
   BENCH=$R/p5/eval/$P5_NAME
   EVAL=(--benchmark "$BENCH" --task p5 --sample $EVAL_USERS --device "$EVAL_DEVICE" --rating.decoding=expected
         --max_seq_len=$EVAL_CTX
@@ -222,13 +226,9 @@ for D in $DATASETS; do
     evaluate_arm c-history c-history --templates $TEMPLATES
   fi
   if [[ $STAGE == steps ]]; then
-    STEPS=$(alone_steps)
     rm -rf "$R/a-steps"
-    log "$D (a-steps): (a)'s pre-trained model tuned for (c)'s $STEPS steps"
-    # (a)'s tuning command, but for STEPS steps (the last --train.max_steps on a command line wins)
-    quiet $PY finetune.py configs/train/beauty-mini-finetune.yaml "${MODEL[@]}" \
-      "--model.init_from=$R/a-pretrain/model" "--run.out_dir=$R/a-steps" "${FT[@]}" --train.max_steps=$STEPS \
-      --run.seed=$SEED > "$R/a-steps.log"
+    log "$D (a-steps): (a)'s pre-trained model tuned for as many steps as (c)"
+    tune_causal a-steps "$R/a-pretrain/model" "$(alone_steps)"
     evaluate_arm a-steps a-steps --templates $TEMPLATES
   fi
   if [[ $STAGE == sasrec ]]; then

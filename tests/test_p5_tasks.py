@@ -332,7 +332,7 @@ def test_entity_slots_and_the_loss_on_the_history_titles(tmp_path):
     assert checked >= 20  # 2-3 pairs of the 40 users
 
     before = {k: v for k, v in ds.record(0).items() if k != "entity_slots"}  # a build written before entity_slots
-    with pytest.raises(ValueError, match="example 0 names no entity slots"):
+    with pytest.raises(ValueError, match="example 0 names no entity slot per entity"):
         slot_loss.ranges(before, [], 0)
     with pytest.raises(ValueError, match=r"no pair of .* has an entity of slot\(s\) \['visit_history'\]"):
         PromptSlotLoss(tok, ["purchase_history", "visit_history"], ds, out)  # Yelp's slot: not in a Beauty build

@@ -159,7 +159,7 @@ class PromptSlotLoss:
     """data.prompt_loss_slots: the loss also on the prompt's entities that fill the named template slots, beside the
     response and EOS. A P5 build's records give each entity's character span ("entities") and slot ("entity_slots",
     data/prepare/p5_tasks.py); the spans become token ranges by the build's tokenizer, as blank infilling maps them
-    (data/formats/infilling.py token_entities). With [purchase_history], a tuned model reads the histories' titles
+    (data/formats/infilling.py record_entities). With [purchase_history], a tuned model reads the histories' titles
     with the loss causal pre-training puts on them, and the rest of the prompt (template words, candidates) with none.
     """
 
@@ -176,21 +176,9 @@ class PromptSlotLoss:
 
     def ranges(self, record: dict, prompt_ids, i: int) -> list:
         """[start, end) token ranges of the prompt (prompt_ids: its stored tokens) that the loss covers."""
-        if record.get("entity_slots") is None or record.get("entities") is None:
-            raise ValueError(f"{self.data_path}: example {i} names no entity slots (records need \"entities\" and "
-                             f"\"entity_slots\", which data/prepare/p5_tasks.py writes): data.prompt_loss_slots "
-                             f"needs a P5 build made with this version")
-        if len(record["entity_slots"]) != len(record["entities"]):
-            raise ValueError(f"{self.data_path}: example {i} has {len(record['entities'])} entities but "
-                             f"{len(record['entity_slots'])} entity_slots")
-        enc = self.tokenizer.encode(record["prompt"], add_special_tokens=False)
-        if enc.ids != [int(t) for t in prompt_ids]:
-            raise ValueError(f"{self.data_path}: example {i}'s prompt does not encode to its stored tokens with the "
-                             f"build's tokenizer")
-        from data.formats.infilling import token_entities
+        from data.formats.infilling import record_entities
 
-        spans = [span for span, slot in zip(record["entities"], record["entity_slots"]) if slot in self.slots]
-        return token_entities(enc.offsets, spans, f"{self.data_path} example {i}") if spans else []
+        return record_entities(self.tokenizer, record, prompt_ids, f"{self.data_path} example {i}", self.slots)
 
     def apply(self, batch: dict, dataset, indices) -> dict:
         """sft_batch's batch, its labels opened on the slots' tokens (in place; the prompt is never cut)."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from data.formats.infilling import (IGNORE_INDEX, EntityTrie, Infilled, infill, pair_infilled, prompt_entities,
-                                    row_lines, sample_spans, token_entities, units_of)
+                                    record_entities, row_lines, sample_spans, units_of)
 
 
 @dataclass
@@ -177,10 +177,7 @@ class PairInfillCollator:
             return prompt_entities(prompt, self.newline_id)
         if self.tokenizer is None:
             raise ValueError(f"example {i} lists entities as character spans: the collator needs the tokenizer")
-        enc = self.tokenizer.encode(record["prompt"], add_special_tokens=False)
-        if enc.ids != prompt:
-            raise ValueError(f"example {i}: its prompt does not tokenise to its stored tokens (another tokenizer?)")
-        return token_entities(enc.offsets, record["entities"], f"example {i}")
+        return record_entities(self.tokenizer, record, prompt, f"example {i}")
 
     def batch(self, dataset, indices) -> dict:
         examples = []

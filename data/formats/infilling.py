@@ -174,6 +174,24 @@ def token_entities(offsets: Sequence[tuple[int, int]], spans: Sequence[Sequence[
     return out
 
 
+def record_entities(tokenizer, record: dict, prompt_ids: Sequence[int], where: str, slots=None
+                    ) -> list[tuple[int, int]]:
+    """A prompt/response record's entities (data/prepare/p5_tasks.py: "entities", character spans of its prompt) as
+    token ranges of its stored prompt tokens; with `slots`, only those that fill the named template slots (the record's
+    "entity_slots"). The prompt is encoded again with the build's tokenizer, which must give exactly `prompt_ids`."""
+    spans = record["entities"]
+    if slots is not None:
+        named = record.get("entity_slots")
+        if named is None or len(named) != len(spans):
+            raise ValueError(f"{where} names no entity slot per entity (records need \"entity_slots\" beside "
+                             f"\"entities\", which data/prepare/p5_tasks.py writes): build it again with this version")
+        spans = [span for span, slot in zip(spans, named) if slot in slots]
+    enc = tokenizer.encode(record["prompt"], add_special_tokens=False)
+    if enc.ids != [int(t) for t in prompt_ids]:
+        raise ValueError(f"{where}: its prompt does not tokenise to its stored tokens (another tokenizer?)")
+    return token_entities(enc.offsets, spans, where) if spans else []
+
+
 def units_of(n_tokens: int, entities: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """[(start, end)) token ranges of the units: each entity one unit, every other token one. Entities must be
     sorted, disjoint, non-empty and inside the sequence (an error names the first that is not)."""
