@@ -31,7 +31,8 @@
 # default; gpu, larger; quick, the test suite's: also PAPERS_QUICK=1), and to override a scale's values PRE_STEPS,
 # FT_STEPS, EVAL_USERS, P5_USERS (Beauty's users in the multitask corpus), SASREC_EPOCHS (SASRec's most epochs);
 # EVAL_DEVICE (default cpu); PAPERS_FIGURES (the report's training-curve plots; default PAPERS_OUT); PAPERS_ARMS (the
-# arms the eval and seeds stages evaluate; default "a b c"); PAPERS_SEEDS (the seeds stage's training seeds).
+# arms the train, eval and seeds stages train or evaluate; default "a b c"); PAPERS_SEEDS (the seeds stage's training
+# seeds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -76,11 +77,13 @@ ABLATIONS=${PAPERS_ABLATIONS:-}
 EVAL_ARMS=${PAPERS_ARMS:-a b c}
 MAIN_SEED=1337  # the training seed of every arm but the seeds stage's
 SEEDS=${PAPERS_SEEDS:-2}
-if [[ $STAGE == seeds ]]; then
+if [[ $STAGE == seeds || $STAGE == train ]]; then
   for X in $EVAL_ARMS; do
-    [[ $X == a || $X == b || $X == c ]] || { echo "PAPERS_ARMS: the seeds stage trains a, b or c, got '$X'" >&2
+    [[ $X == a || $X == b || $X == c ]] || { echo "PAPERS_ARMS: the $STAGE stage trains a, b or c, got '$X'" >&2
                                              exit 2; }
   done
+fi
+if [[ $STAGE == seeds ]]; then
   for S in $SEEDS; do
     [[ $S =~ ^[0-9]+$ && $S != "$MAIN_SEED" ]] || { echo "PAPERS_SEEDS: '$S' is not a seed other than the main" \
                                                        "arms' $MAIN_SEED" >&2; exit 2; }
@@ -180,8 +183,10 @@ for D in $DATASETS; do
         --num-beams $BEAMS --num-return-sequences $BEAMS --max-new-tokens $NEW_TOKENS --next_item.constrained=true
         --embedding-cache "$OUT/embedding_cache" --batch-size 8)
   if [[ $STAGE == all || $STAGE == train ]]; then
-    rm -rf "$R/a-pretrain" "$R/a" "$R/b-pretrain" "$R/b" "$R/c"  # the train stage trains anew
-    for ARM in a b c; do train_arm $ARM $ARM; done
+    for ARM in $EVAL_ARMS; do  # the train stage trains anew
+      rm -rf "$R/$ARM-pretrain" "$R/$ARM"
+      train_arm $ARM $ARM
+    done
   fi
   if [[ $STAGE == all || $STAGE == eval ]]; then
     for ARM in $EVAL_ARMS; do evaluate_arm $ARM $ARM --templates $TEMPLATES; done
