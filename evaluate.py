@@ -60,6 +60,7 @@ from evaluation.config import EvalConfig, load_eval_config
 from evaluation.generate import GenerationConfig, run_generation
 from evaluation.infill_prompts import catalog_lines, infill_form, infill_prompts
 from output import OutputLock, staged_dir
+from output.provenance import write_environment
 from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
 log = logging.getLogger("evaluate")
@@ -398,6 +399,7 @@ def evaluate(cfg, load_tokenizer, load_model) -> dict:
         (out / "metrics.json").write_text(json.dumps(_no_nan(metrics), indent=2, allow_nan=False) + "\n")
         (out / "metrics.md").write_text(table)
         save(cfg, out / "config.yaml")
+        write_environment(out)
     print(table)
     return metrics
 

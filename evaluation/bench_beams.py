@@ -117,9 +117,9 @@ def validate(model, batch: list, cfg, device, tolerance: float) -> dict:
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    import platform
+    from output.provenance import cpu_name
 
-    return f"cpu ({platform.processor() or platform.machine()})"
+    return f"cpu ({cpu_name()})"
 
 
 def markdown(r: dict) -> str:

@@ -8,21 +8,13 @@ max_new_tokens; the outputs are checked to be identical (tokens, and scores with
 is reported. Times are the median of --repeats runs after one warm-up; prints a Markdown table row.
 """
 import argparse
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 
 import torch
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from output.provenance import cpu_name
 
 
 def build_pair(d_model, n_layers, n_heads, vocab, seed=0):

@@ -89,7 +89,9 @@ def build(tmp_path, name, sources, *args, **extra):
 
 
 def files_of(out) -> dict:
-    """Every output file of a build (not its work dir) -> bytes, with the out_dir's path replaced by OUT."""
+    """Every output file of a build (not its work dir, nor environment.json: what produced it, whose threads differ
+    between equal builds) -> bytes, with the out_dir's path replaced by OUT."""
     path = re.compile(re.escape(str(out).encode()) + rb"(?![\w-])")  # not another folder that starts alike
     return {p.relative_to(out).as_posix(): path.sub(b"OUT", p.read_bytes())
-            for p in sorted(out.rglob("*")) if p.is_file() and "work" not in p.relative_to(out).parts}
+            for p in sorted(out.rglob("*")) if p.is_file() and "work" not in p.relative_to(out).parts
+            and p.relative_to(out).as_posix() != "environment.json"}

@@ -1,8 +1,9 @@
 """The two papers side by side (scripts/papers.sh, issue 14), shortened (PAPERS_QUICK=1: MovieLens-100K, 20 users'
 multitask prompts, 2 training steps of 8 pairs, 3 evaluated users, one ablation of (b), (a) pre-trained on those 20
 users' rows only, (c) from another training seed, (c) with the loss on the history titles too, (a) tuned for (c)'s
-steps): every stage runs from real data, the table has the arms, the baselines and the paired differences, and
-rerunning the evaluation stage (for (a) and (b), one arm per objective) reproduces the table exactly."""
+steps): every stage runs from real data, every output records its environment, the table has the arms, the
+baselines and the paired differences, and rerunning the evaluation stage (for (a) and (b), one arm per objective)
+reproduces the table exactly."""
 import json
 import os
 import pathlib
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import SHARED_DATA
 
@@ -33,6 +35,10 @@ def test_papers_side_by_side_quick(tmp_path):
 
     log = run()
     assert "held out alike:" in log  # the pre-training rows and the prompts hold out the same interactions
+    # every output says what produced it: the data builds, a training run and an evaluation
+    for folder in ("data", "p5", "a-pretrain", "a", "eval/a"):
+        produced = json.loads((out / "movielens" / folder / "environment.json").read_text())
+        assert produced["packages"]["torch"] == torch.__version__ and produced["machine"]["cores"], folder
     # (a) pre-trained on the rows of the prompts' 20 users only: the same tokenizer, held-out interactions, steps
     cut = run("cut")
     assert "20 users of" in cut and "held out alike:" in cut

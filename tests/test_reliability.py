@@ -125,6 +125,34 @@ def test_a_lock_from_another_host_is_taken_only_when_asked(tmp_path, monkeypatch
     assert not folder.with_name("out.lock").exists()
 
 
+def test_the_environment_names_the_commit_its_changes_and_the_packages(tmp_path, monkeypatch):
+    from output import provenance
+    import torch
+
+    head = subprocess.run(["git", "-C", str(provenance.REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("this copy is not a git checkout")
+    written = json.loads(provenance.write_environment(tmp_path).read_text())
+    assert written["commit"] == head.stdout.strip() and isinstance(written["dirty"], bool)
+    assert written["packages"]["torch"] == torch.__version__ and written["machine"]["torch_threads"] >= 1
+    # a copy outside git (an installed or exported tree) says so rather than failing the run
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    assert provenance.environment()["commit"] is None
+
+    # a tracked file changed: dirty
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "f").write_text("1")
+    subprocess.run(git + ["add", "f"], check=True)
+    subprocess.run(git + ["commit", "-qm", "f"], check=True)
+    monkeypatch.setattr(provenance, "REPO", repo)
+    assert provenance.git_commit()["dirty"] is False
+    (repo / "f").write_text("2")
+    assert provenance.git_commit()["dirty"] is True
+
+
 # ---------------------------------------------------------------------------------------------------- bad data
 
 

@@ -142,10 +142,14 @@ def test_micro_batches_by_length_give_the_same_training(tiny_data, tmp_path, one
                        "--train.micro_batch_size=2", f"--data.micro_batches_by_length={flag}"])
         runs[flag] = (read_metrics(out), load_model(out / "model").state_dict())
     (plain, w_plain), (ordered, w_ordered) = runs["false"], runs["true"]
-    assert [r["loss"] for r in ordered] == pytest.approx([r["loss"] for r in plain], abs=1e-5)
+    # fp32 sums in another order: relative differences of a few 1e-6, which six steps carry into the losses
+    assert [r["loss"] for r in ordered] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
     assert ordered[-1]["tokens_seen"] < plain[-1]["tokens_seen"]  # positions computed: the padding saved counts
-    for name in w_plain:
-        torch.testing.assert_close(w_ordered[name], w_plain[name], atol=1e-5, rtol=0)
+    # LION moves each weight by +-lr per step: where the other order flips the sign of a near-zero update, that weight
+    # differs by 2 lr (seen: 18 of 131,392 weights, each by 2 x 3e-3). All others agree to 1e-5
+    lr = load_config(TINY_FT, base=finetune.BASE).optim.lr
+    diffs = torch.cat([(w_ordered[k] - w_plain[k]).abs().flatten() for k in w_plain])
+    assert int((diffs > 1e-5).sum()) <= 1e-3 * diffs.numel() and float(diffs.max()) <= 2 * lr * 6 + 1e-5
     with pytest.raises(ValueError, match="data.micro_batches_by_length"):
         train.main([TINY, f"--data.path={tiny_data}", f"--run.out_dir={tmp_path / 'pre'}", "--train.max_steps=1",
                     "--data.micro_batches_by_length=true"])

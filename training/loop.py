@@ -27,6 +27,7 @@ from model.checkpoint import read_config
 from model.config import MPTConfig
 from model.lora import trainable_parameters
 from output import OutputLock, OutputLocked, partial_dir, remove_partials, replace_dir
+from output.provenance import write_environment
 from training import checkpoint as ckpt
 from training.config import LoraSection, unsafe_changes
 from training.data import IGNORE_INDEX, GlobalBatchSampler
@@ -296,6 +297,7 @@ def _run(cfg, d, dataset, make_batch, seq_len: int, task: str, valid):
             log.print(f"[{task}] metrics.jsonl: {dropped} records after step {step} (from the interrupted run) removed")
     if d.is_main and not bench:
         config_lib.save(cfg, out_dir / "config.yaml")  # the config of the run's latest segment
+        write_environment(out_dir)  # and its code, packages and machine (output/provenance.py)
     finished = not bench and step >= max_steps
     exported = not cfg.checkpoint.export_final or ckpt.is_exported(out_dir / "model")
     if finished and not cfg.checkpoint.reexport and exported:

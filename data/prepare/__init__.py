@@ -9,6 +9,7 @@ def build_command(schema, build, command: str, doc: str, argv=None) -> int:
 
     import config as config_lib
     from output import OutputLock
+    from output.provenance import write_environment
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
@@ -18,4 +19,5 @@ def build_command(schema, build, command: str, doc: str, argv=None) -> int:
     print(config_lib.dump(cfg), flush=True)
     with OutputLock(cfg.out_dir, f"data.prepare.{command}"):
         build(cfg)
+        write_environment(cfg.out_dir)
     return 0

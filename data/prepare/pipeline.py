@@ -38,6 +38,7 @@ from data.prepare import jobs as jobs_lib
 from data.prepare import merge as merge_lib
 from data.prepare.workdir import log
 from output import OutputLock
+from output.provenance import write_environment
 
 
 def _init_worker(threads: int) -> None:
@@ -235,6 +236,7 @@ def build(cfg: BuildConfig, args) -> int:
     meta = merge_lib.merge(cfg, state["sources"], state["plans"], state["jobs"], done, state["tokenizer"],
                            merge_fingerprint(cfg, state), state["warnings"])
     shutil.rmtree(pathlib.Path(cfg.work_dir) / "tmp", ignore_errors=True)  # the engine's spill files
+    write_environment(out_dir)  # the merge's code, packages and machine (output/provenance.py)
     log(f"merge {time.perf_counter() - t1:.1f} s")
     print((out_dir / "stats.md").read_text())
     for w in state["warnings"]:  # again, where they cannot be missed
