@@ -71,8 +71,7 @@ def train(cfg, d):
                              "loss on the [gMASK] span alone")
         from data.formats.tokenizer import load_build_tokenizer
 
-        slot_loss = PromptSlotLoss(load_build_tokenizer(cfg.data.path), cfg.data.prompt_loss_slots, dataset,
-                                   cfg.data.path)
+        slot_loss = PromptSlotLoss(load_build_tokenizer(cfg.data.path), cfg.data.prompt_loss_slots, cfg.data.path)
 
         def make_batch(ds, indices):  # noqa: F811
             return slot_loss.apply(sft_batch(ds, indices, max_seq_len, eos_id, cfg.data.pad_to), ds, indices)

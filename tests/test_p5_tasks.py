@@ -301,12 +301,13 @@ def test_entity_slots_and_the_loss_on_the_history_titles(tmp_path):
                   f"--source.path={SHARED_DATA / 'amazon-beauty-p5'}")
     ds, tok = InstructionDataset(out), load_build_tokenizer(out)
     eos = int(meta["instructions"]["eos_id"])
-    slot_loss = PromptSlotLoss(tok, ["purchase_history"], ds, out)
+    slot_loss = PromptSlotLoss(tok, ["purchase_history"], out)
     titles = {r["item_id"]: r["text"] for r in _lines(out / "eval" / "p5-beauty" / "catalog.jsonl")}
-    checked = 0
+    checked, slot_entities = 0, collections.Counter()
     for i in range(len(ds)):
         rec = ds.record(i)
         assert len(rec["entity_slots"]) == len(rec["entities"])
+        slot_entities.update(rec["entity_slots"])
         if rec["template"] != "2-3" or checked == 40:
             continue
         # the history: the items the pair shows but its answer, as the catalog renders them, joined as P5 joins them
@@ -330,12 +331,24 @@ def test_entity_slots_and_the_loss_on_the_history_titles(tmp_path):
         assert runs == history, rec["prompt"]
         checked += 1
     assert checked >= 20  # 2-3 pairs of the 40 users
+    assert meta["counts"]["entity_slots"] == dict(slot_entities)  # what PromptSlotLoss checks its slots against
 
     before = {k: v for k, v in ds.record(0).items() if k != "entity_slots"}  # a build written before entity_slots
     with pytest.raises(ValueError, match="example 0 names no entity slot per entity"):
         slot_loss.ranges(before, [], 0)
+    k = next(i for i in range(len(ds)) if "purchase_history" in ds.record(i)["entity_slots"])
+    stored = tok.encode(ds.record(k)["prompt"], add_special_tokens=False).ids
+    with pytest.raises(ValueError, match=f"example {k}: its prompt does not tokenise to its stored tokens"):
+        slot_loss.ranges(ds.record(k), stored[1:], k)  # tokens of another tokenizer, say
     with pytest.raises(ValueError, match=r"no pair of .* has an entity of slot\(s\) \['visit_history'\]"):
-        PromptSlotLoss(tok, ["purchase_history", "visit_history"], ds, out)  # Yelp's slot: not in a Beauty build
+        PromptSlotLoss(tok, ["purchase_history", "visit_history"], out)  # Yelp's slot: not in a Beauty build
+    written = (out / "meta.json").read_text()
+    older = json.loads(written)
+    del older["counts"]["entity_slots"]  # a build written before the counts
+    (out / "meta.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="meta.json counts no entity slots"):
+        PromptSlotLoss(tok, ["purchase_history"], out)
+    (out / "meta.json").write_text(written)
 
     # finetune.py: the same first step with and without the slots; the loss also counts that step's history tokens
     kept = FilteredDataset(ds, 2048)

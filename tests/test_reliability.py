@@ -12,12 +12,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import finetune
 from config import cli
 from data.prepare import pipeline
 from data_fixtures import build, movielens_fixture, p5_fixture, write_config
-from output import OutputLock, OutputLocked
+from output import OutputLock, OutputLocked, provenance
 from training.testing import write_tiny_build
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -126,9 +127,6 @@ def test_a_lock_from_another_host_is_taken_only_when_asked(tmp_path, monkeypatch
 
 
 def test_the_environment_names_the_commit_its_changes_and_the_packages(tmp_path, monkeypatch):
-    from output import provenance
-    import torch
-
     head = subprocess.run(["git", "-C", str(provenance.REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("this copy is not a git checkout")

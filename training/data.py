@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from data.formats.instructions import IGNORE_INDEX, InstructionDataset
-from data.formats.packed import PackedDataset
+from data.formats.packed import PackedDataset, read_meta
 
 
 class GlobalBatchSampler:
@@ -90,8 +90,6 @@ def open_valid(path, section: str, cfg):
     """The build's held-out split (meta.json section `section`) when validation is on (eval.interval > 0)."""
     if not cfg.eval.interval:
         return None
-    from data.formats.packed import read_meta
-
     meta_path, meta = read_meta(path)
     if not meta.get(section):
         raise ValueError(f"eval.interval = {cfg.eval.interval} but {meta_path} has no {section!r} split: build the "
@@ -163,15 +161,18 @@ class PromptSlotLoss:
     with the loss causal pre-training puts on them, and the rest of the prompt (template words, candidates) with none.
     """
 
-    def __init__(self, tokenizer, slots, dataset, data_path):
-        """`dataset`: the pairs (with .record(i)); a slot that none of its records fills is an error, not a no-op."""
-        present = set()
-        for i in range(len(dataset)):
-            present.update(dataset.record(i).get("entity_slots") or ())
-        absent = sorted(set(slots) - present)
+    def __init__(self, tokenizer, slots, data_path):
+        """A slot that no pair of the build fills is an error, not a no-op (the build's meta.json counts the entities
+        of each slot)."""
+        meta_path, meta = read_meta(data_path)
+        present = meta.get("counts", {}).get("entity_slots")
+        if present is None:
+            raise ValueError(f"data.prompt_loss_slots = {list(slots)}: {meta_path} counts no entity slots (a P5 build "
+                             f"of data/prepare/p5_tasks.py records them): build it again with this version")
+        absent = sorted(set(slots) - set(present))
         if absent:
             raise ValueError(f"data.prompt_loss_slots = {list(slots)}: no pair of {data_path} has an entity of slot(s) "
-                             f"{absent} (its pairs' slots: {sorted(present) or 'none: a build without entity_slots'})")
+                             f"{absent} (its pairs' slots: {sorted(present) or 'none'})")
         self.tokenizer, self.slots, self.data_path = tokenizer, frozenset(slots), data_path
 
     def ranges(self, record: dict, prompt_ids, i: int) -> list:

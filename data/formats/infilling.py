@@ -186,10 +186,12 @@ def record_entities(tokenizer, record: dict, prompt_ids: Sequence[int], where: s
             raise ValueError(f"{where} names no entity slot per entity (records need \"entity_slots\" beside "
                              f"\"entities\", which data/prepare/p5_tasks.py writes): build it again with this version")
         spans = [span for span, slot in zip(spans, named) if slot in slots]
+    if not spans:  # nothing to map: no need to encode (a direct prompt's 100 titles cost the most)
+        return []
     enc = tokenizer.encode(record["prompt"], add_special_tokens=False)
     if enc.ids != [int(t) for t in prompt_ids]:
         raise ValueError(f"{where}: its prompt does not tokenise to its stored tokens (another tokenizer?)")
-    return token_entities(enc.offsets, spans, where) if spans else []
+    return token_entities(enc.offsets, spans, where)
 
 
 def units_of(n_tokens: int, entities: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -879,6 +879,7 @@ def build(cfg: P5TasksConfig, log=print) -> dict:
     # training pairs, tokenised
     writer = InstructionWriter(out_dir / "instructions", dtype, eos_id)
     per_template = collections.Counter()
+    slot_entities = collections.Counter()  # entities per template slot (finetune.py's data.prompt_loss_slots checks)
     dropped = collections.Counter()
     longer = 0
     start = 0
@@ -893,6 +894,7 @@ def build(cfg: P5TasksConfig, log=print) -> dict:
             x["id"] = f"{x['template']}-{start + k}"
             writer.add(x, p.ids, q.ids)
             per_template[(x["family"], x["template"])] += 1
+            slot_entities.update(x["entity_slots"])
         start += len(batch)
     n_pairs = writer.close()
     if n_pairs == 0:
@@ -968,6 +970,7 @@ def build(cfg: P5TasksConfig, log=print) -> dict:
             "heldout": "heldout.jsonl", "families": family_counts, "skipped_families": skipped,
             "options": options, "plus_one_share": plus_one,
             "counts": {"train_pairs": n_pairs, "heldout_interactions": len(held),
+                       "entity_slots": dict(sorted(slot_entities.items())),
                        "dropped_pairs": dict(sorted(dropped.items())), "pairs_longer_than_max_seq_len": longer,
                        "bad_lines": dict(bad.counts), "bad_examples": bad.examples, "ignored": dict(bad.ignored),
                        "notes": dict(sorted(notes.items()))},
