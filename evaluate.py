@@ -8,6 +8,10 @@
     # 40000 fits an A100-40GB, 110000 an 80 GB GPU (docs/evaluation_memory.md)
     python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/amazon-beauty/eval/amazon-beauty-2014 --task next_item \
         --out out/eval/beauty-next --device cuda --dtype bfloat16 --token-budget 40000
+    # direct recommendation: each user's candidates (a build with eval.negatives: the target + 99 sampled items) ranked
+    # by the likelihood of their catalog text after the next-item prompt; HR@1/5/10, NDCG@5/10
+    python evaluate.py --checkpoint out/demo/finetune/model --benchmark out/demo/data/eval/movielens-100k --task next_item \
+        --next_item.decoding=candidates --out out/eval/ml-candidates
     # rating prediction: sampling (temperature 1.0, top-p 0.9, top-k 50), three seeds, mean +- std
     python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/movielens-100k/eval/movielens-100k --task rating \
         --out out/eval/ml-rating --seeds 0 1 2
@@ -27,8 +31,9 @@ Config: evaluation/config.py, read like every config of the project (config/__in
 `--section.key=value`; the resolved config is printed and saved as OUT/config.yaml and in metrics.json.
 
 Input (written by `python -m data.prepare`: data/README.md "Evaluation files"):
-    BENCHMARK/{task}_{split}.jsonl  one example a line: "user", "prompt", and "target_item_id" (next_item)
-                                    or "target_rating" (rating); other keys are carried along
+    BENCHMARK/{task}_{split}.jsonl  one example a line: "user", "prompt", and "target_item_id" (next_item; and
+                                    "candidates" for next_item.decoding=candidates) or "target_rating" (rating);
+                                    other keys are carried along
     BENCHMARK/catalog.jsonl         {"item_id", "text"} per catalog item (next_item only)
     BENCHMARK/train_stats.json      the training split's mean rating: the default --fallback-rating
     CHECKPOINT/tokenizer.json       written beside every exported model by train.py / finetune.py
@@ -149,6 +154,8 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
     absent = [x["target_item_id"] for x in examples if x["target_item_id"] not in known]
     if absent:
         raise ValueError(f"{len(absent)} target item(s) are not in {bench / 'catalog.jsonl'}, e.g. {absent[:3]}")
+    if cfg.next_item.decoding == "candidates":
+        return rank_next_item_candidates(cfg, model, tokenizer, examples, dict(zip(item_ids, texts)))
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens or 128, num_beams=cfg.next_item.num_beams,
                            num_return_sequences=cfg.next_item.num_return_sequences,
                            length_penalty=cfg.next_item.length_penalty, eos_token_id=tokenizer.token_to_id(EOS),
@@ -217,6 +224,32 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
         metrics["constrained"] = ranking_metrics(ranked_c, targets)
         metrics["log"]["constrained_generation_seconds"] = seconds
     return predictions, metrics
+
+
+def rank_next_item_candidates(cfg, model, tokenizer, examples, text_of: dict) -> tuple:
+    """next_item.decoding=candidates: each example's candidates ranked by the likelihood of their catalog text."""
+    from evaluation.scoring import rank_candidates
+
+    if cfg.objective == "infill":
+        raise ValueError("next_item.decoding=candidates ranks a causal model's responses; a blank-infilling model's "
+                         "candidates are ranked by task p5 (direct templates)")
+    where = f"{cfg.benchmark}/next_item_{cfg.split}.jsonl"
+    for x in examples:
+        cands = x.get("candidates")
+        if not cands:
+            raise ValueError(f"{where}: user {x['user']} has no 'candidates' (build the benchmark with eval.negatives)")
+        if x["target_item_id"] not in cands or any(c not in text_of for c in cands):
+            raise ValueError(f"{where}: user {x['user']}'s candidates must hold the target and only catalog items")
+    eos = tokenizer.token_to_id(EOS)
+    prompts = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in examples], add_special_tokens=False)]
+    started = time.time()
+    predictions, metrics = rank_candidates(model, tokenizer, prompts, [x["candidates"] for x in examples],
+                                           [[text_of[c] for c in x["candidates"]] for x in examples],
+                                           [x["target_item_id"] for x in examples], eos, eos, cfg.score_token_budget)
+    for x, p in zip(examples, predictions):
+        p["user"] = x["user"]
+    metrics["log"] = {"scoring_seconds": time.time() - started, "candidates_per_user": len(examples[0]["candidates"])}
+    return predictions, {"candidates": metrics}
 
 
 def _rank(target, ranked):
@@ -299,10 +332,22 @@ TASKS = {"next_item": evaluate_next_item, "rating": evaluate_rating, "text": eva
 # reports
 
 
+CANDIDATE_KEYS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10")
+
+
+def candidates_table(m: dict) -> str:
+    lines = ["| candidates ranked by | " + " | ".join(CANDIDATE_KEYS) + " |", "|---|" + "---:|" * len(CANDIDATE_KEYS)]
+    for name, row in (("summed log-probability", m), ("mean log-probability per token", m["length_normalised"])):
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in CANDIDATE_KEYS) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(cfg, metrics, n_examples) -> str:
     head = f"Benchmark `{cfg.benchmark}`, task `{cfg.task}`, split `{cfg.split}`, {n_examples} examples, " \
            f"checkpoint `{cfg.checkpoint}`.\n\n"
-    if cfg.task == "next_item":
+    if cfg.task == "next_item" and "candidates" in metrics:
+        lines = [candidates_table(metrics["candidates"])]
+    elif cfg.task == "next_item":
         rows = [("grounded (embedding + FAISS top-1)", metrics["grounded"]),
                 ("grounded, length-normalised order", metrics["grounded_length_normalised_order"])]
         if "constrained" in metrics:

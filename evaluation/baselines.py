@@ -4,7 +4,8 @@
         [--split test] [--sample 1000 | --next-item-sample 200 --rating-sample 300] [--sample-seed 0]
 
 - next item, most popular: every user gets the same 10 items, the most frequent in the training split
-  (ties: smaller item id first); HR/NDCG@5/10 as in evaluate.py.
+  (ties: smaller item id first); HR/NDCG@5/10 as in evaluate.py. Where the examples list candidates (a build with
+  eval.negatives), also the most popular within each user's candidates (HR@1/5/10, NDCG@5/10).
 - rating, global mean: every prediction is the training split's mean rating.
 - rating, per-item mean: the item's mean training rating, the global mean for an item never rated in training.
 - P5's template files (BENCHMARK/p5/, python -m data.prepare.p5_tasks), each as evaluate.py --task p5 scores it:
@@ -23,7 +24,7 @@ import sys
 from config import cli
 from data.formats.evalfiles import (DEFAULT_RATING_SCALE, item_id_order, read_examples, read_train_stats,
                                     sample_examples)
-from evaluation.metrics import candidate_ranking_metrics, ranking_metrics, rating_metrics
+from evaluation.metrics import candidate_ranking_metrics, rank_candidates, ranking_metrics, rating_metrics
 
 
 def most_popular(stats: dict, k: int = 10) -> list:
@@ -51,6 +52,8 @@ def run(benchmark, split="test", samples=None, sample_seed=0, scale=None) -> dic
         results["next_item"] = {"most_popular": ranking_metrics([top] * len(examples),
                                                                 [x["target_item_id"] for x in examples]),
                                 "most_popular_items": top}
+        if examples and "candidates" in examples[0]:  # a build with eval.negatives
+            results["next_item"]["most_popular_candidates"] = popular_within_candidates(stats, examples, ranks=True)
     path = bench / f"rating_{split}.jsonl"
     if path.is_file() and stats["mean_rating"] is not None:
         examples = sample_examples(read_examples(path, "rating"), samples.get("rating"), sample_seed)
@@ -67,13 +70,27 @@ def run(benchmark, split="test", samples=None, sample_seed=0, scale=None) -> dic
     return results
 
 
+def popular_within_candidates(stats: dict, records: list, ranks: bool = False) -> dict:
+    """Each user's candidates ranked by their training interactions. Ties are broken by item id, not by the list's
+    order: P5's yes/no lists put the positive first. ranks: also each user's rank of the target ("ranks", for paired
+    comparisons with a model: scripts/report.py --compare)."""
+    popularity = {i: c[0] for i, c in stats["items"].items()}
+    candidates = [sorted((str(c) for c in x["candidates"]), key=item_id_order) for x in records]
+    scores = [[popularity.get(c, 0) for c in cands] for cands in candidates]
+    targets = [str(x["target_item_id"]) for x in records]
+    out = candidate_ranking_metrics(candidates, scores, targets)
+    if ranks:
+        out["ranks"] = {x["user"]: rank_candidates(c, s).index(t) + 1
+                        for x, c, s, t in zip(records, candidates, scores, targets)}
+    return out
+
+
 def p5_baselines(bench, stats: dict, split: str, sample, sample_seed: int, scale) -> dict:
     """{template: {"seen", "kind", baseline: metrics}} for each P5 template file with a baseline; the examples are
     those evaluate.py --task p5 scores with the same --sample/--sample-seed."""
     from evaluation.p5_tasks import read_template_file, template_files
 
     out = {}
-    popularity = {i: c[0] for i, c in stats["items"].items()}
     for tid, path in template_files(bench, split).items():
         records, kind = read_template_file(path)
         records = sample_examples(records, sample, sample_seed)
@@ -88,11 +105,7 @@ def p5_baselines(bench, stats: dict, split: str, sample, sample_seed: int, scale
             row["most_popular"] = ranking_metrics([most_popular(stats)] * len(records),
                                                   [str(x["target_item_id"]) for x in records])
         elif kind.startswith("direct"):
-            # ties broken by item id, not by the list's order: P5's yes/no lists put the positive first
-            candidates = [sorted((str(c) for c in x["candidates"]), key=item_id_order) for x in records]
-            row["most_popular"] = candidate_ranking_metrics(
-                candidates, [[popularity.get(c, 0) for c in cands] for cands in candidates],
-                [str(x["target_item_id"]) for x in records])
+            row["most_popular"] = popular_within_candidates(stats, records)
         else:
             continue
         out[tid] = row
@@ -106,6 +119,13 @@ def markdown(results: dict) -> str:
         lines += ["| next item | HR@5 | NDCG@5 | HR@10 | NDCG@10 | users |", "|---|---:|---:|---:|---:|---:|",
                   f"| most popular | {m['HR@5']:.4f} | {m['NDCG@5']:.4f} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} "
                   f"| {m['n_users']} |", ""]
+        if "most_popular_candidates" in results["next_item"]:
+            m = results["next_item"]["most_popular_candidates"]
+            lines += ["| next item within the candidates | HR@1 | HR@5 | NDCG@5 | HR@10 | NDCG@10 | users |",
+                      "|---|---:|---:|---:|---:|---:|---:|",
+                      "| most popular | " + " | ".join(f"{m[k]:.4f}" for k in ("HR@1", "HR@5", "NDCG@5", "HR@10",
+                                                                                  "NDCG@10")) + f" | {m['n_users']} |",
+                      ""]
     if "rating" in results:
         lines += ["| rating | RMSE | MAE | examples |", "|---|---:|---:|---:|"]
         lines += [f"| {name.replace('_', ' ')} | {m['RMSE']:.4f} | {m['MAE']:.4f} | {m['n']} |"

@@ -23,6 +23,10 @@ class NextItemSection:
     embedder: str = "all-MiniLM-L6-v2"  # Sentence-Transformers name or local path
     embedding_cache: str = "out/embedding_cache"  # folder for catalog embeddings
     constrained: bool = False  # also run trie-constrained beam search, reported beside the grounded results
+    # beams: generate (num_beams), ground each output to the catalog; candidates: no generation, each example's
+    # "candidates" (a build with eval.negatives: the target + N sampled negatives) ranked by the log-likelihood of their
+    # catalog text after the prompt, P5's direct recommendation (evaluation/scoring.py rank_candidates)
+    decoding: Literal["beams", "candidates"] = "beams"
 
 
 @dataclass

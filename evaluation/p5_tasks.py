@@ -45,7 +45,7 @@ from data.formats.tokenizer import EOS
 from evaluation.config import P5_RATING_FORMAT
 from evaluation.generate import GenerationConfig, run_generation
 from evaluation.metrics import candidate_ranking_metrics, dedupe_keep_first, ranking_metrics
-from evaluation.scoring import score_continuations
+from evaluation.scoring import rank_candidates, score_continuations
 from evaluation.text_metrics import text_generation_metrics
 from evaluation.text_tasks import answer_token, evaluate_text, yes_no_scores
 
@@ -217,7 +217,7 @@ def _generate(cfg, model, tokenizer, records, gen) -> list:
 
 def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating):
     """Each candidate text (+ EOS, as fine-tuning ends a response) scored after the prompt, a prompt's candidates
-    together (evaluation/scoring.py)."""
+    together (evaluation/scoring.py rank_candidates)."""
     eos = end = tokenizer.token_to_id(EOS)
     pool = None
     if cfg.objective == "infill":  # each candidate as the [gMASK] span, closed by [END]
@@ -225,19 +225,9 @@ def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating
         prompts, end = spans, ids["end"]
     else:
         prompts = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in records], add_special_tokens=False)]
-    continuations = [[e.ids + [end] for e in tokenizer.encode_batch(list(x["candidate_texts"]),
-                                                                    add_special_tokens=False)] for x in records]
-    scores = score_continuations(model, prompts, continuations, pad_token_id=eos,
-                                 token_budget=cfg.score_token_budget, intra_trie=pool)
-    sums = [[s.logprob for s in per] for per in scores]
-    means = [[s.mean_logprob for s in per] for per in scores]
-    candidates = [[str(c) for c in x["candidates"]] for x in records]
-    targets = [str(x["target_item_id"]) for x in records]
-    metrics = candidate_ranking_metrics(candidates, sums, targets)
-    metrics["length_normalised"] = candidate_ranking_metrics(candidates, means, targets)
-    preds = [{"target_item_id": t, "candidates": c, "logprob": s, "n_tokens": [v.n_tokens for v in per]}
-             for t, c, s, per in zip(targets, candidates, sums, scores)]
-    return preds, metrics
+    return rank_candidates(model, tokenizer, prompts, [[str(c) for c in x["candidates"]] for x in records],
+                           [x["candidate_texts"] for x in records], [str(x["target_item_id"]) for x in records],
+                           end, eos, cfg.score_token_budget, intra_trie=pool)
 
 
 def _direct_yes_no(cfg, model, tokenizer, records, run_next_item, run_rating):

@@ -68,7 +68,7 @@ def test_report_tables_and_paired_difference(tmp_path):
         (d / "metrics.json").write_text(json.dumps({"settings": {"task": "next_item", "n_examples": 4},
                                                     "grounded": {"HR@5": 0.5, "NDCG@5": 0.1, "HR@10": 0.5, "NDCG@10": 0.1}}))
     # per user, a - b: HR@5 (1, 0, -1, 0) -> mean 0; NDCG@5 (1, 0, -1/log2(3), 0) -> 0.25 * (1 - 0.6309)
-    text = report.paired_difference([("A", tmp_path / "a"), ("B", tmp_path / "b")])
+    text = "\n".join(report.comparisons([("A", tmp_path / "a"), ("B", tmp_path / "b")], None))
     assert "| +0.0000 [" in text and f"| {0.25 * (1 - 1 / math.log2(3)):+.4f} [" in text
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     metrics["constrained"] = {"HR@5": 0.25, "NDCG@5": 0.2, "HR@10": 0.75, "NDCG@10": 0.3}
@@ -103,3 +103,41 @@ def test_p5_template_baselines_hand_worked(tmp_path):
     assert p5["1-10"]["per_item_mean"]["RMSE"] == pytest.approx(0.5)  # item 1: 9.0 / 2 = 4.5 vs 5
     assert p5["1-10"]["global_mean"]["RMSE"] == pytest.approx(5 - 11 / 3)
     assert "| 5-5 | seen | most popular | HR@1 0.5000" in baselines.markdown(baselines.run(bench))
+
+
+def test_most_popular_within_candidates_and_the_paired_comparison(tmp_path):
+    """Within each user's candidates, by training interactions (ties by item id, not list order); a model that
+    ranked the same candidates is compared user by user with it."""
+    import importlib.util
+    import pathlib
+
+    bench = write_benchmark(tmp_path / "b")
+    rows = [{"user": "a", "prompt": "p", "target_item_id": "1", "candidates": ["3", "1", "9"]},
+            {"user": "b", "prompt": "p", "target_item_id": "4", "candidates": ["4", "10", "3"]}]
+    (bench / "next_item_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = baselines.run(bench)
+    r = results["next_item"]["most_popular_candidates"]
+    # a: counts 3 -> 3, 1 -> 3, 9 -> 0; 1 and 3 tie, item id 1 first: rank 1. b: 4 -> 0 (unseen), 10 -> 3, 3 -> 3:
+    # rank 3
+    assert r["ranks"] == {"a": 1, "b": 3} and r["HR@1"] == 0.5 and r["HR@5"] == 1.0
+    assert r["NDCG@5"] == pytest.approx((1 + 1 / math.log2(4)) / 2)
+    spec = importlib.util.spec_from_file_location("report", pathlib.Path(__file__).parents[1] / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "metrics.json").write_text(json.dumps(results))
+    model = tmp_path / "m"
+    model.mkdir()  # the model ranks a's target second, b's first
+    (model / "metrics.json").write_text(json.dumps({"settings": {"task": "next_item", "n_examples": 2},
+                                                    "candidates": {k: 0.5 for k in report.CANDIDATE_KEYS}}))
+    (model / "predictions.jsonl").write_text("".join(json.dumps(
+        {"user": u, "target_item_id": t, "candidates": c, "logprob": s}) + "\n" for u, t, c, s in
+        [("a", "1", ["3", "1", "9"], [-1.0, -2.0, -3.0]), ("b", "4", ["4", "10", "3"], [-1.0, -1.0, -5.0])]))
+    assert report.candidate_ranks(model) == {"a": 2, "b": 1}  # b's tie goes to the list's first
+    text = "\n".join(report.comparisons([("M", model)], base))
+    # HR@1 per user: a 0 - 1, b 1 - 0 -> 0; NDCG@5: a 1/log2(3) - 1, b 1 - 1/log2(4) -> mean
+    assert "M minus most popular within the candidates (2 users" in text and "| +0.0000 [" in text
+    assert f"| {((1 / math.log2(3) - 1) + (1 - 0.5)) / 2:+.4f} [" in text
+    table = report.tables([("M", model)], base, [], None)
+    assert "| M | 0.5000 | 0.5000 |" in table and "| most popular within the candidates (baseline) | 0.5000 |" in table

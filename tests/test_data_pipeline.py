@@ -523,3 +523,58 @@ def test_a_stage_is_complete_or_absent(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
     redone = workdir.run_stage(folder, "fp2", lambda o: {"by": "redo"}, "stage", announce=False)
     assert redone["result"] == {"by": "redo"} and workdir.done_record(folder) == redone
+
+
+def test_item_tokens_and_sampled_negatives(tmp_path):
+    """item_tokens: one added token per catalog item and per rating string, each encoding to one id; the documents,
+    pairs and evaluation files hold the same interactions as the text build, each line now 2-3 tokens. eval.negatives:
+    every next-item example lists its target once among N items of the catalog that the user never touched, the same
+    in both builds; a given tokenizer cannot take item tokens (config error)."""
+    ml = movielens_fixture(tmp_path / "ml")
+    source = {"name": "ml", "reader": "movielens", "domain": "movielens", "benchmark": True,
+              "finetune_from_train": True, "options": {"path": str(ml)}}
+    text = build(tmp_path, "text", [source], eval={"negatives": 5})
+    tokens = build(tmp_path, "tokens", [{**source, "item_tokens": True}], eval={"negatives": 5})
+    tok = tokenizer_lib.load(tokens / "tokenizer.json")
+    added = [f"<ml#{i}>" for i in range(1, 32)] + [f"{r}.0/5.0" for r in range(1, 6)]
+    ids = [tok.encode(t, add_special_tokens=False).ids for t in added]
+    assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(added)
+    n = tok.get_vocab_size(with_added_tokens=True)  # the BPE may stop short of its share: no pair left to merge
+    assert n <= 400 and [i[0] for i in ids] == list(range(n - len(added), n))  # the last ids, in catalog order
+    assert tok.decode(tok.encode("<ml#3>4.0/5.0\n<ml#12>", add_special_tokens=False).ids) == "<ml#3>4.0/5.0\n<ml#12>"
+    # the same interactions, fewer tokens: every rated item of a document is the 2 tokens item + rating
+    t_stats, k_stats = (json.loads((b / "meta.json").read_text())["sources"]["ml"]["counts"] for b in (text, tokens))
+    assert t_stats["interactions_in_documents"] == k_stats["interactions_in_documents"]
+    assert k_stats["tokens"] < t_stats["tokens"] / 3
+    rows = PackedDataset(tokens)
+    flat = np.concatenate([np.asarray(rows[i]) for i in range(len(rows))])
+    item_ids = {i[0] for i in ids[:31]}
+    assert sum(int(t) in item_ids for t in flat) == k_stats["interactions_in_documents"]
+    for task in ("next_item", "rating"):
+        for split in ("test", "validation"):
+            a, b = (read_jsonl(out / "eval" / "ml" / f"{task}_{split}.jsonl") for out in (text, tokens))
+            assert [(x["user"], x["target_item_id"], x.get("candidates")) for x in a] == \
+                   [(x["user"], x["target_item_id"], x.get("candidates")) for x in b]
+            # shorter lines: a cut prompt keeps at least as many of its most recent items
+            assert all(y["history_item_ids"][-len(x["history_item_ids"]):] == x["history_item_ids"]
+                       for x, y in zip(a, b) if x["history_item_ids"])
+    catalog = {r["item_id"]: r["text"] for r in read_jsonl(tokens / "eval" / "ml" / "catalog.jsonl")}
+    assert catalog["7"] == "<ml#7>" and len(catalog) == 31
+    seen = {}
+    for line in (ml / "u.data").read_text().splitlines():
+        user, item = line.split("\t")[:2]
+        seen.setdefault(user, set()).add(item)
+    test = read_jsonl(text / "eval" / "ml" / "next_item_test.jsonl")
+    valid = {x["user"]: x for x in read_jsonl(text / "eval" / "ml" / "next_item_validation.jsonl")}
+    for x in test:
+        c = x["candidates"]
+        assert len(c) == len(set(c)) == 6 and c.count(x["target_item_id"]) == 1 and set(c) <= set(catalog)
+        assert not (set(c) - {x["target_item_id"]}) & seen[x["user"]]  # never an item of the user's whole history
+    assert sum(x["candidates"] != valid[x["user"]]["candidates"] for x in test) > len(test) // 2  # drawn per split
+    again = build(tmp_path, "again", [source], eval={"negatives": 5})
+    assert files_of(again)["eval/ml/next_item_test.jsonl"] == files_of(text)["eval/ml/next_item_test.jsonl"]
+    with pytest.raises(ConfigError, match=r"tokenizer.train.vocab_size' = 290: .*257 ids .* 36 item and rating"):
+        build(tmp_path, "small", [{**source, "item_tokens": True}], tokenizer={"train": {"vocab_size": 290}})
+    with pytest.raises(ConfigError, match=r"sources.0.item_tokens.*needs tokenizer.train"):
+        build(tmp_path, "given", [{**source, "item_tokens": True}],
+              tokenizer={"path": str(tokens / "tokenizer.json")})

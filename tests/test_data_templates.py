@@ -110,3 +110,25 @@ def test_prompt_serialisation_rules():
     assert prompt.endswith("; Rating:\n\n### Response:")  # no trailing space or newline
     assert "as follows:\n\nTitle: Cafe" in prompt  # one blank line after the header
     assert response == "2.0/5.0" and not response.startswith((" ", "\n"))
+
+
+def test_item_tokens_replace_every_field_and_the_rating_label():
+    """A source with item_tokens: each item is its one token, a rating its one string right after it; App. B's
+    headers, instructions and blank lines stay."""
+    from data.prepare.config import SourceConfig
+
+    d = templates.source_domain(SourceConfig("ml", "movielens", "movielens", item_tokens=True))
+    assert templates.get_domain("movielens").item_tokens is None and d.item_tokens == "ml"
+    toy = Interaction("u", Item("1", title="Toy Story (1995)", genres="Animation"), rating=4.0)
+    heat = Interaction("u", Item("6", title="Heat (1995)", genres="Action"), rating=5.0)
+    assert templates.pretrain_document(d, [toy, heat]) == (
+        "Given the interaction history of a user with movies/shows as follows:\n\n<ml#1>4.0/5.0\n<ml#6>5.0/5.0")
+    prompt, response = templates.rating_pair(d, [toy, heat])
+    assert prompt == ("### Instruction:\nPredict rating for the last item.\n"
+                      "Given the interaction history of a user with movies/shows as follows:\n\n"
+                      "<ml#1>4.0/5.0\n<ml#6>\n\n### Response:") and response == "5.0/5.0"
+    prompt, response = templates.next_item_pair(d, [toy], heat.item)
+    assert prompt.endswith("as follows:\n\n<ml#1>\n\n### Response:") and response == "<ml#6>"
+    assert templates.item_text(d, heat.item) == "<ml#6>"
+    books = templates.source_domain(SourceConfig("b", "amazon", "amazon_books", item_tokens=True))
+    assert templates.next_item_line(books, books.history, toy) == "<b#1>"  # no trailing ";" after a token

@@ -159,3 +159,46 @@ def test_next_item_for_a_blank_infilling_model(setup):
         evaluate.main([f"--checkpoint={setup / 'causal-ckpt'}", f"--benchmark={bench}", "--task=next_item",
                        f"--out={setup / 'x'}", "--objective=infill", "--max-new-tokens=4", "--device=cpu",
                        f"--embedding-cache={setup / 'emb'}"])
+
+
+def test_next_item_candidates_ranked_by_likelihood(setup, tmp_path):
+    """next_item.decoding=candidates: each candidate's catalog text + EOS scored after the prompt, equal to the
+    model's own log-probabilities of the whole sequence run at once (no cache), and ranked by them; a benchmark
+    without candidates is refused, naming the file and the build key."""
+    import torch
+
+    from data.formats.tokenizer import EOS, load
+    from evaluation.metrics import candidate_ranking_metrics
+    from model.checkpoint import load_model
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "catalog.jsonl").write_text((setup / "bench" / "catalog.jsonl").read_text())
+    rows = [json.loads(line) for line in open(setup / "bench" / "next_item_test.jsonl")]
+    for k, r in enumerate(rows):  # 4 candidates a user, the target among them
+        r["candidates"] = [str((k + j) % 10 + 1) for j in range(3)] + [r["target_item_id"]]
+        r["candidates"] = list(dict.fromkeys(r["candidates"]))
+    (bench / "next_item_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    metrics = evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={bench}", "--task=next_item",
+                             "--next_item.decoding=candidates", f"--out={out}", "--device=cpu"])
+    predictions = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    tok, model = load(setup / "ckpt" / "tokenizer.json"), load_model(setup / "ckpt").eval()
+    eos = tok.token_to_id(EOS)
+    for r, p in zip(rows, predictions):
+        assert p["user"] == r["user"] and p["candidates"] == r["candidates"]
+        for c, logprob in zip(r["candidates"], p["logprob"]):
+            prompt = tok.encode(r["prompt"], add_special_tokens=False).ids
+            answer = tok.encode(ITEMS[int(c) - 1], add_special_tokens=False).ids + [eos]
+            with torch.no_grad():
+                logp = model(torch.tensor([prompt + answer])).log_softmax(-1)[0].double()
+            expected = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer))
+            assert logprob == pytest.approx(expected, abs=1e-4)
+    recomputed = candidate_ranking_metrics([p["candidates"] for p in predictions], [p["logprob"] for p in predictions],
+                                           [r["target_item_id"] for r in rows])
+    assert metrics["candidates"]["HR@1"] == recomputed["HR@1"] and metrics["candidates"]["NDCG@5"] == \
+        pytest.approx(recomputed["NDCG@5"])
+    assert "| summed log-probability |" in (out / "metrics.md").read_text()
+    with pytest.raises(ValueError, match=r"next_item_test.jsonl: user u0 has no 'candidates' .*eval.negatives"):
+        evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={setup / 'bench'}", "--task=next_item",
+                       "--next_item.decoding=candidates", f"--out={tmp_path / 'x'}", "--device=cpu"])

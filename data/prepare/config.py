@@ -41,6 +41,10 @@ class PackSection:
 class EvalPromptSection:
     max_new_tokens: int = 128  # an evaluation prompt leaves this many tokens of max_seq_len for the answer
     missing_title: str = "unknown title"
+    # next-item prompts also carry the target among this many sampled negatives ("candidates": items of the source's
+    # catalog the user never interacted with, uniform, seeded per user; P5's direct recommendation is 1 + 99), which
+    # evaluate.py can rank by likelihood (next_item.decoding=candidates); 0: none
+    negatives: int = 0
 
 
 @dataclass
@@ -67,6 +71,9 @@ class SourceConfig:
     # interactions and evaluation files are the full source's; the other users' training rows are dropped and counted
     # ("user_not_in_users_file"), and a listed user the source lacks is an error
     users_file: Optional[str] = None
+    # write each item as one token of its own (and each rating as one token) instead of its title and fields
+    # (data/prepare/templates.py); needs tokenizer.train, which then adds those tokens after its BPE
+    item_tokens: bool = False
     options: dict = field(default_factory=dict)  # the reader's own options (path, ...)
 
     def __post_init__(self):
@@ -123,7 +130,8 @@ class BuildConfig:
         self.pack.seq_len = self.pack.seq_len or self.max_seq_len
         for key, value, low in (("pack.seq_len", self.pack.seq_len, 2),
                                 ("pack.rows_per_shard", self.pack.rows_per_shard, 1),
-                                ("eval.max_new_tokens", self.eval.max_new_tokens, 1)):
+                                ("eval.max_new_tokens", self.eval.max_new_tokens, 1),
+                                ("eval.negatives", self.eval.negatives, 0)):
             if value < low:
                 raise invalid(key, value, f"must be >= {low}")
         if self.eval.max_new_tokens >= self.max_seq_len:
@@ -138,6 +146,9 @@ class BuildConfig:
         if len(set(names)) != len(names):
             raise invalid("sources", names, "source names must be unique")
         for i, s in enumerate(self.sources):
+            if s.item_tokens and self.tokenizer.train is None:
+                raise invalid(f"sources.{i}.item_tokens", True, "needs tokenizer.train: the trained BPE adds the item "
+                              "and rating tokens (a given tokenizer's ids are fixed)")
             for o in s.exclude_users_of:
                 if o not in names[:i]:
                     raise invalid(f"sources.{i}.exclude_users_of", o, "must name an earlier source")

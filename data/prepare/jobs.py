@@ -98,7 +98,7 @@ def bucket_users(cfg: BuildConfig, job: Job, table: str, group: str, extra: tupl
 def write_train(cfg: BuildConfig, job: Job, tok_path: str, out: pathlib.Path) -> dict:
     """A training bucket's (or, for a "valid" job, a validation bucket's) documents and fine-tuning pairs."""
     s = _source(cfg, job.source)
-    d = templates.get_domain(s.domain)
+    d = templates.source_domain(s)
     tok = load_tokenizer(tok_path)
     enc = Encoder(tok)
     vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -138,18 +138,25 @@ def write_train(cfg: BuildConfig, job: Job, tok_path: str, out: pathlib.Path) ->
 
 def write_eval(cfg: BuildConfig, job: Job, tok_path: str, out: pathlib.Path) -> dict:
     s = _source(cfg, job.source)
-    d = templates.get_domain(s.domain)
+    d = templates.source_domain(s)
     enc = Encoder(load_tokenizer(tok_path))
     writer = EvalWriter(out)
     manifest = ManifestWriter(out / "manifest.parquet", job.source) if cfg.write_manifests else None
     counts: collections.Counter = collections.Counter()
+    catalog = []
+    if cfg.eval.negatives:
+        con = engine.connect(cfg.work_dir, cfg.memory_limit, threads=1)
+        try:
+            catalog = normalise.item_ids(con, cfg, job.source)
+        finally:
+            con.close()
     users = []
     for _, history, per_row in bucket_users(cfg, job, "heldout", "rank", ("rating_split",)):
         users.append((history[0].user, history, [r[0] for r in per_row] if s.rating_split else None))
         if len(users) >= cfg.batch_users:
-            write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts)
+            write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts, catalog)
             users.clear()
-    write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts)
+    write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts, catalog)
     files = writer.close()
     if manifest:
         manifest.close()

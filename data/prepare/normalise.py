@@ -21,7 +21,7 @@ import pathlib
 import pyarrow as pa
 
 from config import ConfigError
-from data.formats.evalfiles import RATING_LOW
+from data.formats.evalfiles import RATING_LOW, item_id_order
 from data.prepare import engine, templates, workdir
 from data.prepare.config import BuildConfig, SourceConfig
 from data.prepare.records import ITEM_FIELDS, BadLines, DataError
@@ -35,6 +35,12 @@ ITEMS = pa.schema([("id", pa.string()), *[(f, pa.string()) for f in ITEM_FIELDS]
 
 def source_dir(cfg: BuildConfig, name: str) -> pathlib.Path:
     return pathlib.Path(cfg.work_dir) / "sources" / name
+
+
+def item_ids(con, cfg: BuildConfig, name: str) -> list[str]:
+    """Every item id of a normalised source's catalog, in the catalog's order (evalfiles.item_id_order)."""
+    table = engine.parquet(source_dir(cfg, name) / "items.parquet")
+    return sorted((i for batch in engine.rows(con, f"SELECT id FROM {table}") for i in batch["id"]), key=item_id_order)
 
 
 def source_fingerprint(cfg: BuildConfig, s: SourceConfig) -> str:

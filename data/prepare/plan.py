@@ -44,8 +44,8 @@ def plan_dir(cfg: BuildConfig, name: str) -> pathlib.Path:
 def plan_fingerprint(cfg: BuildConfig, s: SourceConfig, source_fps: dict) -> str:
     code = workdir.code_fingerprint(__name__, "data.prepare.recipe", "data.prepare.templates", "data.prepare.engine")
     return workdir.fingerprint("plan", code, source_fps[s.name], [source_fps[o] for o in s.exclude_users_of],
-                               {k: getattr(s, k) for k in ("domain", "benchmark", "rating_split", "finetune_from_train",
-                                                           "exclude_users_of", "users_file")},
+                               {k: getattr(s, k) for k in ("domain", "item_tokens", "benchmark", "rating_split",
+                                                           "finetune_from_train", "exclude_users_of", "users_file")},
                                workdir.input_stats({"users_file": s.users_file}),
                                {k: getattr(cfg, k) for k in ("seed", "min_interactions", "finetune_fraction",
                                                              "valid_fraction", "bucket_interactions",
@@ -326,7 +326,7 @@ def write_benchmark(con, cfg: BuildConfig, s: SourceConfig, out: pathlib.Path, r
                 c[1] += 1
                 c[2] += rating
     rated = sum(c[1] for c in items.values())
-    d = templates.get_domain(s.domain)
+    d = templates.source_domain(s)
     stats = {"interactions": sum(c[0] for c in items.values()), "rated_interactions": rated,
              "mean_rating": sum(c[2] for c in items.values()) / rated if rated else None,
              "rating_scale": [RATING_LOW, d.scale] if d.scale is not None else None,

@@ -15,7 +15,13 @@ Paper quirks kept on purpose (§7.5): Amazon Books uses `Brand:` in B.1, `Author
 `Author: ...;` with a trailing semicolon in B.2.2; the Goodreads and MovieLens next-item responses
 omit Genres. Amazon's metadata has no author field, so Amazon Books' "Author" shows `brand` (the
 paper's own B.2.2 placeholder is `{brand}`). ".." and "...Title" in the paper are typos for "...".
+
+Item tokens (a source's `item_tokens: true`; Hua et al.'s independent indexing, p5.md [RID]): the same layout with
+each item written as one token of its own and each rating as one token, so that a line costs 2-3 tokens instead of
+20-30 (a pre-training line "<movielens-100k#50>4.0/5.0", a history line "<movielens-100k#50>"; a rating prompt's
+last line is the bare item token and its answer the rating's token). The headers and instructions stay App. B's.
 """
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
@@ -40,6 +46,10 @@ class Domain:
     response: Fields  # B.2.2 response fields
     scale: Optional[float] = 5.0  # "/5.0" or "/10.0"; None: no ratings at all
     trailing_semicolon: bool = False  # B.2.2 Amazon Books prints "Author: {brand};"
+    # a source with item_tokens (source_domain): the token namespace (the source's name). Each item is then written as
+    # its own token, `<{namespace}#{id}>`, in place of every field of its line, and a rating as its own token right
+    # after it (the tokenizer adds both, data/prepare/bpe.py); None: App. B's text lines
+    item_tokens: Optional[str] = None
 
     @property
     def header(self) -> str:
@@ -70,9 +80,23 @@ def get_domain(name: str) -> Domain:
     return DOMAINS[name]
 
 
-def render_fields(fields: Fields, x: Interaction) -> str:
+def source_domain(source) -> Domain:
+    """The templates of a build source (a SourceConfig): its domain's, written with item tokens when it asks for them."""
+    d = get_domain(source.domain)
+    return dataclasses.replace(d, item_tokens=source.name) if source.item_tokens else d
+
+
+def item_token(namespace: str, item_id: str) -> str:
+    """The added token that names one item of an item-token source, e.g. `<movielens-100k#50>`."""
+    return f"<{namespace}#{item_id}>"
+
+
+def render_fields(fields: Fields, x: Interaction, d: Domain) -> str:
     # "Label: value" of each field the interaction has (attribute "review" is the interaction's, the others
-    # its item's), joined by "; "; a plain loop: this runs for every line of every text the pipeline writes
+    # its item's), joined by "; "; a plain loop: this runs for every line of every text the pipeline writes.
+    # With item tokens the item's one token replaces them all
+    if d.item_tokens:
+        return item_token(d.item_tokens, x.item.id)
     item, parts = x.item, []
     for label, attr in fields:
         v = x.review if attr == "review" else getattr(item, attr)
@@ -87,10 +111,15 @@ def format_rating(rating: float, scale: float) -> str:
 
 
 def pretrain_line(d: Domain, x: Interaction) -> str:
-    line = render_fields(d.pretrain, x)
+    line = render_fields(d.pretrain, x, d)
     if d.scale is not None and x.rating is not None:
-        line += f"; Rating: {format_rating(x.rating, d.scale)}"
+        line += rating_part(d, x.rating)
     return line
+
+
+def rating_part(d: Domain, rating: float) -> str:
+    # "; Rating: 4.0/5.0", or with item tokens the bare rating string, one added token (no label to spend tokens on)
+    return format_rating(rating, d.scale) if d.item_tokens else f"; Rating: {format_rating(rating, d.scale)}"
 
 
 PROMPT_TAIL = "\n\n### Response:"
@@ -119,11 +148,11 @@ def wrap_prompt(task: str, d: Domain, lines: Sequence[str]) -> str:
 
 
 def rating_line(d: Domain, x: Interaction, hide: bool = False) -> str:
-    line = render_fields(d.rating, x)
+    line = render_fields(d.rating, x, d)
     if hide:
-        return line + "; Rating:"
+        return line if d.item_tokens else line + "; Rating:"
     if x.rating is not None:
-        line += f"; Rating: {format_rating(x.rating, d.scale)}"
+        line += rating_part(d, x.rating)
     return line
 
 
@@ -137,8 +166,8 @@ def rating_pair(d: Domain, context: Sequence[Interaction]) -> tuple[str, str]:
 
 
 def next_item_line(d: Domain, fields: Fields, x: Interaction) -> str:
-    line = render_fields(fields, x)
-    return line + ";" if d.trailing_semicolon else line
+    line = render_fields(fields, x, d)
+    return line + ";" if d.trailing_semicolon and not d.item_tokens else line
 
 
 def item_text(d: Domain, item: Item) -> str:
