@@ -230,9 +230,6 @@ def rank_next_item_candidates(cfg, model, tokenizer, examples, text_of: dict) ->
     """next_item.decoding=candidates: each example's candidates ranked by the likelihood of their catalog text."""
     from evaluation.scoring import rank_candidates
 
-    if cfg.objective == "infill":
-        raise ValueError("next_item.decoding=candidates ranks a causal model's responses; a blank-infilling model's "
-                         "candidates are ranked by task p5 (direct templates)")
     where = f"{cfg.benchmark}/next_item_{cfg.split}.jsonl"
     for x in examples:
         cands = x.get("candidates")

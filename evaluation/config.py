@@ -142,6 +142,12 @@ class EvalConfig:
             raise invalid("infill_prompt", self.infill_prompt, "the pre-training document form exists for next_item "
                           "only (its answer is the next item line)")
         n = self.next_item
+        if n.decoding == "candidates" and n.constrained:
+            raise invalid("next_item.constrained", True, "constrains beam search, and next_item.decoding=candidates "
+                          "generates nothing (it scores the candidates)")
+        if n.decoding == "candidates" and self.objective == "infill":
+            raise invalid("next_item.decoding", n.decoding, "ranks a causal model's responses; a blank-infilling "
+                          "model's candidates are ranked by task p5 (direct templates)")
         if n.num_return_sequences > n.num_beams:
             raise invalid("next_item.num_return_sequences", n.num_return_sequences,
                           f"must be <= next_item.num_beams = {n.num_beams}")

@@ -167,6 +167,7 @@ def test_next_item_candidates_ranked_by_likelihood(setup, tmp_path):
     without candidates is refused, naming the file and the build key."""
     import torch
 
+    from config import ConfigError
     from data.formats.tokenizer import EOS, load
     from evaluation.metrics import candidate_ranking_metrics
     from model.checkpoint import load_model
@@ -199,6 +200,10 @@ def test_next_item_candidates_ranked_by_likelihood(setup, tmp_path):
     assert metrics["candidates"]["HR@1"] == recomputed["HR@1"] and metrics["candidates"]["NDCG@5"] == \
         pytest.approx(recomputed["NDCG@5"])
     assert "| summed log-probability |" in (out / "metrics.md").read_text()
+    for flag, why in (("--constrained", "next_item.constrained"), ("--objective=infill", "next_item.decoding")):
+        with pytest.raises(ConfigError, match=why):  # a choice that would be ignored is refused, named
+            evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={bench}", "--task=next_item",
+                           "--next_item.decoding=candidates", f"--out={tmp_path / 'x'}", flag])
     with pytest.raises(ValueError, match=r"next_item_test.jsonl: user u0 has no 'candidates' .*eval.negatives"):
         evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={setup / 'bench'}", "--task=next_item",
                        "--next_item.decoding=candidates", f"--out={tmp_path / 'x'}", "--device=cpu"])
