@@ -12,6 +12,9 @@
     # by the likelihood of their catalog text after the next-item prompt; HR@1/5/10, NDCG@5/10
     python evaluate.py --checkpoint out/demo/finetune/model --benchmark out/demo/data/eval/movielens-100k --task next_item \
         --next_item.decoding=candidates --out out/eval/ml-candidates
+    # the same candidates for a pre-trained (not instruction-tuned) model: each as the next line of the history document
+    python evaluate.py --checkpoint out/demo/pretrain/model --benchmark out/demo/data/eval/movielens-100k --task next_item \
+        --next_item.decoding=candidates --next_item.prompt=document --out out/eval/ml-candidates-pretrained
     # rating prediction: sampling (temperature 1.0, top-p 0.9, top-k 50), three seeds, mean +- std
     python evaluate.py --checkpoint out/recgpt-7b --benchmark out/data/movielens-100k/eval/movielens-100k --task rating \
         --out out/eval/ml-rating --seeds 0 1 2
@@ -66,7 +69,7 @@ from evaluation.generate import GenerationConfig, run_generation
 from evaluation.infill_prompts import catalog_lines, infill_form, infill_prompts
 from output import OutputLock, staged_dir
 from output.provenance import write_environment
-from evaluation.metrics import dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
+from evaluation.metrics import CANDIDATE_KEYS, dedupe_keep_first, mean_std, ranking_metrics, rating_metrics
 
 log = logging.getLogger("evaluate")
 
@@ -148,8 +151,8 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
     infill = cfg.objective == "infill"
     # an infilling model prompted with a document generates an item as a document line shows it (the catalog's
     # "line"); a causal one, or one prompted with the instruction, as the instruction response does ("text")
-    item_ids, texts = read_catalog(bench / "catalog.jsonl", "line" if infill and infill_form(cfg) == "document"
-                                   else "text")
+    document = cfg.next_item.prompt == "document" or (infill and infill_form(cfg) == "document")
+    item_ids, texts = read_catalog(bench / "catalog.jsonl", "line" if document else "text")
     known = set(item_ids)
     absent = [x["target_item_id"] for x in examples if x["target_item_id"] not in known]
     if absent:
@@ -227,8 +230,9 @@ def evaluate_next_item(cfg, model, tokenizer, examples) -> tuple:
 
 
 def rank_next_item_candidates(cfg, model, tokenizer, examples, text_of: dict) -> tuple:
-    """next_item.decoding=candidates: each example's candidates ranked by the likelihood of their catalog text."""
-    from evaluation.scoring import rank_candidates
+    """next_item.decoding=candidates: each example's candidates ranked by the likelihood of their catalog text after
+    the instruction prompt (+ EOS), or of their document line after the history document (next_item.prompt)."""
+    from evaluation.scoring import rank_candidates_by_likelihood
 
     where = f"{cfg.benchmark}/next_item_{cfg.split}.jsonl"
     for x in examples:
@@ -238,11 +242,19 @@ def rank_next_item_candidates(cfg, model, tokenizer, examples, text_of: dict) ->
         if x["target_item_id"] not in cands or any(c not in text_of for c in cands):
             raise ValueError(f"{where}: user {x['user']}'s candidates must hold the target and only catalog items")
     eos = tokenizer.token_to_id(EOS)
-    prompts = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in examples], add_special_tokens=False)]
+    if cfg.next_item.prompt == "document":  # the next line of the user's history document; a line has no end token
+        if any("document" not in x for x in examples):
+            raise ValueError(f"{where}: next_item.prompt=document needs each example's 'document' (data.prepare "
+                             f"writes it)")
+        texts, end = [x["document"] + "\n" for x in examples], None
+    else:
+        texts, end = [x["prompt"] for x in examples], eos
+    prompts = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
     started = time.time()
-    predictions, metrics = rank_candidates(model, tokenizer, prompts, [x["candidates"] for x in examples],
-                                           [[text_of[c] for c in x["candidates"]] for x in examples],
-                                           [x["target_item_id"] for x in examples], eos, eos, cfg.score_token_budget)
+    predictions, metrics = rank_candidates_by_likelihood(
+        model, tokenizer, prompts, [x["candidates"] for x in examples],
+        [[text_of[c] for c in x["candidates"]] for x in examples], [x["target_item_id"] for x in examples], end, eos,
+        cfg.score_token_budget)
     for x, p in zip(examples, predictions):
         p["user"] = x["user"]
     metrics["log"] = {"scoring_seconds": time.time() - started, "candidates_per_user": len(examples[0]["candidates"])}
@@ -327,9 +339,6 @@ TASKS = {"next_item": evaluate_next_item, "rating": evaluate_rating, "text": eva
 
 # ---------------------------------------------------------------------------------------------
 # reports
-
-
-CANDIDATE_KEYS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10")
 
 
 def candidates_table(m: dict) -> str:

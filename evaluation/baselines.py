@@ -24,7 +24,8 @@ import sys
 from config import cli
 from data.formats.evalfiles import (DEFAULT_RATING_SCALE, item_id_order, read_examples, read_train_stats,
                                     sample_examples)
-from evaluation.metrics import candidate_ranking_metrics, rank_candidates, ranking_metrics, rating_metrics
+from evaluation.metrics import (CANDIDATE_KEYS, candidate_ranking_metrics, rank_candidates, ranking_metrics,
+                                rating_metrics)
 
 
 def most_popular(stats: dict, k: int = 10) -> list:
@@ -123,8 +124,7 @@ def markdown(results: dict) -> str:
             m = results["next_item"]["most_popular_candidates"]
             lines += ["| next item within the candidates | HR@1 | HR@5 | NDCG@5 | HR@10 | NDCG@10 | users |",
                       "|---|---:|---:|---:|---:|---:|---:|",
-                      "| most popular | " + " | ".join(f"{m[k]:.4f}" for k in ("HR@1", "HR@5", "NDCG@5", "HR@10",
-                                                                                  "NDCG@10")) + f" | {m['n_users']} |",
+                      "| most popular | " + " | ".join(f"{m[k]:.4f}" for k in CANDIDATE_KEYS) + f" | {m['n_users']} |",
                       ""]
     if "rating" in results:
         lines += ["| rating | RMSE | MAE | examples |", "|---|---:|---:|---:|"]
@@ -136,8 +136,7 @@ def markdown(results: dict) -> str:
             for name in ("global_mean", "per_item_mean", "most_popular"):
                 if name in row:
                     m = row[name]
-                    keys = ("RMSE", "MAE") if "RMSE" in m else tuple(k for k in ("HR@1", "HR@5", "NDCG@5", "HR@10",
-                                                                                   "NDCG@10") if k in m)
+                    keys = ("RMSE", "MAE") if "RMSE" in m else tuple(k for k in CANDIDATE_KEYS if k in m)
                     cells = ", ".join(f"{k} {m[k]:.4f}" for k in keys)
                     lines.append(f"| {tid} | {'seen' if row['seen'] else 'unseen'} | {name.replace('_', ' ')} | "
                                  f"{cells} | {row['n']} |")

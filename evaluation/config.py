@@ -25,8 +25,13 @@ class NextItemSection:
     constrained: bool = False  # also run trie-constrained beam search, reported beside the grounded results
     # beams: generate (num_beams), ground each output to the catalog; candidates: no generation, each example's
     # "candidates" (a build with eval.negatives: the target + N sampled negatives) ranked by the log-likelihood of their
-    # catalog text after the prompt, P5's direct recommendation (evaluation/scoring.py rank_candidates)
+    # catalog text after the prompt, P5's direct recommendation (evaluation/scoring.py rank_candidates_by_likelihood)
     decoding: Literal["beams", "candidates"] = "beams"
+    # a causal model's prompt: the `instruction` prompt (an instruction-tuned model), or, with decoding=candidates, the
+    # history as a pre-training `document` continued by a newline, each candidate scored as the document line that
+    # would show it (catalog "line"): a pre-trained model read in its own format. An infilling model's form is
+    # infill_prompt
+    prompt: Literal["instruction", "document"] = "instruction"
 
 
 @dataclass
@@ -145,6 +150,9 @@ class EvalConfig:
         if n.decoding == "candidates" and n.constrained:
             raise invalid("next_item.constrained", True, "constrains beam search, and next_item.decoding=candidates "
                           "generates nothing (it scores the candidates)")
+        if n.prompt == "document" and (n.decoding != "candidates" or self.objective != "causal"):
+            raise invalid("next_item.prompt", n.prompt, "the document form scores a causal model's candidates "
+                          "(next_item.decoding=candidates; an infilling model's form is infill_prompt)")
         if n.decoding == "candidates" and self.objective == "infill":
             raise invalid("next_item.decoding", n.decoding, "ranks a causal model's responses; a blank-infilling "
                           "model's candidates are ranked by task p5 (direct templates)")

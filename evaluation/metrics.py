@@ -78,6 +78,9 @@ def rank_candidates(candidates: Sequence[Hashable], scores: Sequence[float]) -> 
     return [candidates[i] for i in order]
 
 
+CANDIDATE_KEYS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10")  # the metrics a candidate ranking is reported by
+
+
 def candidate_ranking_metrics(candidate_lists: Sequence[Sequence[Hashable]], score_lists: Sequence[Sequence[float]],
                               targets: Sequence[Hashable], ks=(1, 5, 10)) -> dict:
     """HR@k and NDCG@k within each user's candidate list (P5's direct recommendation: 1 positive + 99 negatives),

@@ -44,8 +44,8 @@ from data.formats.evalfiles import p5_files, p5_record_kind, read_p5_examples, s
 from data.formats.tokenizer import EOS
 from evaluation.config import P5_RATING_FORMAT
 from evaluation.generate import GenerationConfig, run_generation
-from evaluation.metrics import candidate_ranking_metrics, dedupe_keep_first, ranking_metrics
-from evaluation.scoring import rank_candidates, score_continuations
+from evaluation.metrics import CANDIDATE_KEYS, candidate_ranking_metrics, dedupe_keep_first, ranking_metrics
+from evaluation.scoring import rank_candidates_by_likelihood, score_continuations
 from evaluation.text_metrics import text_generation_metrics
 from evaluation.text_tasks import answer_token, evaluate_text, yes_no_scores
 
@@ -53,8 +53,7 @@ FAMILIES = ("rating", "sequential", "explanation", "review", "direct")
 # the headline columns of the results table, by record kind (data/formats/evalfiles.py p5_record_kind: the review
 # family's 4-2 / 4-4 are "rating", its summarization templates "review")
 COLUMNS = {"rating": ("RMSE", "MAE"), "sequential": ("HR@5", "NDCG@5", "HR@10", "NDCG@10"),
-           "direct_candidates": ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"),
-           "direct_yes_no": ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10"),
+           "direct_candidates": CANDIDATE_KEYS, "direct_yes_no": CANDIDATE_KEYS,
            "explanation": ("BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L"),
            "review": ("BLEU-2", "ROUGE-1", "ROUGE-2", "ROUGE-L")}
 TEMPLATE_ID = re.compile(r"^[1-5Z]-\d+$")
@@ -217,7 +216,7 @@ def _generate(cfg, model, tokenizer, records, gen) -> list:
 
 def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating):
     """Each candidate text (+ EOS, as fine-tuning ends a response) scored after the prompt, a prompt's candidates
-    together (evaluation/scoring.py rank_candidates)."""
+    together (evaluation/scoring.py rank_candidates_by_likelihood)."""
     eos = end = tokenizer.token_to_id(EOS)
     pool = None
     if cfg.objective == "infill":  # each candidate as the [gMASK] span, closed by [END]
@@ -225,7 +224,7 @@ def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating
         prompts, end = spans, ids["end"]
     else:
         prompts = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in records], add_special_tokens=False)]
-    return rank_candidates(model, tokenizer, prompts, [[str(c) for c in x["candidates"]] for x in records],
+    return rank_candidates_by_likelihood(model, tokenizer, prompts, [[str(c) for c in x["candidates"]] for x in records],
                            [x["candidate_texts"] for x in records], [str(x["target_item_id"]) for x in records],
                            end, eos, cfg.score_token_budget, intra_trie=pool)
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from data.formats.infilling import InfillPrompt, span_intra
 from evaluation.generate import left_pad
+from evaluation.metrics import candidate_ranking_metrics
 
 
 @dataclass
@@ -218,20 +219,19 @@ def _gather_cache(model, cache, source: torch.Tensor, max_len: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# a closed set of answers: the rating strings
+# candidate lists: P5's direct recommendation
 
 
-def rank_candidates(model, tokenizer, prompts: Sequence, candidates: Sequence[Sequence[str]],
-                    texts: Sequence[Sequence[str]], targets: Sequence[str], end_id: int, pad_token_id: int,
-                    token_budget: int = 16384, intra_trie=None) -> tuple:
+def rank_candidates_by_likelihood(model, tokenizer, prompts: Sequence, candidates: Sequence[Sequence[str]],
+                    texts: Sequence[Sequence[str]], targets: Sequence[str], end_id: Optional[int],
+                    pad_token_id: int, token_budget: int = 16384, intra_trie=None) -> tuple:
     """Direct recommendation ranked by likelihood: each prompt's candidate texts, each followed by `end_id` (as
-    fine-tuning ends a response), scored after the prompt, all of a prompt's candidates together ->
+    fine-tuning ends a response; None: nothing, as a document line goes on with its rating), scored after the prompt,
+    all of a prompt's candidates together ->
     (predictions, metrics): HR@1/5/10 and NDCG@5/10 within each list by summed log-probability, and the same by the
     mean per token ("length_normalised")."""
-    from evaluation.metrics import candidate_ranking_metrics
-
-    continuations = [[e.ids + [end_id] for e in tokenizer.encode_batch(list(t), add_special_tokens=False)]
-                     for t in texts]
+    end = [] if end_id is None else [end_id]
+    continuations = [[e.ids + end for e in tokenizer.encode_batch(list(t), add_special_tokens=False)] for t in texts]
     scores = score_continuations(model, prompts, continuations, pad_token_id=pad_token_id, token_budget=token_budget,
                                  intra_trie=intra_trie)
     sums = [[s.logprob for s in per] for per in scores]
@@ -241,6 +241,9 @@ def rank_candidates(model, tokenizer, prompts: Sequence, candidates: Sequence[Se
     predictions = [{"target_item_id": t, "candidates": list(c), "logprob": s, "n_tokens": [v.n_tokens for v in per]}
                    for t, c, s, per in zip(targets, candidates, sums, scores)]
     return predictions, metrics
+
+
+# a closed set of answers: the rating strings
 
 
 def answer_set_probabilities(scores: Sequence[ContinuationScore]) -> list:

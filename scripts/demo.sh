@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main command: set up, then the whole method end to end on MovieLens-100K, on a CPU
-# (about 10 minutes on 2 cores, setup excluded), for two models side by side:
+# (about 13 minutes on 2 cores, setup excluded), for two models side by side:
 #   RecGPT's text model (items written as their titles and genres, App. B's templates), and the same MPT trained
 #   on the same interactions with each item written as one token of its own (data/prepare/templates.py, item tokens)
 #   0. MovieLens-100K: ../shared/data/movielens-100k when present, else the recbole==1.2.1 wheel from PyPI
@@ -12,7 +12,8 @@
 #   3. instruction-tune each, loss on the responses only (80 steps)
 #   4. export the text model to the Hugging Face MPT layout and back (checked bit-identical)
 #   5. evaluate both on test samples: next item (10-beam search, MiniLM + FAISS grounding) -> HR/NDCG@5/10; the
-#      same users' 100 candidates ranked by likelihood (P5's direct recommendation) -> HR@1/5/10, NDCG@5/10;
+#      same users' 100 candidates ranked by likelihood (P5's direct recommendation) -> HR@1/5/10, NDCG@5/10, after
+#      the instruction prompt, and by each pre-trained model alone as the next line of the user's history document;
 #      rating (sampling, 3 seeds; and the expected rating over the rating strings) -> RMSE/MAE; beside the
 #      most-popular / global-mean / per-item-mean baselines, with paired bootstrap intervals within the candidates
 # Environment: RECGPT_SHARED_DATA (default ../shared/data); DEMO_OUT (default out/demo); DEMO_SKIP_SETUP=1 to
@@ -72,9 +73,12 @@ for run in "$OUT" "$TOK"; do
   EVAL=(--checkpoint "$run/finetune/model" --benchmark "$BENCH" --device "${DEMO_DEVICE:-cpu}"
         --embedding-cache "$OUT/embedding_cache" "${MAX_NEW[@]}")
   $PY evaluate.py "${EVAL[@]}" --task next_item --sample $NEXT_N --out "$run/eval/next_item" --batch-size 8 > /dev/null
-  # the same users' 100 candidates (the target + the build's 99 sampled negatives), ranked by likelihood
+  # the same users' 100 candidates (the target + the build's 99 sampled negatives), ranked by likelihood: after the
+  # instruction prompt; and by the pre-trained model alone, each candidate as the next line of the history document
   $PY evaluate.py "${EVAL[@]}" --task next_item --sample $NEXT_N --next_item.decoding=candidates \
     --out "$run/eval/candidates" > /dev/null
+  $PY evaluate.py "${EVAL[@]}" --checkpoint "$run/pretrain/model" --task next_item --sample $NEXT_N \
+    --next_item.decoding=candidates --next_item.prompt=document --out "$run/eval/candidates-pretrained" > /dev/null
   $PY evaluate.py "${EVAL[@]}" --task rating --sample $RATING_N --seeds "${SEEDS[@]}" --out "$run/eval/rating" \
     --batch-size 32 > /dev/null
   # the same examples, the rating read as the expected value of the model's distribution over the rating strings
@@ -85,9 +89,12 @@ done
 $PY -m evaluation.baselines --benchmark "$OUT/data/eval/movielens-100k" --next-item-sample $NEXT_N \
   --rating-sample $RATING_N --out "$OUT/eval/baselines" > /dev/null
 TEXT="RecGPT text model (pre-train + fine-tune)"; ITEM="item-token model (pre-train + fine-tune)"
+ALONE="pre-trained only, the candidate as the history document's next line"
 $PY scripts/report.py --title "MovieLens-100K test samples (this run)" --baselines "$OUT/eval/baselines" --compare \
   --model "$TEXT=$OUT/eval/next_item" --model "$ITEM=$TOK/eval/next_item" \
   --model "$TEXT=$OUT/eval/candidates" --model "$ITEM=$TOK/eval/candidates" \
+  --model "RecGPT text model, $ALONE=$OUT/eval/candidates-pretrained" \
+  --model "item-token model, $ALONE=$TOK/eval/candidates-pretrained" \
   --model "$TEXT=$OUT/eval/rating" --model "$TEXT=$OUT/eval/rating-expected" \
   --model "$ITEM=$TOK/eval/rating" --model "$ITEM=$TOK/eval/rating-expected" \
   | tee "$OUT/results.md"

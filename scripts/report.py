@@ -19,10 +19,9 @@ import random
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from evaluation.metrics import rank_candidates, user_gains  # noqa: E402
+from evaluation.metrics import CANDIDATE_KEYS, rank_candidates, user_gains  # noqa: E402
 
 NEXT_KEYS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
-CANDIDATE_KEYS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10")
 
 
 def labelled(value: str) -> tuple:

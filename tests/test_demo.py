@@ -17,7 +17,8 @@ def test_main_command_quick(tmp_path):
     for build in ("data", "item-tokens/data"):
         assert json.loads((out / build / "audit.json").read_text())["ok"]
     for path in ("pretrain/model/config.yaml", "finetune/model/config.yaml", "finetune/hf/config.json",
-                 "eval/next_item/predictions.jsonl", "eval/candidates/predictions.jsonl", "eval/rating/metrics.json",
+                 "eval/next_item/predictions.jsonl", "eval/candidates/predictions.jsonl",
+                 "eval/candidates-pretrained/predictions.jsonl", "eval/rating/metrics.json",
                  "eval/rating-expected/metrics.json", "eval/baselines/metrics.json"):
         assert (out / path).is_file(), path
         if not path.startswith("finetune/hf"):
@@ -33,6 +34,9 @@ def test_main_command_quick(tmp_path):
                     f"Paired difference, {model} minus most popular within the candidates"):
             assert row in table, row
         assert table.count(f"| {model} |") == 2  # next item over the catalog, and within the candidates
+    for model in ("RecGPT text model", "item-token model"):
+        alone = f"{model}, pre-trained only, the candidate as the history document's next line"
+        assert f"| {alone} |" in table and f"Paired difference, {alone} minus most popular" in table
     for row in ("| most popular (baseline) |", "| most popular within the candidates (baseline) |",
                 "| global-mean (baseline) |", "| per-item-mean (baseline) |"):
         assert row in table, row

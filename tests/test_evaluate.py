@@ -162,9 +162,10 @@ def test_next_item_for_a_blank_infilling_model(setup):
 
 
 def test_next_item_candidates_ranked_by_likelihood(setup, tmp_path):
-    """next_item.decoding=candidates: each candidate's catalog text + EOS scored after the prompt, equal to the
-    model's own log-probabilities of the whole sequence run at once (no cache), and ranked by them; a benchmark
-    without candidates is refused, naming the file and the build key."""
+    """next_item.decoding=candidates: each candidate's catalog text + EOS scored after the prompt (or, with
+    next_item.prompt=document, its document line after the history document), equal to the model's own
+    log-probabilities of the whole sequence run at once (no cache), and ranked by them; a benchmark without candidates
+    is refused, naming the file and the build key."""
     import torch
 
     from config import ConfigError
@@ -174,11 +175,14 @@ def test_next_item_candidates_ranked_by_likelihood(setup, tmp_path):
 
     bench = tmp_path / "bench"
     bench.mkdir()
-    (bench / "catalog.jsonl").write_text((setup / "bench" / "catalog.jsonl").read_text())
+    lines = {str(i): f"{text}; Rating:" for i, text in enumerate(ITEMS, start=1)}  # a document line's start
+    (bench / "catalog.jsonl").write_text("".join(json.dumps({"item_id": i, "text": ITEMS[int(i) - 1], "line": line})
+                                                 + "\n" for i, line in lines.items()))
     rows = [json.loads(line) for line in open(setup / "bench" / "next_item_test.jsonl")]
     for k, r in enumerate(rows):  # 4 candidates a user, the target among them
         r["candidates"] = [str((k + j) % 10 + 1) for j in range(3)] + [r["target_item_id"]]
         r["candidates"] = list(dict.fromkeys(r["candidates"]))
+        r["document"] = "Given the history:\n\n" + "\n".join(ITEMS[(k + j) % 10] for j in range(2))
     (bench / "next_item_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     metrics = evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={bench}", "--task=next_item",
@@ -186,24 +190,36 @@ def test_next_item_candidates_ranked_by_likelihood(setup, tmp_path):
     predictions = [json.loads(line) for line in open(out / "predictions.jsonl")]
     tok, model = load(setup / "ckpt" / "tokenizer.json"), load_model(setup / "ckpt").eval()
     eos = tok.token_to_id(EOS)
+
+    def brute_force(prompt: str, answer: list) -> float:  # the whole sequence at once, no cache
+        ids = tok.encode(prompt, add_special_tokens=False).ids
+        with torch.no_grad():
+            logp = model(torch.tensor([ids + answer])).log_softmax(-1)[0].double()
+        return sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(answer))
+
     for r, p in zip(rows, predictions):
         assert p["user"] == r["user"] and p["candidates"] == r["candidates"]
         for c, logprob in zip(r["candidates"], p["logprob"]):
-            prompt = tok.encode(r["prompt"], add_special_tokens=False).ids
             answer = tok.encode(ITEMS[int(c) - 1], add_special_tokens=False).ids + [eos]
-            with torch.no_grad():
-                logp = model(torch.tensor([prompt + answer])).log_softmax(-1)[0].double()
-            expected = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer))
-            assert logprob == pytest.approx(expected, abs=1e-4)
+            assert logprob == pytest.approx(brute_force(r["prompt"], answer), abs=1e-4)
+    # next_item.prompt=document: the history document + newline, each candidate as its document line, no end token
+    evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={bench}", "--task=next_item",
+                   "--next_item.decoding=candidates", "--next_item.prompt=document", f"--out={tmp_path / 'doc'}"])
+    for r, line in zip(rows, open(tmp_path / "doc" / "predictions.jsonl")):
+        p = json.loads(line)
+        for c, logprob in zip(r["candidates"], p["logprob"]):
+            answer = tok.encode(lines[c], add_special_tokens=False).ids
+            assert logprob == pytest.approx(brute_force(r["document"] + "\n", answer), abs=1e-4)
     recomputed = candidate_ranking_metrics([p["candidates"] for p in predictions], [p["logprob"] for p in predictions],
                                            [r["target_item_id"] for r in rows])
     assert metrics["candidates"]["HR@1"] == recomputed["HR@1"] and metrics["candidates"]["NDCG@5"] == \
         pytest.approx(recomputed["NDCG@5"])
     assert "| summed log-probability |" in (out / "metrics.md").read_text()
-    for flag, why in (("--constrained", "next_item.constrained"), ("--objective=infill", "next_item.decoding")):
+    for flag, why in (("--constrained", "next_item.constrained"), ("--objective=infill", "next_item.decoding"),
+                      ("--next_item.decoding=beams --next_item.prompt=document", "next_item.prompt")):
         with pytest.raises(ConfigError, match=why):  # a choice that would be ignored is refused, named
             evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={bench}", "--task=next_item",
-                           "--next_item.decoding=candidates", f"--out={tmp_path / 'x'}", flag])
+                           "--next_item.decoding=candidates", f"--out={tmp_path / 'x'}", *flag.split()])
     with pytest.raises(ValueError, match=r"next_item_test.jsonl: user u0 has no 'candidates' .*eval.negatives"):
         evaluate.main([f"--checkpoint={setup / 'ckpt'}", f"--benchmark={setup / 'bench'}", "--task=next_item",
                        "--next_item.decoding=candidates", f"--out={tmp_path / 'x'}", "--device=cpu"])
