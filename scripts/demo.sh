@@ -8,7 +8,7 @@
 #      pre-training documents and fine-tuning pairs from the training split, evaluation prompts with 99 sampled
 #      negatives per user, a 4,096-id BPE trained on the corpus (the item-token build adds its item/rating tokens)
 #   2. pre-train a small MPT (configs/model/demo.yaml) from scratch on the packed shards: 120 steps on the text
-#      corpus; 360 on the item-token corpus (an eighth of the text's tokens: six passes in about 3.5 minutes)
+#      corpus; 360 on the item-token corpus (an eighth of the text's tokens: six passes in about 3 minutes)
 #   3. instruction-tune each, loss on the responses only (80 steps)
 #   4. export the text model to the Hugging Face MPT layout and back (checked bit-identical)
 #   5. evaluate both on test samples: next item (10-beam search, MiniLM + FAISS grounding) -> HR/NDCG@5/10; the
@@ -26,7 +26,8 @@ SHARED=${RECGPT_SHARED_DATA:-../shared/data}
 OUT=${DEMO_OUT:-out/demo}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # the item-token model's pre-training: its corpus has an eighth of the text corpus's tokens, so the same 8 x 512-token
-# steps pass over it six times in 360 steps (chosen before any evaluation, as six epochs; docs/results.md section 1)
+# steps pass over it six times in 360 steps (fixed as six epochs before this build existed; how, and what that
+# check saw: docs/results.md section 1)
 TOKEN_PRE=(--train.max_steps=360 --run.name=demo-item-tokens-pretrain)
 if [[ "${DEMO_QUICK:-0}" == 1 ]]; then
   PRE=(--train.max_steps=4 --schedule.t_warmup=1 --checkpoint.interval=0); FT=("${PRE[@]}"); TOKEN_PRE=()
