@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main command: set up, then the whole method end to end on MovieLens-100K, on a CPU
-# (about 13 minutes on 2 cores, setup excluded), for two models side by side:
+# (about 12 minutes on 2 cores, setup excluded), for two models side by side:
 #   RecGPT's text model (items written as their titles and genres, App. B's templates), and the same MPT trained
 #   on the same interactions with each item written as one token of its own (data/prepare/templates.py, item tokens)
 #   0. MovieLens-100K: ../shared/data/movielens-100k when present, else the recbole==1.2.1 wheel from PyPI
@@ -71,15 +71,16 @@ step "4/5 Hugging Face round trip"; $PY scripts/demo_generate.py "$OUT/finetune/
 step "5/5 evaluate"
 for run in "$OUT" "$TOK"; do
   BENCH=$run/data/eval/movielens-100k
-  EVAL=(--checkpoint "$run/finetune/model" --benchmark "$BENCH" --device "${DEMO_DEVICE:-cpu}"
-        --embedding-cache "$OUT/embedding_cache" "${MAX_NEW[@]}")
+  EVAL=(--benchmark "$BENCH" --device "${DEMO_DEVICE:-cpu}" --embedding-cache "$OUT/embedding_cache" "${MAX_NEW[@]}"
+        --checkpoint "$run/finetune/model")
+  PRETRAINED_EVAL=(--benchmark "$BENCH" --device "${DEMO_DEVICE:-cpu}" --checkpoint "$run/pretrain/model")
   $PY evaluate.py "${EVAL[@]}" --task next_item --sample $NEXT_N --out "$run/eval/next_item" --batch-size 8 > /dev/null
   # the same users' 100 candidates (the target + the build's 99 sampled negatives), ranked by likelihood: after the
   # instruction prompt; and by the pre-trained model alone, each candidate as the next line of the history document
   $PY evaluate.py "${EVAL[@]}" --task next_item --sample $NEXT_N --next_item.decoding=candidates \
     --out "$run/eval/candidates" > /dev/null
-  $PY evaluate.py "${EVAL[@]}" --checkpoint "$run/pretrain/model" --task next_item --sample $NEXT_N \
-    --next_item.decoding=candidates --next_item.prompt=document --out "$run/eval/candidates-pretrained" > /dev/null
+  $PY evaluate.py "${PRETRAINED_EVAL[@]}" --task next_item --sample $NEXT_N --next_item.decoding=candidates \
+    --next_item.prompt=document --out "$run/eval/candidates-pretrained" > /dev/null
   $PY evaluate.py "${EVAL[@]}" --task rating --sample $RATING_N --seeds "${SEEDS[@]}" --out "$run/eval/rating" \
     --batch-size 32 > /dev/null
   # the same examples, the rating read as the expected value of the model's distribution over the rating strings

@@ -4,7 +4,7 @@ Per held-out example (data/prepare/recipe.py `heldout_examples`): history items 
 (counted); an untitled target takes the fallback title `eval.missing_title`; a prompt over
 max_seq_len - eval.max_new_tokens tokens drops its oldest items, the fewest that make it fit
 (evaluation.md §4). Rating prompts are written only when the source has ratings. With `eval.negatives` N, a
-next-item example also lists N + 1 "candidates" (`sampled_negatives`). Files:
+next-item example also lists N + 1 "candidates" (recipe.Negatives: P5's rule, a generator per user). Files:
 `{task}_{split}.jsonl` (data/README.md "Evaluation files"), users in sorted order, as the merge
 concatenates the buckets in order.
 """
@@ -38,20 +38,6 @@ def fewest_dropped(enc: Encoder, examples: list, budget: int) -> list[int]:
     return dropped
 
 
-def sampled_negatives(catalog: list, exclude: set, n: int, rng) -> list:
-    """n distinct items of `catalog` outside `exclude` (the user's whole history), uniform: draws by index, the
-    excluded and repeated ones drawn again (a user has seen a small part of a catalog, so few draws are wasted)."""
-    if len(catalog) - len(exclude.intersection(catalog)) < n:
-        raise ValueError(f"eval.negatives = {n}: a user has only {len(catalog) - len(exclude.intersection(catalog))} "
-                         f"catalog items outside their history")
-    out: dict = {}
-    while len(out) < n:
-        item = catalog[rng.randrange(len(catalog))]
-        if item not in exclude:
-            out[item] = None
-    return list(out)
-
-
 class EvalWriter:
     """The evaluation files of one bucket: {task}_{split}.jsonl, opened as examples come."""
 
@@ -73,9 +59,10 @@ class EvalWriter:
 
 
 def write_prompts(d: templates.Domain, source: str, users: list, enc: Encoder, cfg: BuildConfig, writer: EvalWriter,
-                  manifest: ManifestWriter | None, counts: collections.Counter, catalog: list = ()) -> None:
-    """The evaluation prompts of `users`: (user, full history, rating split of each interaction or None); `catalog`:
-    the source's item ids, which negatives are drawn from (eval.negatives)."""
+                  manifest: ManifestWriter | None, counts: collections.Counter,
+                  negatives: recipe.Negatives | None = None) -> None:
+    """The evaluation prompts of `users`: (user, full history, rating split of each interaction or None);
+    `negatives`: over the source's catalog, for eval.negatives."""
     budget = cfg.max_seq_len - cfg.eval.max_new_tokens
     missing = cfg.eval.missing_title
     todo = []  # (example, titled history, extra fields, lines, make)
@@ -104,9 +91,9 @@ def write_prompts(d: templates.Domain, source: str, users: list, enc: Encoder, c
                 make = (lambda hist, r=target_text: (templates.wrap_prompt(templates.NEXT_ITEM_TASK, d, hist), r))
                 extra = {"target_item_id": target.item.id, "target_text": target_text}
                 if cfg.eval.negatives:  # the target at a seeded place among them, so that ties favour no one
-                    rng = recipe.seeded_rng(cfg.seed, "negatives", source, user, h.split)
-                    candidates = sampled_negatives(catalog, {x.item.id for x in history}, cfg.eval.negatives, rng)
-                    candidates.insert(rng.randrange(len(candidates) + 1), target.item.id)
+                    rng = recipe.seeded_generator(cfg.seed, "negatives", source, user, h.split)
+                    candidates = negatives.sample({x.item.id for x in history}, cfg.eval.negatives, rng)
+                    candidates.insert(int(rng.integers(len(candidates) + 1)), target.item.id)
                     extra["candidates"] = candidates
             else:
                 if d.rating is None or target.rating is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from data.formats import tokenizer as tokenizer_lib
 from data.formats.instructions import InstructionWriter
-from data.prepare import engine, histories, normalise, plan, templates, workdir
+from data.prepare import engine, histories, normalise, plan, recipe, templates, workdir
 from data.prepare.chunking import Chunker
 from data.prepare.config import BuildConfig, SourceConfig
 from data.prepare.encoder import Encoder
@@ -143,20 +143,20 @@ def write_eval(cfg: BuildConfig, job: Job, tok_path: str, out: pathlib.Path) -> 
     writer = EvalWriter(out)
     manifest = ManifestWriter(out / "manifest.parquet", job.source) if cfg.write_manifests else None
     counts: collections.Counter = collections.Counter()
-    catalog = []
-    if cfg.eval.negatives:
+    negatives = None
+    if cfg.eval.negatives:  # over the source's whole catalog, built once per job
         con = engine.connect(cfg.work_dir, cfg.memory_limit, threads=1)
         try:
-            catalog = normalise.item_ids(con, cfg, job.source)
+            negatives = recipe.Negatives(normalise.item_ids(con, cfg, job.source), key="eval.negatives")
         finally:
             con.close()
     users = []
     for _, history, per_row in bucket_users(cfg, job, "heldout", "rank", ("rating_split",)):
         users.append((history[0].user, history, [r[0] for r in per_row] if s.rating_split else None))
         if len(users) >= cfg.batch_users:
-            write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts, catalog)
+            write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts, negatives)
             users.clear()
-    write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts, catalog)
+    write_prompts(d, job.source, users, enc, cfg, writer, manifest, counts, negatives)
     files = writer.close()
     if manifest:
         manifest.close()

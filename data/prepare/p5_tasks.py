@@ -83,7 +83,7 @@ from data.formats.packed import FORMAT, FORMAT_VERSION
 from data.formats.tokenizer import EOS, load as load_tokenizer, sha256_file, token_dtype
 from data.prepare import p5_templates as T
 from data.prepare.own_files import TokenizerFile
-from data.prepare.recipe import p5_rating_split, seeded_rng
+from data.prepare.recipe import Negatives, p5_rating_split, seeded_rng
 from data.prepare.records import BadLines, DataError
 from data.prepare.sources import movielens as movielens_source
 from data.prepare.sources import p5 as p5_source
@@ -549,27 +549,6 @@ def held_out_interactions(data: Data, users: list) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # sampling
-
-
-class Negatives:
-    """P5's rule: items drawn uniformly from every item of the data (`sequential_data.txt`), none of the user's whole
-    sequence (validation and test items included), in rounds of numpy `choice(replace=False)` until enough."""
-
-    def __init__(self, pool: list, rng: np.random.Generator):
-        self.pool, self.rng, self.members = list(pool), rng, set(pool)
-
-    def sample(self, exclude: set, n: int) -> list:
-        if len(self.pool) - len(exclude & self.members) < n:
-            raise DataError(f"only {len(self.pool) - len(exclude)} items outside a user's sequence, {n} negatives "
-                            f"asked for (config key negatives)")
-        out, taken = [], set()
-        while len(out) < n:
-            for k in self.rng.choice(len(self.pool), min(n, len(self.pool)), replace=False).tolist():
-                item = self.pool[k]
-                if item not in exclude and item not in taken:  # P5's check compared ints with strs; ours dedups
-                    out.append(item)
-                    taken.add(item)
-        return out[:n]
 
 
 def gaussian_rating(rating: float, rng: random.Random) -> str:

@@ -3,7 +3,8 @@
 
 - the seeded permutation of a source's users (it orders the output and gives the 99.5/0.5 user split);
 - P5's random 80/10/10 rating split of a benchmark;
-- the held-out examples of one benchmark user (P5's leave-one-out and the rating split), for its prompts.
+- the held-out examples of one benchmark user (P5's leave-one-out and the rating split), for its prompts;
+- P5's negative items (`Negatives`), for the P5 builder's candidate lists and the benchmark's `eval.negatives`.
 
 Both random draws make exactly the calls the in-memory recipe made on Python lists (`random.shuffle` of
 the sorted users; `random.choice` per user, then per item, then a shuffle), so a build gives the same
@@ -18,14 +19,46 @@ from typing import Optional
 
 import numpy as np
 
-from data.prepare.records import Interaction
+from data.prepare.records import DataError, Interaction
 
 History = list[Interaction]
 
 
+def _seed_of(seed: int, parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join([str(seed), *parts]).encode()).digest()[:8], "little")
+
+
 def seeded_rng(seed: int, *parts: str) -> random.Random:
-    digest = hashlib.sha256(":".join([str(seed), *parts]).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "little"))
+    return random.Random(_seed_of(seed, parts))
+
+
+def seeded_generator(seed: int, *parts: str) -> np.random.Generator:
+    """seeded_rng's numpy counterpart: a generator of its own per (seed, parts), e.g. per user."""
+    return np.random.default_rng(_seed_of(seed, parts))
+
+
+class Negatives:
+    """P5's rule: items drawn uniformly from every item of the data (`sequential_data.txt`), none of the user's whole
+    sequence (validation and test items included), in rounds of numpy `choice(replace=False)` until enough. `key`: the
+    config key that asks for them, named when a user has too few items left."""
+
+    def __init__(self, pool: list, rng: Optional[np.random.Generator] = None, key: str = "negatives"):
+        self.pool, self.rng, self.members, self.key = list(pool), rng, set(pool), key
+
+    def sample(self, exclude: set, n: int, rng: Optional[np.random.Generator] = None) -> list:
+        """n items, from `rng` (a generator per user) or else the one given at construction (one stream in order)."""
+        rng = rng or self.rng
+        if len(self.pool) - len(exclude & self.members) < n:
+            raise DataError(f"only {len(self.pool) - len(exclude & self.members)} items outside a user's sequence, "
+                            f"{n} negatives asked for (config key {self.key})")
+        out, taken = [], set()
+        while len(out) < n:
+            for k in rng.choice(len(self.pool), min(n, len(self.pool)), replace=False).tolist():
+                item = self.pool[k]
+                if item not in exclude and item not in taken:  # P5's check compared ints with strs; ours dedups
+                    out.append(item)
+                    taken.add(item)
+        return out[:n]
 
 
 def user_positions(n: int, seed: int, source: str) -> np.ndarray:
