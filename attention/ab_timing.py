@@ -11,6 +11,9 @@
 3. Decoding (Sq = 1, 10 beams, cache 2048): per-call time through the custom op (`flash_attn_alibi`), the
    autograd.Function it replaced and the bare launch (`_forward`), under no_grad; and how many forward autotune
    entries decoding against caches of 100, 1000 and 3000 keys creates (expected: one).
+4. dK/dV layout: `TRANSPOSED_DKDV` True ((key, query) tiles, no computed tile transposed) against False (the
+   forward's layout, P and dS transposed), causal forward+backward at section 1's shapes; the layout is in the
+   dK/dV kernel's autotune key, so each arm tunes its own configuration.
 Times are means from triton.testing.do_bench (ms).
 """
 import argparse
@@ -45,6 +48,24 @@ def fwd_bwd(q, k, v, do, slopes):
     return run
 
 
+def flag_ab(flag, seqs, H, D, dtype, device, slopes, smoke, modes):
+    """For each seq: (seq, batch, {(value, mode): ms}) with the module switch fa.<flag> True then False (left True);
+    mode "fwd" times the forward under no_grad, "both" forward+backward. Causal, 16k-token batches."""
+    for S in seqs:
+        B = max(1, 16384 // S) if not smoke else 1
+        q, k, v, do = inputs(B, H, S, S, D, dtype, device)
+        row = {}
+        for value in (True, False):
+            setattr(fa, flag, value)
+            if "fwd" in modes:
+                with torch.no_grad():
+                    row[value, "fwd"] = bench(lambda: fa.flash_attn_alibi(q, k, v, slopes), smoke)
+            if "both" in modes:
+                row[value, "both"] = bench(fwd_bwd(q, k, v, do, slopes), smoke)
+        setattr(fa, flag, True)
+        yield S, B, row
+
+
 def best_time(kernel):
     """The tuned kernel's best timing in ms (nan when its key had a single config, so nothing was timed)."""
     timings = getattr(kernel, "configs_timings", None) or {}
@@ -76,16 +97,7 @@ def main():
     lines += ["## 1. ALiBi form (ms)", "",
               "| seq | batch | column fwd | distance fwd | column fwd+bwd | distance fwd+bwd |",
               "|---:|---:|---:|---:|---:|---:|"]
-    for S in seqs:
-        B = max(1, 16384 // S) if not args.smoke else 1
-        q, k, v, do = inputs(B, H, S, S, D, dtype, device)
-        row = {}
-        for column in (True, False):
-            fa.COLUMN_ALIBI = column
-            with torch.no_grad():
-                row[column, "fwd"] = bench(lambda: fa.flash_attn_alibi(q, k, v, slopes), args.smoke)
-            row[column, "both"] = bench(fwd_bwd(q, k, v, do, slopes), args.smoke)
-        fa.COLUMN_ALIBI = True
+    for S, B, row in flag_ab("COLUMN_ALIBI", seqs, H, D, dtype, device, slopes, args.smoke, ("fwd", "both")):
         lines.append(f"| {S} | {B} | {row[True, 'fwd']:.3f} | {row[False, 'fwd']:.3f} | {row[True, 'both']:.3f} "
                      f"| {row[False, 'both']:.3f} |")
 
@@ -94,9 +106,8 @@ def main():
     if args.smoke or not hasattr(fa._attn_fwd, "early_config_prune"):
         lines.append("(skipped: one interpreter config)")
     else:
-        def dtype_only(configs, named_args, **kwargs):
-            fp32 = named_args["Q"].dtype == torch.float32
-            return [c for c in configs if c.fp32 == fp32 and c.decode == (named_args["K_BUCKET"] == 0)]
+        def dtype_only(configs, named_args, **kwargs):  # the launch's whole family, unpruned
+            return fa._config_family(configs, named_args)
         pruned = tuple(k.early_config_prune for k in kernels)
         for S in seqs:
             B = max(1, 16384 // S)
@@ -134,6 +145,11 @@ def main():
             fa.flash_attn_alibi(q, k, v, slopes)
         after = {key for key in getattr(fa._attn_fwd, "cache", {}) if key[1] == 0}
         lines.append(f"- forward autotune entries added by decoding at 4 cache lengths: {len(after - before)}")
+
+    lines += ["", "## 4. dK/dV layout (ms)", "", "| seq | batch | transposed fwd+bwd | forward's layout fwd+bwd |",
+              "|---:|---:|---:|---:|"]
+    for S, B, row in flag_ab("TRANSPOSED_DKDV", seqs, H, D, dtype, device, slopes, args.smoke, ("both",)):
+        lines.append(f"| {S} | {B} | {row[True, 'both']:.3f} | {row[False, 'both']:.3f} |")
 
     text = "\n".join(lines)
     print(text)

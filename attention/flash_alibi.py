@@ -43,8 +43,9 @@ Algorithm (FlashAttention-2; ../shared/spec/mpt.md 14.2-14.3):
 - Backward, recomputation from L (P is never stored):
   1. D_i = rowsum(dO_i * O_i) (fp32), a small kernel;
   2. one program per key block: loop over the query blocks that can see it, recompute
-     P^T = exp2(s2^T - L), and accumulate dV += P^T dO, dK += scale * dS^T Q with dS = P * (dP - D),
-     dP = dO V^T;
+     P^T = exp2(s2^T - L) directly as (key, query) tiles (s2^T from K Q^T: no computed tile is
+     transposed, `TRANSPOSED_DKDV`), and accumulate dV += P^T dO, dK += scale * dS^T Q with
+     dS^T = P^T * (dP^T - D), dP^T = V dO^T;
   3. one program per query block: loop over its visible key blocks, accumulate dQ += scale * dS K.
   Splitting dK/dV from dQ (as the Triton tutorial does) needs no atomics and is deterministic.
 - Causal block skipping: key blocks entirely above the (bottom-right) diagonal are never visited, and
@@ -88,8 +89,9 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # 128-row query tiles with 32..128-row key tiles in the forward and dQ pass, and the transposed shape
 # (128-row key tiles, narrow query tiles) in the dK/dV pass, whose accumulators are two (BLOCK_N, D)
 # fp32 tiles. Configurations that exceed a GPU's shared memory are skipped by the autotuner (it catches
-# OutOfResources). All of them compile for sm_80 and sm_90 (checked ahead of time with ptxas): at D = 128
-# in bf16 they use at most ~100 KB of shared memory.
+# OutOfResources). All of them compile for sm_80 and sm_90 (`python -m attention.compile_check`, no GPU
+# needed; its table is docs/kernel_compile_check.md): at D = 128 in bf16 they use at most 97 KiB of shared
+# memory on sm_80 and 161 KiB on sm_90, under A100's 163 and H100's 227 KiB.
 # Interpreter: one config with BLOCK_M != BLOCK_N so the tests exercise unequal tiles, multiple blocks
 # per sequence, partial last blocks and diagonal blocks at sequence lengths like 17..130.
 # ----------------------------------------------------------------------------------------------------
@@ -111,10 +113,18 @@ def _capability(device):
     return torch.cuda.get_device_capability(device)
 
 
+def _config_family(configs, named_args):
+    """The launch's own set: its dtype's (fp32, or fp16/bf16) and, for the forward, decode exactly when K_BUCKET
+    is 0 (`_fwd_buckets`); all of `configs` when none match."""
+    fp32 = named_args["Q"].dtype == torch.float32
+    decode = named_args["K_BUCKET"] == 0
+    return [c for c in configs if c.fp32 == fp32 and c.decode == decode] or configs
+
+
 def _prune(configs, named_args, hopper_rule=False, **kwargs):
     """Configurations worth timing for one autotune key (all of its inputs are in the key: the dtypes, the
     buckets, the GPU the process runs on):
-    - the dtype's set (fp32 or fp16/bf16), and the decode set exactly when K_BUCKET is 0 (`_fwd_buckets`);
+    - the launch's family (`_config_family`: its dtype's set, the decode set exactly when K_BUCKET is 0);
     - tiles no longer than the (bucketed) sequences, as the Triton tutorial's `prune_invalid_configs` does
       for BLOCK_M: a 128-row tile over 40 queries is mostly masked work;
     - with hopper_rule (the forward only), on sm_90 the tutorial's `keep` rule: no 8-warp configuration with
@@ -123,9 +133,7 @@ def _prune(configs, named_args, hopper_rule=False, **kwargs):
     UNTIMED: these rules come from the tutorial and from register counts, not from timing this kernel; a
     GPU session should time the pruned against the full sets (attention/benchmark.py) before trusting them.
     Never returns an empty list (a rule that would remove everything is skipped)."""
-    fp32 = named_args["Q"].dtype == torch.float32
-    decode = named_args["K_BUCKET"] == 0
-    kept = [c for c in configs if c.fp32 == fp32 and c.decode == decode] or configs
+    kept = _config_family(configs, named_args)
     q_len, k_len = named_args["Q_BUCKET"], named_args["K_BUCKET"] or float("inf")
     kept = [c for c in kept if c.kwargs["BLOCK_M"] <= q_len and c.kwargs["BLOCK_N"] <= k_len] or kept
     if hopper_rule and _capability(named_args["Q"].device)[0] == 9:
@@ -135,18 +143,23 @@ def _prune(configs, named_args, hopper_rule=False, **kwargs):
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); the fp32 sets fit A100's 164 KiB of shared memory at D = 128.
+# fp32 (IEEE dot products, no tensor cores) spills in nearly every tile at D = 128 (attention.compile_check): up
+# to ~100 KB per thread for the 32 x 64 dK/dV and 64 x 32 dQ tiles. 16 x 32 spills none on sm_80 in any pass and
+# at most ~1.1 KB on sm_90, so each fp32 set also offers it to the autotuner, which times them all.
 # The fp16/bf16 sets were picked by register pressure at D = 128 (ptxas -v for sm_90a, no GPU timing yet):
 # 4 warps with 128-row query tiles, or dK/dV tiles of 64 x 128, spill kilobytes per thread and are left out.
+# Some kept ones still spill a little (attention.compile_check, bf16, D = 128: the 128 x 128 forward tile 32-440
+# bytes per thread, the 32 x 128 dK/dV tile up to 52 on sm_80), kept for the autotuner to time against the rest.
 # Decode (forward, Sq <= 16): one 16-row query tile (the smallest tl.dot accepts) streaming 32..128-row key
 # tiles; a 64- or 128-row tile would compute 4-8x the needed rows. Untimed.
 FWD_GPU_CONFIGS = _gpu_configs([(128, 64, 8, 3), (128, 32, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3)],
-                               [(64, 32, 4, 2), (32, 32, 4, 2)],
+                               [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)],
                                decode_shapes=[(16, 64, 4, 3), (16, 128, 4, 2), (16, 32, 4, 3)],
                                decode_fp32_shapes=[(16, 64, 4, 2), (16, 32, 4, 2)])
 BWD_KV_GPU_CONFIGS = _gpu_configs([(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 2)],
-                                  [(32, 64, 4, 2), (32, 32, 4, 2)])
+                                  [(32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)])
 BWD_Q_GPU_CONFIGS = _gpu_configs([(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2)],
-                                 [(64, 32, 4, 2), (32, 32, 4, 2)])
+                                 [(64, 32, 4, 2), (32, 32, 4, 2), (16, 32, 4, 2)])
 
 
 def _interpret_config(m, n):
@@ -173,13 +186,19 @@ _TUNE_KEY = ["Q_BUCKET", "K_BUCKET", "HEAD_DIM", "IS_CAUSAL", "HAS_ALIBI", "HAS_
 # restores the distance form everywhere (for timing the two against each other, or bit-exact comparisons
 # with the positions / prefix kernels, which always use the distance form).
 COLUMN_ALIBI = True
+# The dK/dV pass recomputes the scores as (key, query) tiles, so P^T and dS^T need no transpose (the Triton
+# tutorial's layout). ptxas (attention.compile_check, bf16, D = 128): the 8-warp 32 x 128 tile spills 0-52 bytes per
+# thread this way against 204-4,536 with the forward's layout and transposes. False restores that layout (the
+# first GPU's A/B: attention/ab_timing.py).
+TRANSPOSED_DKDV = True
 DECODE_MAX_Q = 16  # forward calls with at most this many queries are tuned as decoding (`_fwd_buckets`)
 
 
 @triton.jit
 def _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2, kpm_ptr,
             stride_kpm_s, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr,
-            HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr):
+            HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+            TRANSPOSED: tl.constexpr = False):
     """Base-2 scores of one tile: log2(e) * (scale * q k^T + alibi), -inf where the key is not visible.
 
     q (BLOCK_M, D), k (BLOCK_N, D); offs_m (BLOCK_M,) query rows, offs_n (BLOCK_N,) key rows;
@@ -187,33 +206,50 @@ def _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin,
     pos_q (BLOCK_M,), pos_k (BLOCK_N,): ALiBi positions (HAS_POS; unused otherwise, see `_positions`);
     prefix_end: keys before it are visible to every query (HAS_PREFIX; see `_prefix_end`).
     COLUMN_ALIBI: the bias is slope * (j - origin), see `_column_shift`; the caller's LSE is shifted to match.
-    Returns (BLOCK_M, BLOCK_N) fp32.
+    Returns (BLOCK_M, BLOCK_N) fp32, or with TRANSPOSED its transpose (BLOCK_N, BLOCK_M), computed as k q^T: the
+    dK/dV pass then gets P^T and dS^T straight from the recomputation, with no transpose of a computed tile.
     """
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale2
+    # qi, kj: the query and key indices, broadcast along the tile's rows and columns (whichever way it is laid out)
+    if TRANSPOSED:
+        s = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale2
+        qi = (offs_m + diag)[None, :]
+        kj = offs_n[:, None]
+    else:
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale2
+        qi = (offs_m + diag)[:, None]
+        kj = offs_n[None, :]
     # index distance query - key, exact in int32: the causal mask, and the ALiBi distance when no positions are
     # given. >= 0 on visible pairs of a plain causal tile. (Dead code, removed by the compiler, on the interior
     # tiles of the column form.)
-    dist = (offs_m + diag)[:, None] - offs_n[None, :]
+    dist = qi - kj
     if HAS_ALIBI:
         if COLUMN_ALIBI:
             # plain causal: -slope * dist = slope * (j - origin) - slope * (i + diag - origin) on every visible
-            # pair, and the last term is constant along the row: one (BLOCK_N,) vector per key block instead of
-            # a (BLOCK_M, BLOCK_N) int distance, convert and multiply
-            s += (slope2 * (offs_n - origin).to(tl.float32))[None, :]
+            # pair, and the last term is constant along the query's row: one bias per key instead of a
+            # per-pair int distance, convert and multiply
+            s += slope2 * (kj - origin).to(tl.float32)
         elif HAS_POS:
             # always the abs: span tokens see Part-A keys at larger positions, positions may repeat or go back
-            s -= slope2 * tl.abs(pos_q[:, None] - pos_k[None, :]).to(tl.float32)
+            if TRANSPOSED:
+                pos_dist = pos_q[None, :] - pos_k[:, None]
+            else:
+                pos_dist = pos_q[:, None] - pos_k[None, :]
+            s -= slope2 * tl.abs(pos_dist).to(tl.float32)
         elif IS_CAUSAL and not HAS_PREFIX:
             s -= slope2 * dist.to(tl.float32)  # dist >= 0 wherever the causal mask keeps the score
         else:  # non-causal, or prefix keys to the right of the query
             s -= slope2 * tl.abs(dist).to(tl.float32)
     if HAS_KPM:  # bounded load: even an interior tile of the dK/dV pass may be the last, partial key block
-        real = (tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0) != 0)[None, :]
+        real = tl.load(kpm_ptr + offs_n * stride_kpm_s, mask=offs_n < seq_k, other=0) != 0  # (BLOCK_N,)
+        if TRANSPOSED:
+            real = real[:, None]
+        else:
+            real = real[None, :]
     if MASK:  # diagonal / boundary tile: causal mask (or the prefix) and key bound element-wise
-        visible = offs_n[None, :] < seq_k
+        visible = kj < seq_k
         if IS_CAUSAL:
             if HAS_PREFIX:
-                visible = visible & ((dist >= 0) | (offs_n < prefix_end)[None, :])
+                visible = visible & ((dist >= 0) | (kj < prefix_end))
             else:
                 visible = visible & (dist >= 0)
         if HAS_KPM:
@@ -415,7 +451,7 @@ def _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_
                   seq_q, seq_k, diag, prefix_end, origin, qk_scale2, slope2, stride_qm, stride_dom, stride_kpm_s,
                   stride_pos_s, BLOCK_M: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
                   HAS_ALIBI: tl.constexpr, HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr,
-                  COLUMN_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  COLUMN_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr, TRANSPOSED_DKDV: tl.constexpr):
     """Accumulate dK, dV (BLOCK_N, D) of one key block over query blocks [lo, hi)."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -433,19 +469,30 @@ def _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_
             delta = tl.load(delta_ptr + offs_m)
         lse += _column_shift(offs_m, diag, origin, slope2, COLUMN_ALIBI)
         pos_q = _positions(pos_ptr, offs_m + diag, seq_k, stride_pos_s, HAS_POS)
-        # the same scores as the forward, computed as (BLOCK_M, BLOCK_N) and transposed for dK/dV
-        s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
-                    kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
-                    COLUMN_ALIBI, DOT_PRECISION)
-        p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 on masked pairs and empty rows
-        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        ds = p * (dp - delta[:, None])  # gradient w.r.t. the natural-log score (scale applied at the end)
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION)
+        if TRANSPOSED_DKDV:
+            # the forward's scores laid out (BLOCK_N, BLOCK_M), as dK and dV consume them (the Triton tutorial's
+            # form): P^T and dS^T come straight out of the recomputation, no computed tile is transposed
+            st = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
+                         kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                         COLUMN_ALIBI, DOT_PRECISION, TRANSPOSED=True)
+            pt = tl.math.exp2(st - lse[None, :])  # P^T (BLOCK_N, BLOCK_M); 0 on masked pairs and empty rows
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # dP^T (BLOCK_N, BLOCK_M)
+            dst = pt * (dpt - delta[None, :])  # gradient w.r.t. the natural-log score (scale applied at the end)
+            dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION)
+        else:  # the forward's layout (BLOCK_M, BLOCK_N), P and dS transposed for the products (A/B only)
+            s = _scores(q, k, offs_m, offs_n, pos_q, pos_k, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
+                        kpm_ptr, stride_kpm_s, MASK, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
+                        COLUMN_ALIBI, DOT_PRECISION)
+            p = tl.math.exp2(s - lse[:, None])
+            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION)
     return dk, dv
 
 
-@triton.autotune(configs=BWD_KV_CONFIGS, key=_TUNE_KEY, prune_configs_by=_BWD_PRUNE)
+@triton.autotune(configs=BWD_KV_CONFIGS, key=_TUNE_KEY + ["TRANSPOSED_DKDV"], prune_configs_by=_BWD_PRUNE)
 @triton.jit
 def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
                  stride_qb, stride_qh, stride_qm, stride_qd,
@@ -458,7 +505,8 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
                  n_heads, seq_q, seq_k, sm_scale, qk_scale2, Q_BUCKET, K_BUCKET,
                  HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr,
                  HAS_KPM: tl.constexpr, HAS_POS: tl.constexpr, HAS_PREFIX: tl.constexpr, COLUMN_ALIBI: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, TRANSPOSED_DKDV: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
     """One program per (key block of BLOCK_N rows, batch*head): dK and dV of that block."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -509,21 +557,21 @@ def _attn_bwd_kv(Q, K, V, dOut, Lse, Delta, dK, dV, Slopes, Kpm, Pos, Prefix,
                            lo, diag_end, seq_q, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
                            stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
                            BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
-                           COLUMN_ALIBI, DOT_PRECISION)
+                           COLUMN_ALIBI, DOT_PRECISION, TRANSPOSED_DKDV)
     # interior tiles: every query row in bounds and seeing every key (keys past Sk only feed dK/dV rows
     # that are never stored)
     dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
                            diag_end, full_end, seq_q, seq_k, diag, prefix_end, origin, qk_scale2, slope2,
                            stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
                            BLOCK_M, False, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
-                           COLUMN_ALIBI, DOT_PRECISION)
+                           COLUMN_ALIBI, DOT_PRECISION, TRANSPOSED_DKDV)
     # last partial query tile: bounds
     dk, dv = _bwd_kv_inner(dk, dv, k, v, pos_k, q_ptrs, do_ptrs, lse_ptr, delta_ptr, kpm_ptr, pos_ptr, offs_n,
                            tl.maximum(diag_end, full_end), seq_q, seq_q, seq_k, diag, prefix_end, origin, qk_scale2,
                            slope2,
                            stride_qm, stride_dom, stride_kpm_s, stride_pos_s,
                            BLOCK_M, True, IS_CAUSAL, HAS_ALIBI, HAS_KPM, HAS_POS, HAS_PREFIX,
-                           COLUMN_ALIBI, DOT_PRECISION)
+                           COLUMN_ALIBI, DOT_PRECISION, TRANSPOSED_DKDV)
 
     dk *= sm_scale  # d(scale * q.k)/dk; the bias has no gradient
     tl.store(_tile(dK, b, h, offs_n, offs_d, stride_dkb, stride_dkh, stride_dkn, stride_dkd),
@@ -748,7 +796,8 @@ def _backward(dout, q, k, v, out, lse, alibi_slopes, causal, key_padding_mask, s
     grid_kv = lambda meta: (triton.cdiv(Sk, meta["BLOCK_N"]), B * H)  # noqa: E731
     _attn_bwd_kv[grid_kv](q, k, v, dout, lse, delta, dk, dv, slopes, kpm, pos, prefix,
                           *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-                          *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk), **common)
+                          *masks, H, Sq, Sk, scale, scale * LOG2E, _bucket(Sq), _bucket(Sk),
+                          TRANSPOSED_DKDV=TRANSPOSED_DKDV, **common)
     grid_q = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]), B * H)  # noqa: E731
     _attn_bwd_q[grid_q](q, k, v, dout, lse, delta, dq, slopes, kpm, pos, prefix,
                         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),

@@ -59,6 +59,9 @@ def environment() -> dict:
                "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     torch = sys.modules.get("torch")
     if torch is not None:
+        # the distribution's version (packages) does not name the build: PyPI's CUDA wheel says 2.11.0 where
+        # torch.__version__ says 2.11.0+cu130
+        machine["torch_build"], machine["cuda"] = torch.__version__, torch.version.cuda
         machine["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             machine["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -256,6 +256,29 @@ def test_column_and_distance_forms_agree(monkeypatch):
             torch.testing.assert_close(g.double(), e, atol=FP32_ATOL, rtol=FP32_RTOL)
 
 
+@pytest.mark.parametrize("case", ["causal_padded", "noncausal", "prefix_positions"])
+def test_both_dkdv_layouts_are_exact(monkeypatch, case):
+    """The dK/dV pass computes (key, query) tiles by default (`TRANSPOSED_DKDV`); the forward's layout with its
+    transposes stays as the first GPU's A/B arm. Both give the float64 reference's gradients: with the column
+    ALiBi, without causality, and with explicit positions and a bidirectional prefix."""
+    import attention.flash_alibi as fa
+
+    B, H, Sq, Sk = 4, 2, 45, 45  # the four rows of `padding_mask`
+    q, k, v, do = make_inputs(B, H, Sq, Sk, 32, torch.float32, seed=33)
+    kwargs = dict(alibi_slopes=torch.tensor([1.0, 0.25], device=DEVICE), key_padding_mask=padding_mask(Sk))
+    if case == "noncausal":
+        kwargs["causal"] = False
+    if case == "prefix_positions":
+        kwargs["positions"] = torch.tensor([list(range(30)) + list(range(10, 25))] * B, device=DEVICE)
+        kwargs["prefix_end"] = torch.tensor([30, 7, 0, 45], device=DEVICE)
+    exact = run_attention(attention_reference, q.double(), k.double(), v.double(), do.double(), **kwargs)
+    for transposed in (True, False):
+        monkeypatch.setattr(fa, "TRANSPOSED_DKDV", transposed)
+        got = run_attention(flash_attn_alibi, q, k, v, do, **kwargs)
+        for name, g, e in zip(("out", "dq", "dk", "dv"), got, exact):
+            torch.testing.assert_close(g.double(), e, atol=FP32_ATOL, rtol=FP32_RTOL, msg=f"{name}, {transposed}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The custom op (recgpt::flash_attn_alibi_fwd / _bwd)
 # ---------------------------------------------------------------------------------------------------
@@ -448,3 +471,17 @@ def test_gpu_decode_tunes_once():
         q, k, v, _ = make_inputs(2, 4, 1, seq_k, 128, torch.bfloat16, seed=seq_k)
         flash_attn_alibi(q, k, v, slopes)
     assert len({key for key in fa._attn_fwd.cache if key[1] == 0} - before) <= 1
+
+
+@pytest.mark.skipif(CUDA, reason="the smoke run is the CPU stand-in for the GPU A/B (which times for minutes)")
+def test_ab_timing_smoke_runs_every_section():
+    """`python -m attention.ab_timing` is what the first GPU runs to settle the untimed choices: every section must
+    at least run here (interpreter, tiny shapes) so that a GPU's minutes are not lost to a crash."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "attention.ab_timing", "--smoke"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for section in ("## 1. ALiBi form", "## 2. Pruned", "## 3. Decoding", "## 4. dK/dV layout"):
+        assert section in proc.stdout, section

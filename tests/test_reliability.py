@@ -3,6 +3,7 @@ outcome class asserted: a clear one-line error naming the culprit, or a counted 
 crash, a mixed output or a lost model. Integrity of checkpoints (a flipped bit, a truncation, an edited config):
 tests/test_checkpoint_errors.py; config grammar errors: tests/test_config.py; documented commands:
 tests/test_documented_commands.py."""
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -132,7 +133,8 @@ def test_the_environment_names_the_commit_its_changes_and_the_packages(tmp_path,
         pytest.skip("this copy is not a git checkout")
     written = json.loads(provenance.write_environment(tmp_path).read_text())
     assert written["commit"] == head.stdout.strip() and isinstance(written["dirty"], bool)
-    assert written["packages"]["torch"] == torch.__version__ and written["machine"]["torch_threads"] >= 1
+    assert written["packages"]["torch"] == importlib.metadata.version("torch")
+    assert written["machine"]["torch_build"] == torch.__version__ and written["machine"]["torch_threads"] >= 1
     # a copy outside git (an installed or exported tree) says so rather than failing the run
     monkeypatch.setattr(provenance, "REPO", tmp_path)
     assert provenance.environment()["commit"] is None
