@@ -224,9 +224,10 @@ def _direct_candidates(cfg, model, tokenizer, records, run_next_item, run_rating
         prompts, end = spans, ids["end"]
     else:
         prompts = [e.ids for e in tokenizer.encode_batch([x["prompt"] for x in records], add_special_tokens=False)]
-    return rank_candidates_by_likelihood(model, tokenizer, prompts, [[str(c) for c in x["candidates"]] for x in records],
-                           [x["candidate_texts"] for x in records], [str(x["target_item_id"]) for x in records],
-                           end, eos, cfg.score_token_budget, intra_trie=pool)
+    return rank_candidates_by_likelihood(
+        model, tokenizer, prompts, [[str(c) for c in x["candidates"]] for x in records],
+        [x["candidate_texts"] for x in records], [str(x["target_item_id"]) for x in records], end, eos,
+        cfg.score_token_budget, intra_trie=pool)
 
 
 def _direct_yes_no(cfg, model, tokenizer, records, run_next_item, run_rating):

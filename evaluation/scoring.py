@@ -223,8 +223,8 @@ def _gather_cache(model, cache, source: torch.Tensor, max_len: int):
 
 
 def rank_candidates_by_likelihood(model, tokenizer, prompts: Sequence, candidates: Sequence[Sequence[str]],
-                    texts: Sequence[Sequence[str]], targets: Sequence[str], end_id: Optional[int],
-                    pad_token_id: int, token_budget: int = 16384, intra_trie=None) -> tuple:
+                                  texts: Sequence[Sequence[str]], targets: Sequence[str], end_id: Optional[int],
+                                  pad_token_id: int, token_budget: int = 16384, intra_trie=None) -> tuple:
     """Direct recommendation ranked by likelihood: each prompt's candidate texts, each followed by `end_id` (as
     fine-tuning ends a response; None: nothing, as a document line goes on with its rating), scored after the prompt,
     all of a prompt's candidates together ->
